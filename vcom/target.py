@@ -1,0 +1,94 @@
+"""Parsing of remote targets: ``host:port``, ``rfc2217://host:port``,
+``tcp://host:port``, with IPv6 literals in brackets (``[::1]:4001``).
+
+A target is checked completely before anything is created, so that a typo
+gives one clear line instead of a port that retries a nonsense address.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass
+
+
+class Transport(enum.Enum):
+    RFC2217 = "rfc2217"
+    TCP = "tcp"
+
+
+class TargetError(ValueError):
+    """A target string that cannot name a remote serial port."""
+
+
+# RFC 1123 host names: labels of letters, digits and hyphens.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    transport: Transport
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport.value}://{host}:{self.port}"
+
+
+def parse_target(text: str) -> Target:
+    """Parse a target string, raising :class:`TargetError` with a one-line reason."""
+    original = text
+    text = text.strip()
+    if not text:
+        raise TargetError("empty target: expected host:port, rfc2217://host:port or tcp://host:port")
+    transport = Transport.RFC2217
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        try:
+            transport = Transport(scheme.lower())
+        except ValueError:
+            known = ", ".join(t.value for t in Transport)
+            raise TargetError(f"unknown scheme {scheme!r} in {original!r} (known: {known})") from None
+    host, port_text = _split_host_port(text, original)
+    return Target(transport, _check_host(host, original), _check_port(port_text, original))
+
+
+def _split_host_port(text: str, original: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise TargetError(f"unclosed '[' in {original!r}")
+        if not rest.startswith(":"):
+            raise TargetError(f"missing port after IPv6 address in {original!r} (expected [addr]:port)")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise TargetError(f"{host!r} is not an IPv6 address in {original!r}") from None
+        return host, rest[1:]
+    if text.count(":") > 1:
+        raise TargetError(f"IPv6 addresses need brackets: write [addr]:port, not {original!r}")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise TargetError(f"missing port in {original!r} (expected host:port)")
+    return host, port
+
+
+def _check_host(host: str, original: str) -> str:
+    if not host:
+        raise TargetError(f"missing host in {original!r} (expected host:port)")
+    if ":" in host:
+        return host  # validated IPv6 literal
+    if _HOSTNAME.match(host) is None:
+        raise TargetError(f"{host!r} is not a valid host name or address in {original!r}")
+    return host
+
+
+def _check_port(port_text: str, original: str) -> int:
+    if not port_text.isdigit():
+        raise TargetError(f"port {port_text!r} is not a number in {original!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise TargetError(f"port {port} is out of range 1-65535 in {original!r}")
+    return port
