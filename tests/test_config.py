@@ -1,0 +1,78 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from vcom.config import ConfigError, PortConfig, load, parse_mode, render, save
+
+
+def test_round_trip_through_the_file(tmp_path: Path) -> None:
+    ports = [
+        PortConfig(device="/dev/ttyV0", target="rfc2217://h:4001"),
+        PortConfig(device='/tmp/we"ird\\name', target="tcp://[::1]:7", baud=250000, connect="always",
+                   linger=0.5, owner="root", group="dialout", mode=0o600, retry_max=3.0),
+    ]
+    path = tmp_path / "sub" / "vcom.toml"
+    save(path, ports)
+    loaded, errors = load(path)
+    assert errors == []
+    assert loaded == ports
+    text = path.read_text()
+    assert 'mode = "0600"' in text  # octal, as a person writes it
+    assert tomllib.loads(text)["port"][1]["baud"] == 250000
+
+
+def test_a_broken_entry_does_not_hide_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "vcom.toml"
+    path.write_text(
+        '[[port]]\ndevice = "/dev/a"\ntarget = "h:1"\n\n'
+        '[[port]]\ndevice = "/dev/b"\ntarget = "h:99999"\n\n'
+        '[[port]]\ndevice = "/dev/c"\ntarget = "h:2"\nspeed = 5\n\n'
+        '[[port]]\ndevice = "/dev/d"\ntarget = "tcp://h:3"\nconnect = "always"\n'
+    )
+    loaded, errors = load(path)
+    assert [p.device for p in loaded] == ["/dev/a", "/dev/d"]
+    assert len(errors) == 2
+    assert "port #2" in errors[0] and "out of range" in errors[0]
+    assert "port #3" in errors[1] and "speed" in errors[1]
+
+
+def test_not_toml_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "vcom.toml"
+    path.write_text("[[port]\n")
+    loaded, errors = load(path)
+    assert loaded == [] and len(errors) == 1 and "not valid TOML" in errors[0]
+
+
+def test_missing_file_is_empty(tmp_path: Path) -> None:
+    assert load(tmp_path / "none.toml") == ([], [])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"device": "relative/path"},
+        {"target": "nohost"},
+        {"baud": 0},
+        {"baud": True},
+        {"connect": "sometimes"},
+        {"linger": -1},
+        {"mode": 0o1777},
+    ],
+)
+def test_invalid_values_are_refused(kwargs: dict) -> None:
+    base = {"device": "/dev/ttyV0", "target": "h:1"}
+    with pytest.raises(ConfigError):
+        PortConfig(**{**base, **kwargs})
+
+
+def test_modes() -> None:
+    assert parse_mode("0660") == 0o660
+    assert parse_mode("600") == 0o600
+    for bad in ("rw", "0999", "7777"):
+        with pytest.raises(ConfigError):
+            parse_mode(bad)
+
+
+def test_render_is_commented_for_people() -> None:
+    assert render([]).startswith("# vcom virtual ports")

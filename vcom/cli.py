@@ -1,0 +1,229 @@
+"""The ``vcom`` command: typer commands that talk to the manager.
+
+Every user error is one line on stderr and a non-zero exit: click's usage
+errors are caught and shortened, and everything the manager refuses comes
+back as one line too.  Arguments are checked here first, so that a typo
+fails before a manager is started or anything is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+
+from . import control, paths
+from .config import ConfigError, PortConfig, parse_mode
+from .pty import PortPathError, check_port_path
+from .target import TargetError, parse_target
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Virtual serial ports that reach remote serial device servers (RFC 2217, raw TCP).",
+)
+
+_MANAGER_START_TIMEOUT = 15.0
+
+
+class Connect(str, enum.Enum):
+    ON_OPEN = "on-open"
+    ALWAYS = "always"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"vcom: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _ask(cmd: str, **args: Any) -> dict[str, Any]:
+    where = paths.resolve()
+    try:
+        answer = control.request(where.socket, cmd, **args)
+    except control.ControlError as exc:
+        fail(str(exc))
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "the manager refused the request")))
+    return answer
+
+
+@app.command()
+def add(
+    device: Annotated[str, typer.Argument(help="Path of the virtual port to create, e.g. /dev/ttyV0")],
+    target: Annotated[str, typer.Argument(help="host:port, rfc2217://host:port, tcp://host:port or [v6addr]:port")],
+    baud: Annotated[int, typer.Option(min=1, max=20_000_000, help="Speed of the freshly created port")] = 9600,
+    connect: Annotated[Connect, typer.Option(help="Connect when a program opens the port, or always")] = Connect.ON_OPEN,
+    linger: Annotated[float, typer.Option(min=0, max=86400, help="Seconds to stay connected after the last close")] = 2.0,
+    owner: Annotated[str | None, typer.Option(help="Owner of the port (default: root when run as root)")] = None,
+    group: Annotated[str | None, typer.Option(help="Group of the port (default: dialout when run as root)")] = None,
+    mode: Annotated[str, typer.Option(help="Permissions of the port, octal")] = "0660",
+    retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, seconds")] = 15.0,
+) -> None:
+    """Create a virtual serial port that reaches TARGET."""
+    device = os.path.abspath(device)
+    try:
+        target = str(parse_target(target))
+        if os.geteuid() == 0:
+            owner = owner or "root"
+            group = group or "dialout"
+        port = PortConfig(device=device, target=target, baud=baud, connect=connect.value, linger=linger,
+                          owner=owner, group=group, mode=parse_mode(mode), retry_max=retry_max)
+        check_port_path(device, replace_symlink=False)
+    except (TargetError, ConfigError, PortPathError) as exc:
+        fail(str(exc))
+    _ensure_manager()
+    _ask("add", port=port.to_json())
+    print(f"{device} -> {target}")
+
+
+@app.command()
+def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port")]) -> None:
+    """Remove a virtual port."""
+    _ask("remove", device=os.path.abspath(device))
+
+
+@app.command("list")
+def list_ports(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """List the configured ports."""
+    ports = _ask("list")["ports"]
+    if as_json:
+        print(json.dumps(ports, indent=2))
+        return
+    for port in ports:
+        print(f"{port['device']}  {port['target']}  baud={port['baud']} connect={port['connect']}")
+
+
+@app.command()
+def status(
+    device: Annotated[str | None, typer.Argument(help="One port (default: all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Show state, remote, settings in force, traffic and errors of the ports."""
+    answer = _ask("status", device=os.path.abspath(device) if device else None)
+    data = answer["port"] if device else answer["ports"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for port in [data] if device else data:
+        print(_format_status(port))
+
+
+def _format_status(port: dict[str, Any]) -> str:
+    settings = port.get("settings") or {}
+    remote = port.get("remote_settings") or {}
+    program = _describe(settings)
+    in_force = _describe(remote) if any(v is not None for v in remote.values()) else "not acknowledged"
+    lines = [
+        f"{port['device']}  {port.get('state')}  {'open' if port.get('open') else 'closed'}  -> {port.get('target')}",
+        f"  program: {program}   remote: {in_force}"
+        + (f"   server: {port['signature']}" if port.get("signature") else ""),
+        f"  bytes to remote {port.get('bytes_to_remote', 0)}, from remote {port.get('bytes_from_remote', 0)}, "
+        f"dropped {port.get('dropped_bytes', 0)}, connects {port.get('connects', 0)}, "
+        f"reconnects {port.get('reconnects', 0)}",
+    ]
+    if port.get("com_port") is False:
+        lines.append("  server refused RFC 2217: plain data only")
+    if port.get("last_error"):
+        lines.append(f"  last error: {port['last_error']}")
+    return "\n".join(lines)
+
+
+def _describe(s: dict[str, Any]) -> str:
+    def get(key: str) -> str:
+        value = s.get(key)
+        return "?" if value is None else str(value)
+
+    parity = get("parity")
+    frame = f"{get('data_bits')}{parity[0].upper() if parity != '?' else '?'}{get('stop_bits')}"
+    flow = ""
+    if s.get("flow_out") not in (None, "none") or s.get("flow_in") not in (None, "none"):
+        flow = f" flow out:{get('flow_out')} in:{get('flow_in')}"
+    return f"{get('baud')} {frame}{flow}"
+
+
+@app.command()
+def run(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the manager in the foreground (for systemd and debugging)."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail(f"unknown log level {log_level!r} (use debug, info, warning or error)")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .manager import Manager, ManagerError
+
+    where = paths.resolve()
+    try:
+        asyncio.run(Manager(where).run())
+    except (ManagerError, ValueError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def shutdown() -> None:
+    """Stop the running manager; its ports are removed until it starts again."""
+    where = paths.resolve()
+    answer = _ask("shutdown")
+    pid = answer.get("pid")
+    deadline = time.monotonic() + 15
+    while where.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    del pid
+
+
+def _ensure_manager() -> None:
+    """Start a background manager unless one answers, and wait until it does."""
+    where = paths.resolve()
+    try:
+        where.check()
+    except ValueError as exc:
+        fail(str(exc))
+    if control.manager_running(where.socket):
+        return
+    where.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.log, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vcom", "run"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True, close_fds=True,
+        )
+    deadline = time.monotonic() + _MANAGER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if control.manager_running(where.socket):
+            return
+        if proc.poll() is not None:
+            fail(f"the manager did not start: {_last_line(where.log)}")
+        time.sleep(0.05)
+    fail(f"the manager did not answer within {_MANAGER_START_TIMEOUT:g} s; see {where.log}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        raise SystemExit(2) from None
+    except click.UsageError as exc:
+        fail(exc.format_message().replace("\n", " "), 2)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None

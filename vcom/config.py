@@ -1,0 +1,159 @@
+"""Port definitions and the human-editable TOML file that keeps them.
+
+The file is a list of ``[[port]]`` tables, one per virtual port, with the same
+names as the ``vcom add`` options.  It is read with :mod:`tomllib` and written
+by hand (the format is flat: strings, numbers, booleans), atomically, so a
+crash never leaves half a file.  A broken entry is reported and skipped: one
+bad port never keeps the others from starting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .target import Target, parse_target
+
+log = logging.getLogger(__name__)
+
+CONNECT_POLICIES = ("on-open", "always")
+
+
+class ConfigError(ValueError):
+    """A port definition that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    device: str
+    target: str
+    baud: int = 9600
+    connect: str = "on-open"
+    linger: float = 2.0
+    owner: str | None = None
+    group: str | None = None
+    mode: int = 0o660
+    retry_max: float = 15.0
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def parsed_target(self) -> Target:
+        return parse_target(self.target)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["mode"] = f"{self.mode:04o}"
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> PortConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+        values = dict(data)
+        if "device" not in values or "target" not in values:
+            raise ConfigError("a port needs both 'device' and 'target'")
+        if isinstance(values.get("mode"), str):
+            values["mode"] = parse_mode(str(values["mode"]))
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def parse_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"mode {text!r} is not an octal number such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"mode {text!r} is out of range 0000-0777")
+    return mode
+
+
+def validate(port: PortConfig) -> None:
+    if not isinstance(port.device, str) or not port.device.startswith("/"):
+        raise ConfigError(f"device {port.device!r} must be an absolute path")
+    try:
+        parse_target(port.target)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not isinstance(port.baud, int) or isinstance(port.baud, bool) or not 1 <= port.baud <= 20_000_000:
+        raise ConfigError(f"baud {port.baud!r} must be a whole number between 1 and 20000000")
+    if port.connect not in CONNECT_POLICIES:
+        raise ConfigError(f"connect policy {port.connect!r} must be one of {', '.join(CONNECT_POLICIES)}")
+    for name in ("linger", "retry_max"):
+        value = getattr(port, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or value > 86400:
+            raise ConfigError(f"{name} {value!r} must be a number of seconds between 0 and 86400")
+    if not isinstance(port.mode, int) or not 0 <= port.mode <= 0o777:
+        raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
+
+
+def load(path: Path) -> tuple[list[PortConfig], list[str]]:
+    """Read the config file: the usable ports and one error line per unusable entry."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], []
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [], [f"{path}: not valid TOML: {exc}"]
+    ports: list[PortConfig] = []
+    errors: list[str] = []
+    entries = data.get("port", [])
+    if not isinstance(entries, list):
+        return [], [f"{path}: 'port' must be an array of tables ([[port]])"]
+    for index, entry in enumerate(entries, 1):
+        try:
+            if not isinstance(entry, dict):
+                raise ConfigError("not a table")
+            ports.append(PortConfig.from_json(entry))
+        except ConfigError as exc:
+            errors.append(f"{path}: port #{index}: {exc}")
+    return ports, errors
+
+
+def save(path: Path, ports: list[PortConfig]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".vcom.", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(render(ports))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def render(ports: list[PortConfig]) -> str:
+    lines = [
+        "# vcom virtual ports. Edit while the manager is stopped, or use `vcom add` / `vcom remove`.",
+        "# Each [[port]] takes the names of the `vcom add` options.",
+    ]
+    for port in ports:
+        lines.append("")
+        lines.append("[[port]]")
+        for key, value in port.to_json().items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # JSON string escapes (\", \\, \n, \uXXXX) are all valid TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)

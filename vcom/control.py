@@ -1,0 +1,150 @@
+"""The control socket between the CLI and the manager.
+
+One JSON object per line each way: ``{"cmd": "add", ...}`` answered by
+``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``.  A Unix
+socket gives us the caller's credentials (SO_PEERCRED), so access is decided
+by who the caller is, not by a secret: root, the manager's own user, and
+members of group ``vcom``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CONTROL_GROUP = "vcom"
+MAX_REQUEST = 1 << 20
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlError(Exception):
+    """The manager cannot be reached, or it refused the request."""
+
+
+# -- server side ---------------------------------------------------------------------------------
+
+
+def peer_allowed(uid: int, gid: int) -> bool:
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        group = grp.getgrnam(CONTROL_GROUP)
+    except KeyError:
+        return False
+    if gid == group.gr_gid:
+        return True
+    try:
+        import pwd
+
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return name in group.gr_mem
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    """Listen on ``path``; each line is handed to ``handler`` and its answer written back."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            _, uid, gid = _peer_credentials(writer)
+            if not peer_allowed(uid, gid):
+                await _reply(writer, {"ok": False, "error": f"permission denied: only root and group '{CONTROL_GROUP}' "
+                                      "may control vcom"})
+                return
+            while line := await reader.readline():
+                await _reply(writer, await _dispatch(handler, line))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except ValueError:  # a line longer than the limit
+            with contextlib.suppress(ConnectionError):
+                await _reply(writer, {"ok": False, "error": "request too long"})
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_REQUEST)
+    os.chmod(path, 0o660)
+    with contextlib.suppress(KeyError, PermissionError):
+        os.chown(path, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
+    return server
+
+
+async def _dispatch(handler: Handler, line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            raise ValueError("expected a JSON object with a 'cmd'")
+    except ValueError as exc:
+        return {"ok": False, "error": f"bad request: {exc}"}
+    try:
+        return await handler(request)
+    except Exception as exc:  # the manager must answer, whatever went wrong
+        log.exception("control request %s failed", request.get("cmd"))
+        return {"ok": False, "error": f"internal error: {exc}"}
+
+
+async def _reply(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+    writer.write(json.dumps(answer).encode() + b"\n")
+    await writer.drain()
+
+
+# -- client side ---------------------------------------------------------------------------------
+
+
+def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+    """Send one request and return the manager's answer; raises ControlError when nobody listens."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlError(f"no vcom manager is running (control socket {path}: {exc.strerror})") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
+                from None
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        raise ControlError(f"the vcom manager did not answer within {timeout:g} s") from None
+    finally:
+        sock.close()
+    if not data:
+        raise ControlError("the vcom manager closed the connection without answering")
+    return json.loads(data)
+
+
+def manager_running(path: Path) -> bool:
+    try:
+        return bool(request(path, "ping", timeout=5).get("ok"))
+    except ControlError:
+        return False

@@ -1,0 +1,531 @@
+"""One network connection to a remote serial port, kept alive.
+
+A :class:`Link` owns the socket, the reconnect policy and the network half of
+back-pressure.  It knows nothing of ptys: the port hands it bytes and line
+settings, and it reports bytes, state and the remote's answers back through a
+:class:`LinkListener`.
+
+What goes on the wire is decided by a *session* per transport:
+:class:`RawSession` passes bytes through; :class:`Rfc2217Session` wraps the
+sans-I/O codec in :mod:`vcom.rfc2217`.
+
+Rules this module keeps:
+
+* Settings in force are sent right after negotiation and after **every**
+  reconnect, because servers (ser2net, sredird) restore the device's termios
+  when a client leaves.
+* Nothing waits for an answer: SET commands are written and data follows at
+  once; answers update :attr:`Link.remote` whenever they come.  The only wait
+  is the option negotiation at connect, bounded by ``negotiation_timeout``, so
+  that the first bytes of a session do not leave at the server's default speed.
+* Back-pressure by not reading: when the socket's send buffer is full (or the
+  server sent FLOWCONTROL-SUSPEND) the link reports "not writable" and the
+  port stops reading its pty; when the port cannot write to the pty it calls
+  :meth:`Link.pause_reading`.  No buffer grows without bound.
+* Reconnect with capped exponential back-off and full jitter (so that many
+  ports behind one server that just rebooted do not reconnect in lock step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import rfc2217
+from .settings import FlowControl, LineSettings
+from .target import Target, Transport
+
+log = logging.getLogger(__name__)
+
+# A connection that stayed up this long counts as healthy: the back-off restarts from its shortest delay.
+_HEALTHY_AFTER = 10.0
+_WRITE_HIGH_WATER = 64 * 1024
+_WRITE_LOW_WATER = 16 * 1024
+
+
+class LinkState(enum.Enum):
+    IDLE = "idle"  # not wanted (on-open policy and no program)
+    CONNECTING = "connecting"  # TCP connect or option negotiation in progress
+    CONNECTED = "connected"
+    BACKOFF = "backoff"  # waiting before the next attempt
+
+
+class LinkListener(Protocol):
+    def link_data(self, data: bytes) -> None: ...
+
+    def link_writable(self, writable: bool) -> None: ...
+
+    def link_changed(self) -> None: ...
+
+
+@dataclass(slots=True)
+class LinkStats:
+    bytes_to_remote: int = 0
+    bytes_from_remote: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class RemoteState:
+    """What the server said is in force (``None``: not answered yet)."""
+
+    com_port: bool | None = None
+    signature: str | None = None
+    baud: int | None = None
+    data_bits: int | None = None
+    parity: str | None = None
+    stop_bits: str | None = None
+    flow_out: str | None = None
+    flow_in: str | None = None
+    suspended: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def settings_json(self) -> dict[str, Any]:
+        return {
+            "baud": self.baud,
+            "data_bits": self.data_bits,
+            "parity": self.parity,
+            "stop_bits": self.stop_bits,
+            "flow_out": self.flow_out,
+            "flow_in": self.flow_in,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 0.25
+    maximum: float = 15.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter between half and all of the capped exponential delay.
+        ceiling = min(self.maximum, self.initial * (2 ** min(attempt, 30)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+# -- sessions: what one transport puts on the wire ------------------------------------------------
+
+
+class Session(Protocol):
+    negotiated: bool
+
+    def start(self, settings: LineSettings) -> bytes: ...
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]: ...
+
+    def encode(self, data: bytes) -> bytes: ...
+
+    def settings(self, settings: LineSettings) -> bytes: ...
+
+    def purge(self, receive: bool, transmit: bool) -> bytes: ...
+
+    def negotiation_timed_out(self) -> bytes: ...
+
+
+class RawSession:
+    """Raw TCP: bytes are bytes; there is nowhere to send settings."""
+
+    negotiated = True
+
+    def start(self, settings: LineSettings) -> bytes:
+        return b""
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        return data, b""
+
+    def encode(self, data: bytes) -> bytes:
+        return data
+
+    def settings(self, settings: LineSettings) -> bytes:
+        return b""
+
+    def purge(self, receive: bool, transmit: bool) -> bytes:
+        return b""
+
+    def negotiation_timed_out(self) -> bytes:
+        return b""
+
+
+class Rfc2217Session:
+    """RFC 2217 client role on top of the sans-I/O codec.
+
+    ``receive`` returns (user data, bytes to send back); answers and
+    notifications update :attr:`remote`.  Commands are only sent once the
+    server agreed to COM-PORT-OPTION; a server that refuses it gets one
+    warning and carries plain data (RFC 2217 section 2: without the option the
+    connection is an ordinary telnet one).
+    """
+
+    def __init__(self, remote: RemoteState, name: str) -> None:
+        self._codec = rfc2217.Connection(rfc2217.Role.CLIENT)
+        self._remote = remote
+        self._name = name
+        self._settings = LineSettings()
+        self._sent: list[Any] = []  # last value sent per command, to send only changes
+        self.negotiated = False
+
+    def start(self, settings: LineSettings) -> bytes:
+        self._settings = settings
+        return self._codec.initiate()
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        payload = bytearray()
+        reply = bytearray()
+        for event in self._codec.receive_data(data):
+            if isinstance(event, rfc2217.Data):
+                payload += event.data
+            else:
+                reply += self._event(event)
+        reply[:0] = self._codec.data_to_send()
+        return bytes(payload), bytes(reply)
+
+    def encode(self, data: bytes) -> bytes:
+        return self._codec.send_data(data)
+
+    def settings(self, settings: LineSettings) -> bytes:
+        self._settings = settings
+        if not self._remote.com_port:
+            return b""
+        commands = rfc2217.settings_commands(settings)
+        changed = [c for i, c in enumerate(commands) if i >= len(self._sent) or self._sent[i] != c]
+        self._sent = commands
+        return b"".join(self._codec.send(c) for c in changed)
+
+    def purge(self, receive: bool, transmit: bool) -> bytes:
+        if not self._remote.com_port or not (receive or transmit):
+            return b""
+        which = rfc2217.Purge.BOTH if receive and transmit else (
+            rfc2217.Purge.RECEIVE if receive else rfc2217.Purge.TRANSMIT)
+        return self._codec.send(rfc2217.PurgeData(which))
+
+    def negotiation_timed_out(self) -> bytes:
+        if self.negotiated:
+            return b""
+        log.warning("%s: server did not negotiate COM-PORT-OPTION; carrying plain data, settings are not sent",
+                    self._name)
+        self.negotiated = True
+        return b""
+
+    def _event(self, event: object) -> bytes:
+        remote = self._remote
+        match event:
+            case rfc2217.ComPortOption(enabled=True):
+                remote.com_port = True
+                self.negotiated = True
+                self._sent = []
+                return self._codec.send(rfc2217.Signature("")) + self.settings(self._settings)
+            case rfc2217.ComPortOption(enabled=False):
+                if remote.com_port is not False:
+                    log.warning("%s: server refused COM-PORT-OPTION (RFC 2217); carrying plain data, "
+                                "line settings stay as the server has them", self._name)
+                remote.com_port = False
+                self.negotiated = True
+            case rfc2217.Signature(text=text) if text:
+                remote.signature = text
+            case rfc2217.Signature():
+                # The server asks who we are (RFC 2217 section 3: either side may ask).
+                return self._codec.send(rfc2217.Signature("vcom"))
+            case rfc2217.SetBaudRate(baud=baud):
+                remote.baud = baud
+            case rfc2217.SetDataSize(bits=bits):
+                remote.data_bits = bits
+            case rfc2217.SetParity(parity=code):
+                parity = rfc2217.parity_from_code(code)
+                remote.parity = parity.value if parity else f"code {code}"
+            case rfc2217.SetStopSize(stop=code):
+                stop = rfc2217.stop_from_code(code)
+                remote.stop_bits = stop.value if stop else f"code {code}"
+            case rfc2217.SetControl(value=value):
+                self._control_answer(value)
+            case rfc2217.FlowControlSuspend():
+                remote.suspended = True
+            case rfc2217.FlowControlResume():
+                remote.suspended = False
+            case rfc2217.NotifyModemState(state=state):
+                remote.extra["modem_state"] = int(state)
+            case rfc2217.NotifyLineState(state=state):
+                remote.extra["line_state"] = int(state)
+            case rfc2217.ProtocolError(message=message):
+                log.info("%s: ignored from server: %s", self._name, message)
+        return b""
+
+    def _control_answer(self, value: int) -> None:
+        decoded = rfc2217.flow_from_control(value)
+        if decoded is None:
+            return  # DTR/RTS/BREAK answers: modem lines are tracked elsewhere
+        direction, flow = decoded
+        if direction == "out":
+            self._remote.flow_out = flow.value
+        else:
+            self._remote.flow_in = flow.value
+
+
+# -- the link ---------------------------------------------------------------------------------------
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._link._received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: the server has gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self._link._socket_writable(False)
+
+    def resume_writing(self) -> None:
+        self._link._socket_writable(True)
+
+
+class Link:
+    def __init__(
+        self,
+        target: Target,
+        listener: LinkListener,
+        *,
+        name: str,
+        backoff: Backoff = Backoff(),
+        connect_timeout: float = 10.0,
+        negotiation_timeout: float = 3.0,
+    ) -> None:
+        self.target = target
+        self.name = name
+        self.state = LinkState.IDLE
+        self.stats = LinkStats()
+        self.remote = RemoteState()
+        self._listener = listener
+        self._backoff = backoff
+        self._connect_timeout = connect_timeout
+        self._negotiation_timeout = negotiation_timeout
+        self._settings = LineSettings()
+        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._session: Session | None = None
+        self._socket_ok = True
+        self._reading_paused = False
+        self._writable = False
+        self._wake = asyncio.Event()
+
+    # -- the port's side
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link {self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._set_state(LinkState.IDLE)
+
+    def retry_now(self) -> None:
+        """Skip the rest of the current back-off (e.g. a network interface came up)."""
+        self._wake.set()
+
+    def send(self, data: bytes) -> None:
+        if self._transport is None or self._session is None:
+            raise RuntimeError("send() while not connected")
+        self._transport.write(self._session.encode(data))
+        self.stats.bytes_to_remote += len(data)
+
+    def apply_settings(self, settings: LineSettings) -> None:
+        self._settings = settings
+        if self._transport is not None and self._session is not None and self._session.negotiated:
+            self._write(self._session.settings(settings))
+
+    def purge(self, *, receive: bool, transmit: bool) -> None:
+        if self._transport is not None and self._session is not None and self._session.negotiated:
+            self._write(self._session.purge(receive, transmit))
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        if self._transport is not None and self._transport.is_reading() is False:
+            self._transport.resume_reading()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target),
+            "state": self.state.value,
+            "com_port": self.remote.com_port,
+            "signature": self.remote.signature,
+            "remote_settings": self.remote.settings_json(),
+            "suspended": self.remote.suspended,
+            "bytes_to_remote": self.stats.bytes_to_remote,
+            "bytes_from_remote": self.stats.bytes_from_remote,
+            "connects": self.stats.connects,
+            "reconnects": self.stats.reconnects,
+            "last_error": self.stats.last_error,
+        }
+
+    # -- connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                started = loop.time()
+                reached = await self._connect_once()
+                if reached and loop.time() - started >= _HEALTHY_AFTER:
+                    attempt = 0
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                self._set_state(LinkState.BACKOFF)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            self._drop_transport()
+
+    async def _connect_once(self) -> bool:
+        """One connection's life; returns whether the server was reached."""
+        loop = asyncio.get_running_loop()
+        self._set_state(LinkState.CONNECTING)
+        try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), self.target.host, self.target.port),
+                self._connect_timeout,
+            )
+        except TimeoutError:
+            self._error(f"connect to {self.target}: no answer within {self._connect_timeout:g} s")
+            return False
+        except OSError as exc:
+            self._error(f"connect to {self.target}: {exc.strerror or exc}")
+            return False
+        _tune_socket(transport)
+        transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
+        if self.stats.connects:
+            self.stats.reconnects += 1
+        self.stats.connects += 1
+        self._transport = transport
+        self._socket_ok = True
+        self.remote = RemoteState()
+        self._session = self._new_session()
+        if self._reading_paused:
+            transport.pause_reading()
+        log.info("%s: connected to %s", self.name, self.target)
+        self._write(self._session.start(self._settings))
+        timer = loop.call_later(self._negotiation_timeout, self._negotiation_timeout_hit)
+        self._after_input()
+        try:
+            exc = await protocol.lost
+        finally:
+            timer.cancel()
+            self._drop_transport()
+        self._error(f"connection to {self.target} lost" + (f": {exc}" if exc else " (closed by the server)"))
+        return True
+
+    def _new_session(self) -> Session:
+        if self.target.transport is Transport.RFC2217:
+            return Rfc2217Session(self.remote, self.name)
+        return RawSession()
+
+    def _negotiation_timeout_hit(self) -> None:
+        if self._session is not None and self._transport is not None:
+            self._write(self._session.negotiation_timed_out())
+            self._after_input()
+
+    # -- callbacks from the protocol
+
+    def _received(self, data: bytes) -> None:
+        if self._session is None:
+            return
+        payload, reply = self._session.receive(data)
+        if reply:
+            self._write(reply)
+        self._after_input()
+        if payload:
+            self.stats.bytes_from_remote += len(payload)
+            self._listener.link_data(payload)
+
+    def _socket_writable(self, ok: bool) -> None:
+        self._socket_ok = ok
+        self._update_writable()
+
+    # -- helpers
+
+    def _after_input(self) -> None:
+        """Negotiation finished or the server suspended/resumed us: refresh state and writability."""
+        if self._session is not None and self._session.negotiated and self.state is LinkState.CONNECTING:
+            self._set_state(LinkState.CONNECTED)
+        self._update_writable()
+
+    def _update_writable(self) -> None:
+        writable = (
+            self._transport is not None
+            and self._session is not None
+            and self._session.negotiated
+            and self._socket_ok
+            and not self.remote.suspended
+        )
+        if writable != self._writable:
+            self._writable = writable
+            self._listener.link_writable(writable)
+
+    def _write(self, data: bytes) -> None:
+        if data and self._transport is not None:
+            self._transport.write(data)
+
+    def _drop_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        self._session = None
+        if transport is not None:
+            transport.abort()
+        self._update_writable()
+
+    def _set_state(self, state: LinkState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._listener.link_changed()
+
+    def _error(self, message: str) -> None:
+        if message != self.stats.last_error:
+            log.warning("%s: %s", self.name, message)
+        self.stats.last_error = message
+
+
+def _tune_socket(transport: asyncio.BaseTransport) -> None:
+    """Low latency for interactive serial traffic, and keepalives so a dead peer is noticed."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+__all__ = ["Backoff", "FlowControl", "Link", "LinkListener", "LinkState", "LinkStats", "RemoteState"]

@@ -1,0 +1,210 @@
+"""The manager: every port of this vcom home in one asyncio process.
+
+It owns the loop-wide resources (one inotify descriptor for all ports' pty
+slaves, the control socket, the config file) and keeps the set of ports.  It
+is deliberately thin: what a port does lives in :mod:`vcom.port`.
+
+A failing port never takes the manager down: an entry that cannot be created
+at start is reported and skipped, and every control request is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import config as configfile
+from . import control
+from .config import ConfigError, PortConfig
+from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
+from .paths import Paths
+from .port import Port
+from .pty import PortPathError, check_port_path
+
+log = logging.getLogger(__name__)
+
+
+class ManagerError(Exception):
+    pass
+
+
+class SlaveWatcher:
+    """One inotify descriptor in the loop for the opens and closes of every port's slave."""
+
+    _MASK = IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._inotify = Inotify()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._loop = loop
+        loop.add_reader(self._inotify.fd, self._on_events)
+
+    def watch(self, path: str, callback: Callable[[], None]) -> Callable[[], None]:
+        wd = self._inotify.add_watch(path, self._MASK)
+        self._callbacks[wd] = callback
+
+        def unwatch() -> None:
+            if self._callbacks.pop(wd, None) is not None:
+                self._inotify.rm_watch(wd)
+
+        return unwatch
+
+    def _on_events(self) -> None:
+        events = self._inotify.read_events()
+        if any(e.wd == -1 for e in events):  # queue overflow: we do not know who changed, ask everyone
+            touched = list(self._callbacks)
+        else:
+            touched = list(dict.fromkeys(e.wd for e in events))
+        for wd in touched:
+            callback = self._callbacks.get(wd)
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:
+                log.exception("handling an open/close event failed")
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._inotify.fd)
+        self._inotify.close()
+
+
+class Manager:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.ports: dict[str, Port] = {}
+        self._configs: dict[str, PortConfig] = {}
+        self._stop = asyncio.Event()
+        self._watcher: SlaveWatcher | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.paths.check()
+        if control.manager_running(self.paths.socket):
+            raise ManagerError(f"a vcom manager already runs on {self.paths.socket}")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._watcher = SlaveWatcher(loop)
+        server = None
+        try:
+            self._start_configured()
+            server = await control.serve(self.paths.socket, self.handle)
+            _write_pid(self.paths.pid)
+            log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
+            await self._stop.wait()
+        finally:
+            log.info("manager stopping")
+            if server is not None:
+                server.close()
+            for port in list(self.ports.values()):
+                await port.close()
+            self.ports.clear()
+            self._watcher.close()
+            for path in (self.paths.socket, self.paths.pid):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _start_configured(self) -> None:
+        ports, errors = configfile.load(self.paths.config)
+        for error in errors:
+            log.error("%s (skipped)", error)
+        for cfg in ports:
+            self._configs[cfg.device] = cfg
+            try:
+                self._start_port(cfg, replace_symlink=True)
+            except (PortPathError, OSError, ValueError) as exc:
+                log.error("%s: cannot create the port: %s", cfg.device, exc)
+
+    def _start_port(self, cfg: PortConfig, *, replace_symlink: bool) -> Port:
+        assert self._watcher is not None
+        port = Port(cfg, self._watcher.watch)
+        port.start(replace_symlink=replace_symlink)
+        self.ports[cfg.device] = port
+        return port
+
+    # -- control requests
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        handler = getattr(self, f"_cmd_{cmd}", None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        async with self._lock:
+            try:
+                return await handler(request)
+            except (ConfigError, PortPathError, ManagerError) as exc:
+                return {"ok": False, "error": str(exc)}
+
+    async def _cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "pid": os.getpid()}
+
+    async def _cmd_add(self, request: dict[str, Any]) -> dict[str, Any]:
+        cfg = PortConfig.from_json(request.get("port") or {})
+        if cfg.device in self._configs:
+            raise ManagerError(f"{cfg.device} is already a vcom port (remove it first)")
+        check_port_path(cfg.device, replace_symlink=False)
+        try:
+            self._start_port(cfg, replace_symlink=False)
+        except OSError as exc:
+            raise ManagerError(f"cannot create {cfg.device}: {exc.strerror or exc}") from None
+        self._configs[cfg.device] = cfg
+        self._save()
+        return {"ok": True, "port": self.ports[cfg.device].status()}
+
+    async def _cmd_remove(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = _absolute(request.get("device"))
+        if device not in self._configs:
+            raise ManagerError(f"{device} is not a vcom port")
+        port = self.ports.pop(device, None)
+        if port is not None:
+            await port.close()
+        del self._configs[device]
+        self._save()
+        return {"ok": True}
+
+    async def _cmd_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "ports": [cfg.to_json() for cfg in self._configs.values()]}
+
+    async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = request.get("device")
+        if device:
+            device = _absolute(device)
+            if device not in self._configs:
+                raise ManagerError(f"{device} is not a vcom port")
+            return {"ok": True, "port": self._status(device)}
+        return {"ok": True, "ports": [self._status(d) for d in self._configs]}
+
+    async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._stop.set()
+        return {"ok": True}
+
+    def _status(self, device: str) -> dict[str, Any]:
+        port = self.ports.get(device)
+        if port is not None:
+            return port.status()
+        cfg = self._configs[device]
+        return {"device": device, "target": cfg.target, "state": "failed", "open": False,
+                "last_error": "the port could not be created; see the manager's log"}
+
+    def _save(self) -> None:
+        configfile.save(self.paths.config, list(self._configs.values()))
+
+
+def _absolute(device: object) -> str:
+    if not isinstance(device, str) or not device:
+        raise ManagerError("a device path is required")
+    return os.path.abspath(device)
+
+
+def _write_pid(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")

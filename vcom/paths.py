@@ -1,0 +1,44 @@
+"""Where vcom keeps its files.
+
+``VCOM_HOME`` relocates everything vcom writes (config, control socket, pid
+file, background log), so that several managers, and the tests, can run side
+by side without seeing each other.  Without it, root uses the system places
+(``/etc/vcom``, ``/run/vcom``) and other users their XDG directories.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    config: Path
+    socket: Path
+    pid: Path
+    log: Path
+
+    def check(self) -> None:
+        if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
+            raise ValueError(
+                f"control socket path {self.socket} is longer than {_MAX_SOCKET_PATH} bytes; use a shorter VCOM_HOME"
+            )
+
+
+def resolve() -> Paths:
+    home = os.environ.get("VCOM_HOME")
+    if home:
+        base = Path(home).absolute()
+        return Paths(base / "vcom.toml", base / "vcom.sock", base / "vcom.pid", base / "vcom.log")
+    if os.geteuid() == 0:
+        run = Path("/run/vcom")
+        return Paths(Path("/etc/vcom/vcom.toml"), run / "vcom.sock", run / "vcom.pid", run / "vcom.log")
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vcom"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    run = Path(runtime) / "vcom" if runtime else Path.home() / ".local" / "state" / "vcom"
+    return Paths(config / "vcom.toml", run / "vcom.sock", run / "vcom.pid", run / "vcom.log")
