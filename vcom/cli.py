@@ -63,12 +63,13 @@ def add(
     device: Annotated[str, typer.Argument(help="Path of the virtual port to create, e.g. /dev/ttyV0")],
     target: Annotated[str, typer.Argument(help="host:port, rfc2217://host:port, tcp://host:port or [v6addr]:port")],
     baud: Annotated[int, typer.Option(min=1, max=20_000_000, help="Speed of the freshly created port")] = 9600,
-    connect: Annotated[Connect, typer.Option(help="Connect when a program opens the port, or always")] = Connect.ON_OPEN,
-    linger: Annotated[float, typer.Option(min=0, max=86400, help="Seconds to stay connected after the last close")] = 2.0,
+    connect: Annotated[Connect, typer.Option(help="Connect when a program opens the port, or always")] = (
+        Connect.ON_OPEN),
+    linger: Annotated[float, typer.Option(min=0, max=86400, help="Seconds connected after the last close")] = 2.0,
     owner: Annotated[str | None, typer.Option(help="Owner of the port (default: root when run as root)")] = None,
     group: Annotated[str | None, typer.Option(help="Group of the port (default: dialout when run as root)")] = None,
     mode: Annotated[str, typer.Option(help="Permissions of the port, octal")] = "0660",
-    retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, seconds")] = 15.0,
+    retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, s")] = 15.0,
 ) -> None:
     """Create a virtual serial port that reaches TARGET."""
     device = os.path.abspath(device)
