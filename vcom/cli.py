@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 
 from . import control, paths
@@ -218,13 +217,18 @@ def _last_line(path: Path) -> str:
 
 
 def main() -> None:
+    # click's exceptions are reached through typer (which may vendor its own click): usage errors carry
+    # format_message() and exit_code; they are shortened to one line instead of a usage box.
     try:
-        app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
-        raise SystemExit(2) from None
-    except click.UsageError as exc:
-        fail(exc.format_message().replace("\n", " "), 2)
-    except click.exceptions.Abort:
-        fail("aborted", 130)
-    except click.exceptions.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        name = type(exc).__name__
+        if name == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(2) from None
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            fail(" ".join(exc.format_message().split()), exc.exit_code)
+        if name == "Abort":
+            fail("aborted", 130)
+        raise
+    raise SystemExit(code if isinstance(code, int) else 0)
