@@ -60,7 +60,8 @@ def _ask(cmd: str, **args: Any) -> dict[str, Any]:
 @app.command()
 def add(
     device: Annotated[str, typer.Argument(help="Path of the virtual port to create, e.g. /dev/ttyV0")],
-    target: Annotated[str, typer.Argument(help="host:port, rfc2217://host:port, tcp://host:port or [v6addr]:port")],
+    target: Annotated[str | None, typer.Argument(
+        help="host:port, rfc2217://, tcp:// or udp://host:port, [v6addr]:port (optional with --split-of)")] = None,
     baud: Annotated[int, typer.Option(min=1, max=20_000_000, help="Speed of the freshly created port")] = 9600,
     connect: Annotated[Connect, typer.Option(help="Connect when a program opens the port, or always")] = (
         Connect.ON_OPEN),
@@ -69,16 +70,25 @@ def add(
     group: Annotated[str | None, typer.Option(help="Group of the port (default: dialout when run as root)")] = None,
     mode: Annotated[str, typer.Option(help="Permissions of the port, octal")] = "0660",
     retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, s")] = 15.0,
+    split_of: Annotated[str | None, typer.Option(
+        help="Share the connection of this existing port: both get the remote's data")] = None,
 ) -> None:
     """Create a virtual serial port that reaches TARGET."""
     device = os.path.abspath(device)
     try:
+        if split_of:
+            split_of = os.path.abspath(split_of)
+            if target is None:
+                target = _ask("status", device=split_of)["port"]["target"]
+        if target is None:
+            fail("missing TARGET (host:port); only --split-of ports may leave it out", 2)
         target = str(parse_target(target))
         if os.geteuid() == 0:
             owner = owner or "root"
             group = group or "dialout"
         port = PortConfig(device=device, target=target, baud=baud, connect=connect.value, linger=linger,
-                          owner=owner, group=group, mode=parse_mode(mode), retry_max=retry_max)
+                          owner=owner, group=group, mode=parse_mode(mode), retry_max=retry_max,
+                          split_of=split_of)
         check_port_path(device, replace_symlink=False)
     except (TargetError, ConfigError, PortPathError) as exc:
         fail(str(exc))

@@ -39,6 +39,7 @@ class PortConfig:
     group: str | None = None
     mode: int = 0o660
     retry_max: float = 15.0
+    split_of: str | None = None  # share the connection of this other port (same remote port, two programs)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -94,6 +95,10 @@ def validate(port: PortConfig) -> None:
         value = getattr(port, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or value > 86400:
             raise ConfigError(f"{name} {value!r} must be a number of seconds between 0 and 86400")
+    if port.split_of is not None and (not isinstance(port.split_of, str) or not port.split_of.startswith("/")):
+        raise ConfigError(f"split_of {port.split_of!r} must be the absolute path of another port")
+    if port.split_of == port.device:
+        raise ConfigError(f"{port.device} cannot be split from itself")
     if not isinstance(port.mode, int) or not 0 <= port.mode <= 0o777:
         raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
 

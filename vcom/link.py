@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import random
 import socket
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 # A connection that stayed up this long counts as healthy: the back-off restarts from its shortest delay.
 _HEALTHY_AFTER = 10.0
 _WRITE_HIGH_WATER = 64 * 1024
+# UDP payload per datagram: small enough to cross any path (IPv6 minimum MTU 1280) without fragmentation,
+# where one lost fragment would lose the whole datagram.
+DATAGRAM_SIZE = 1024
 _WRITE_LOW_WATER = 16 * 1024
 
 
@@ -270,6 +274,31 @@ class Rfc2217Session:
 # -- the link ---------------------------------------------------------------------------------------
 
 
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    """UDP: a "connection" is a connected datagram socket; it is only lost when we close it."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self._link._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the peer may come back; datagrams are not retried.
+        self._link._error(f"{self._link.target}: {getattr(exc, 'strerror', None) or exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self._link._socket_writable(False)
+
+    def resume_writing(self) -> None:
+        self._link._socket_writable(True)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, link: Link) -> None:
         self._link = link
@@ -351,7 +380,7 @@ class Link:
     def send(self, data: bytes) -> None:
         if self._transport is None or self._session is None:
             raise RuntimeError("send() while not connected")
-        self._transport.write(self._session.encode(data))
+        self._write(self._session.encode(data))
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -413,15 +442,12 @@ class Link:
         loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING)
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), self.target.host, self.target.port),
-                self._connect_timeout,
-            )
+            transport, protocol = await asyncio.wait_for(self._open_transport(), self._connect_timeout)
         except TimeoutError:
             self._error(f"connect to {self.target}: no answer within {self._connect_timeout:g} s")
             return False
         except OSError as exc:
-            self._error(f"connect to {self.target}: {exc.strerror or exc}")
+            self._error(f"connect to {self.target}: {_reason(exc)}")
             return False
         _tune_socket(transport)
         transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
@@ -445,6 +471,13 @@ class Link:
             self._drop_transport()
         self._error(f"connection to {self.target} lost" + (f": {exc}" if exc else " (closed by the server)"))
         return True
+
+    async def _open_transport(self) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        if self.target.transport is Transport.UDP:
+            return await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), remote_addr=(self.target.host, self.target.port))
+        return await loop.create_connection(lambda: _Protocol(self), self.target.host, self.target.port)
 
     def _new_session(self) -> Session:
         if self.target.transport is Transport.RFC2217:
@@ -494,7 +527,12 @@ class Link:
             self._listener.link_writable(writable)
 
     def _write(self, data: bytes) -> None:
-        if data and self._transport is not None:
+        if not data or self._transport is None:
+            return
+        if self.target.transport is Transport.UDP:
+            for start in range(0, len(data), DATAGRAM_SIZE):
+                self._transport.sendto(data[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
+        else:
             self._transport.write(data)
 
     def _drop_transport(self) -> None:
@@ -513,6 +551,13 @@ class Link:
         if message != self.stats.last_error:
             log.warning("%s: %s", self.name, message)
         self.stats.last_error = message
+
+
+def _reason(exc: OSError) -> str:
+    # asyncio's "Connect call failed (addr)" hides the errno's own words ("Connection refused").
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc)
 
 
 def _tune_socket(transport: asyncio.BaseTransport) -> None:

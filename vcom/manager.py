@@ -24,7 +24,7 @@ from . import control
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .paths import Paths
-from .port import Port
+from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
 
 log = logging.getLogger(__name__)
@@ -117,16 +117,23 @@ class Manager:
         ports, errors = configfile.load(self.paths.config)
         for error in errors:
             log.error("%s (skipped)", error)
-        for cfg in ports:
+        for cfg in sorted(ports, key=lambda c: c.split_of is not None):
             self._configs[cfg.device] = cfg
             try:
                 self._start_port(cfg, replace_symlink=True)
-            except (PortPathError, OSError, ValueError) as exc:
+            except (PortPathError, ManagerError, OSError, ValueError) as exc:
                 log.error("%s: cannot create the port: %s", cfg.device, exc)
 
     def _start_port(self, cfg: PortConfig, *, replace_symlink: bool) -> Port:
         assert self._watcher is not None
-        port = Port(cfg, self._watcher.watch)
+        if cfg.split_of:
+            primary = self.ports.get(cfg.split_of)
+            if primary is None:
+                raise ManagerError(f"{cfg.split_of} is not a running vcom port (split_of of {cfg.device})")
+            group = primary.group
+        else:
+            group = LinkGroup(cfg)
+        port = Port(cfg, group, self._watcher.watch)
         port.start(replace_symlink=replace_symlink)
         self.ports[cfg.device] = port
         return port
@@ -151,6 +158,15 @@ class Manager:
         cfg = PortConfig.from_json(request.get("port") or {})
         if cfg.device in self._configs:
             raise ManagerError(f"{cfg.device} is already a vcom port (remove it first)")
+        if cfg.split_of:
+            primary = self._configs.get(cfg.split_of)
+            if primary is None:
+                raise ManagerError(f"--split-of {cfg.split_of}: not a vcom port")
+            if primary.split_of:
+                raise ManagerError(f"--split-of {cfg.split_of}: that port is itself split from {primary.split_of}; "
+                                   f"split from {primary.split_of} instead")
+            if primary.parsed_target != cfg.parsed_target:
+                raise ManagerError(f"--split-of {cfg.split_of}: it reaches {primary.target}, not {cfg.target}")
         check_port_path(cfg.device, replace_symlink=False)
         try:
             self._start_port(cfg, replace_symlink=False)
@@ -164,6 +180,9 @@ class Manager:
         device = _absolute(request.get("device"))
         if device not in self._configs:
             raise ManagerError(f"{device} is not a vcom port")
+        splits = [c.device for c in self._configs.values() if c.split_of == device]
+        if splits:
+            raise ManagerError(f"{device} has split ports ({', '.join(splits)}); remove them first")
         port = self.ports.pop(device, None)
         if port is not None:
             await port.close()

@@ -1,26 +1,36 @@
-"""A virtual port: where one pty meets one link.
+"""Virtual ports: where ptys meet a link.
 
-This is the only module that knows both sides.  It turns what the kernel
-tells about the pty (opens and closes through inotify, termios changes and
-flushes through packet-mode status bytes) into link actions, and moves data
-between the two with back-pressure in both directions:
+This is the only module that knows both sides.  A :class:`Port` turns what
+the kernel tells about one pty (opens and closes through inotify, termios
+changes and flushes through packet-mode status bytes) into link actions; a
+:class:`LinkGroup` joins one or more ports to one network connection
+(several when a remote port is *split*, e.g. two programs reading one GPS).
 
-* program -> network: the pty master is read only while the link is
-  writable.  When it is not (connecting, socket buffer full, server sent
+Back-pressure, in both directions, by not reading:
+
+* program -> network: a pty master is read only while the link is writable.
+  When it is not (connecting, socket buffer full, server sent
   FLOWCONTROL-SUSPEND) the program's ``write()`` blocks once the ~18 KiB pty
   buffer is full, as on a UART held off by flow control.
-* network -> program: when the pty cannot take more (the program does not
-  read), the link stops reading its socket and TCP pushes back on the server.
+* network -> program: when a pty cannot take more (the program does not
+  read), the link stops reading its socket and TCP pushes back on the
+  server.  In a split group the link stops only when *every* open member is
+  full; a member that stays behind keeps at most ``SPLIT_BUFFER`` bytes and
+  then drops its oldest data (counted), so one stalled reader never stalls
+  the others.
 
-Ordering between settings and data (the promise documented in README.md):
-a settings change is sent to the server before every byte that vcom reads
-from the pty after it learns of the change.  The kernel reports a termios
-change ahead of data already queued in the pty (the packet-mode status byte
-overtakes data), so bytes the program wrote just before ``tcsetattr`` and
-that vcom had not read yet leave with the *new* settings; bytes vcom had
-already forwarded leave with the old ones.  This matches ``tcsetattr(TCSANOW)``
-on a real UART, where bytes still in the transmit FIFO are affected too.  The
-common pattern "configure, then write at once" is therefore always right.
+Ordering between settings and data (documented in README.md): a settings
+change is sent to the server before every byte that vcom reads from the pty
+after it learns of the change.  The kernel reports a termios change ahead of
+data already queued in the pty (the packet-mode status byte overtakes data),
+so bytes the program wrote just before ``tcsetattr`` and that vcom had not
+read yet leave with the *new* settings, as bytes still in a real UART's FIFO
+do after ``tcsetattr(TCSANOW)``.  "Configure, then write at once" is always
+right.
+
+Whose settings win in a split group: the first port (the one the others are
+split from) while it is open; while it is closed, the member that has been
+open longest.  ``vcom status`` shows which (``settings_from``).
 """
 
 from __future__ import annotations
@@ -42,68 +52,183 @@ log = logging.getLogger(__name__)
 # Reads per wake-up: one busy port must not starve the others on the shared loop.
 _READS_PER_WAKEUP = 16
 _READ_SIZE = 65536
+# What a split member may hold for its program beyond what its pty took, before it drops the oldest.
+SPLIT_BUFFER = 64 * 1024
 
 WatchFn = Callable[[str, Callable[[], None]], Callable[[], None]]
 
 
+class LinkGroup:
+    """One link and the ports that share it; the link's listener."""
+
+    def __init__(self, config: PortConfig) -> None:
+        self.config = config  # the first port's: target, connect policy, linger, back-off
+        self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max))
+        self.members: list[Port] = []
+        self._opened_order: list[Port] = []
+        self._linger: asyncio.TimerHandle | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def primary(self) -> Port:
+        return self.members[0]
+
+    def join(self, port: Port) -> None:
+        self.members.append(port)
+
+    async def leave(self, port: Port) -> None:
+        self.members.remove(port)
+        if port in self._opened_order:
+            self._opened_order.remove(port)
+        if not self.members:
+            self._cancel_linger()
+            await self.link.stop()
+        else:
+            self._member_changed()
+
+    def settings_source(self) -> Port | None:
+        if self.primary.is_open:
+            return self.primary
+        return self._opened_order[0] if self._opened_order else None
+
+    # -- from the members
+
+    def member_opened(self, port: Port) -> None:
+        if port not in self._opened_order:
+            self._opened_order.append(port)
+        self._cancel_linger()
+        if self.config.connect == "on-open":
+            self.link.start()
+        self._member_changed()
+
+    def member_closed(self, port: Port) -> None:
+        if port in self._opened_order:
+            self._opened_order.remove(port)
+        if self.config.connect == "on-open" and not self._opened_order:
+            self._cancel_linger()
+            self._linger = self._loop.call_later(self.config.linger, self._linger_over)
+        self._member_changed()
+
+    def member_settings(self, port: Port) -> None:
+        if port is self._fallback_source():
+            self.link.apply_settings(port.settings)
+
+    def member_drained(self) -> None:
+        self._update_pause()
+
+    def _fallback_source(self) -> Port:
+        return self.settings_source() or self.primary
+
+    def _member_changed(self) -> None:
+        self.link.apply_settings(self._fallback_source().settings)
+        self._update_pause()
+
+    def _update_pause(self) -> None:
+        accepting = [m for m in self.members if m.is_open]
+        if accepting and all(m.blocked for m in accepting):
+            self.link.pause_reading()
+        else:
+            self.link.resume_reading()
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if not self._opened_order:
+            self._stopping = self._loop.create_task(self.link.stop())
+
+    def _cancel_linger(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    # -- LinkListener
+
+    def link_data(self, data: bytes) -> None:
+        for member in self.members:
+            member.deliver(data, bounded=len(self.members) > 1)
+        self._update_pause()
+
+    def link_writable(self, writable: bool) -> None:
+        for member in self.members:
+            member.link_writable(writable)
+
+    def link_changed(self) -> None:
+        pass
+
+
 class Port:
-    def __init__(self, config: PortConfig, watch: WatchFn) -> None:
+    def __init__(self, config: PortConfig, group: LinkGroup, watch: WatchFn) -> None:
         self.config = config
         self.name = config.device
+        self.group = group
+        self.link = group.link
         self.pty = VirtualPty(
             config.device,
             ownership=Ownership(owner=config.owner, group=config.group, mode=config.mode),
             baud=config.baud,
         )
-        self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max))
         self.settings = LineSettings(baud=config.baud)
-        self.dropped_bytes = 0  # arrived while no program had the port open
+        self.dropped_bytes = 0  # arrived while no program had the port open, or a split member fell behind
         self.hangup = False  # the program set speed B0
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
         self._open = False  # a program holds the slave open
         self._live = False  # reading the master may still give data (open, or closed but not yet drained)
         self._reading = False
-        self._to_pty = b""  # network data the pty could not take yet (at most one socket read)
+        self._to_pty = bytearray()  # network data the pty could not take yet
         self._writing = False
-        self._linger: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def blocked(self) -> bool:
+        """The pty is full: this port cannot take network data now."""
+        return bool(self._to_pty)
 
     # -- life cycle
 
     def start(self, *, replace_symlink: bool = False) -> None:
         self.pty.open(replace_symlink=replace_symlink)
-        self._unwatch = self._watch(self.pty.slave_path, self._slave_event)
+        try:
+            self._unwatch = self._watch(self.pty.slave_path, self._slave_event)
+        except BaseException:
+            self.pty.close()
+            raise
+        self.group.join(self)
         self._refresh_settings()
-        if self.config.connect == "always":
+        if self.group.config.connect == "always":
             self.link.start()
         self._slave_event()
         log.info("%s: ready (pty %s, remote %s, connect %s)", self.name, self.pty.slave_path,
-                 self.link.target, self.config.connect)
+                 self.link.target, self.group.config.connect)
 
     async def close(self) -> None:
-        self._cancel_linger()
         self._set_reading(False)
         self._set_writing(False)
-        await self.link.stop()
-        for task in list(self._tasks):
-            task.cancel()
+        self._open = False
+        await self.group.leave(self)
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
         self.pty.close()
 
     def status(self) -> dict[str, Any]:
+        source = self.group.settings_source()
         out: dict[str, Any] = {
             "device": self.name,
             "pty": self.pty.slave_path,
-            "connect": self.config.connect,
+            "connect": self.group.config.connect,
             "open": self._open,
             "settings": self.settings.to_json(),
             "hangup": self.hangup,
             "dropped_bytes": self.dropped_bytes,
         }
+        if len(self.group.members) > 1 or self.config.split_of:
+            out["split_group"] = [m.name for m in self.group.members]
+            out["settings_from"] = source.name if source else None
         out.update(self.link.status())
         return out
 
@@ -120,35 +245,20 @@ class Port:
     def _opened(self) -> None:
         self._open = True
         self._live = True
-        self._cancel_linger()
         self._refresh_settings()
-        if self.config.connect == "on-open":
-            self.link.start()
         log.info("%s: opened by a program", self.name)
+        self.group.member_opened(self)
         self._update_io()
 
     def _closed(self) -> None:
         self._open = False
         if self._to_pty:
             self.dropped_bytes += len(self._to_pty)
-            self._to_pty = b""
+            self._to_pty.clear()
         self._set_writing(False)
-        self.link.resume_reading()
-        if self.config.connect == "on-open":
-            self._cancel_linger()
-            self._linger = self._loop.call_later(self.config.linger, self._linger_over)
         log.info("%s: closed by the last program", self.name)
+        self.group.member_closed(self)
         self._update_io()
-
-    def _linger_over(self) -> None:
-        self._linger = None
-        if not self._open:
-            self._spawn(self.link.stop())
-
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
 
     def _on_readable(self) -> None:
         for _ in range(_READS_PER_WAKEUP):
@@ -191,53 +301,50 @@ class Port:
         if settings != self.settings:
             log.info("%s: program set %s", self.name, settings.describe())
         self.settings = settings
-        self.link.apply_settings(settings)
+        self.group.member_settings(self)
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
         # tcflush(TCIFLUSH) discards what the program has not read: the remote's receive buffer and
         # what we still hold for the program go too.  TCOFLUSH discards what it wrote and we have not sent.
         if receive and self._to_pty:
-            self._to_pty = b""
+            self._to_pty.clear()
             self._set_writing(False)
-            self.link.resume_reading()
+            self.group.member_drained()
         self.link.purge(receive=receive, transmit=transmit)
 
     # -- the network's side
 
-    def link_data(self, data: bytes) -> None:
+    def deliver(self, data: bytes, *, bounded: bool) -> None:
+        """Network data for the program; ``bounded``: a split member drops its oldest beyond SPLIT_BUFFER."""
         if not self._open and not self.pty.slave_is_open():
             # A real UART drops what arrives while nobody has the port open.
             self.dropped_bytes += len(data)
             return
-        if self._to_pty:
-            self._to_pty += data
-        else:
-            written = self._write_pty(data)
-            self._to_pty = data[written:]
-        if self._to_pty:
-            self.link.pause_reading()
-            self._set_writing(True)
+        if not self._to_pty:
+            data = data[self._write_pty(data):]
+        self._to_pty += data
+        if bounded and len(self._to_pty) > SPLIT_BUFFER:
+            excess = len(self._to_pty) - SPLIT_BUFFER
+            del self._to_pty[:excess]
+            self.dropped_bytes += excess
+        self._set_writing(bool(self._to_pty))
 
     def link_writable(self, writable: bool) -> None:
         if writable:
             self._refresh_settings()
         self._update_io()
 
-    def link_changed(self) -> None:
-        pass
-
     def _on_pty_writable(self) -> None:
         if not self._open and not self.pty.slave_is_open():
             self.dropped_bytes += len(self._to_pty)
-            self._to_pty = b""
+            self._to_pty.clear()
         else:
-            written = self._write_pty(self._to_pty)
-            self._to_pty = self._to_pty[written:]
+            del self._to_pty[:self._write_pty(self._to_pty)]
         if not self._to_pty:
             self._set_writing(False)
-            self.link.resume_reading()
+            self.group.member_drained()
 
-    def _write_pty(self, data: bytes) -> int:
+    def _write_pty(self, data: bytes | bytearray) -> int:
         try:
             return self.pty.write(data)
         except OSError as exc:
@@ -266,8 +373,3 @@ class Port:
             self._loop.add_writer(self.pty.master_fd, self._on_pty_writable)
         else:
             self._loop.remove_writer(self.pty.master_fd)
-
-    def _spawn(self, coro: Any) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -1,5 +1,6 @@
 """Parsing of remote targets: ``host:port``, ``rfc2217://host:port``,
-``tcp://host:port``, with IPv6 literals in brackets (``[::1]:4001``).
+``tcp://host:port``, ``udp://host:port``, with IPv6 literals in brackets
+(``[::1]:4001``).
 
 A target is checked completely before anything is created, so that a typo
 gives one clear line instead of a port that retries a nonsense address.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 class Transport(enum.Enum):
     RFC2217 = "rfc2217"
     TCP = "tcp"
+    UDP = "udp"
 
 
 class TargetError(ValueError):
@@ -43,7 +45,7 @@ def parse_target(text: str) -> Target:
     original = text
     text = text.strip()
     if not text:
-        raise TargetError("empty target: expected host:port, rfc2217://host:port or tcp://host:port")
+        raise TargetError("empty target: expected host:port, rfc2217://host:port, tcp://host:port or udp://host:port")
     transport = Transport.RFC2217
     if "://" in text:
         scheme, _, text = text.partition("://")
