@@ -25,6 +25,10 @@ peers:
 	  else echo "missing Debian packages for the tests:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# The whole chain on this machine: simulated GPS, built-in RFC 2217 server, virtual port, a reader.
+demo: install
+	$(VENV)/bin/vcom demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS))
+
 test: install peers
 	$(PY) -m pytest
 

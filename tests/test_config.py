@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from vcom.config import ConfigError, PortConfig, load, parse_mode, render, save
+from vcom.share import ShareConfig
 
 
 def test_round_trip_through_the_file(tmp_path: Path) -> None:
@@ -14,9 +15,9 @@ def test_round_trip_through_the_file(tmp_path: Path) -> None:
     ]
     path = tmp_path / "sub" / "vcom.toml"
     save(path, ports)
-    loaded, errors = load(path)
-    assert errors == []
-    assert loaded == ports
+    loaded = load(path)
+    assert loaded.errors == []
+    assert loaded.ports == ports
     text = path.read_text()
     assert 'mode = "0600"' in text  # octal, as a person writes it
     assert tomllib.loads(text)["port"][1]["baud"] == 250000
@@ -30,8 +31,9 @@ def test_a_broken_entry_does_not_hide_the_others(tmp_path: Path) -> None:
         '[[port]]\ndevice = "/dev/c"\ntarget = "h:2"\nspeed = 5\n\n'
         '[[port]]\ndevice = "/dev/d"\ntarget = "tcp://h:3"\nconnect = "always"\n'
     )
-    loaded, errors = load(path)
-    assert [p.device for p in loaded] == ["/dev/a", "/dev/d"]
+    loaded = load(path)
+    errors = loaded.errors
+    assert [p.device for p in loaded.ports] == ["/dev/a", "/dev/d"]
     assert len(errors) == 2
     assert "port #2" in errors[0] and "out of range" in errors[0]
     assert "port #3" in errors[1] and "speed" in errors[1]
@@ -40,12 +42,27 @@ def test_a_broken_entry_does_not_hide_the_others(tmp_path: Path) -> None:
 def test_not_toml_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "vcom.toml"
     path.write_text("[[port]\n")
-    loaded, errors = load(path)
-    assert loaded == [] and len(errors) == 1 and "not valid TOML" in errors[0]
+    loaded = load(path)
+    assert loaded.ports == [] and len(loaded.errors) == 1 and "not valid TOML" in loaded.errors[0]
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
-    assert load(tmp_path / "none.toml") == ([], [])
+    loaded = load(tmp_path / "none.toml")
+    assert (loaded.ports, loaded.shares, loaded.errors) == ([], [], [])
+
+
+def test_shares_round_trip_and_bad_shares_are_skipped(tmp_path: Path) -> None:
+    shares = [ShareConfig(device="sim:echo", listen_port=4001),
+              ShareConfig(device="/dev/ttyUSB0", listen_host="::", listen_port=4002, protocol="udp",
+                          slow_client="disconnect", control="first")]
+    path = tmp_path / "vcom.toml"
+    save(path, [PortConfig(device="/dev/a", target="h:1")], shares)
+    loaded = load(path)
+    assert loaded.shares == shares and loaded.errors == []
+    path.write_text(path.read_text() + '\n[[share]]\ndevice = "sim:echo"\nprotocol = "smoke"\n')
+    loaded = load(path)
+    assert loaded.shares == shares
+    assert len(loaded.errors) == 1 and "share #3" in loaded.errors[0] and "protocol" in loaded.errors[0]
 
 
 @pytest.mark.parametrize(
@@ -75,4 +92,4 @@ def test_modes() -> None:
 
 
 def test_render_is_commented_for_people() -> None:
-    assert render([]).startswith("# vcom virtual ports")
+    assert render([]).startswith("# vcom virtual ports and shares")

@@ -24,6 +24,7 @@ import typer
 from . import control, paths
 from .config import ConfigError, PortConfig, parse_mode
 from .pty import PortPathError, check_port_path
+from .share import ShareConfig, ShareError
 from .target import TargetError, parse_target
 
 app = typer.Typer(
@@ -97,6 +98,74 @@ def add(
     print(f"{device} -> {target}")
 
 
+class Protocol(str, enum.Enum):
+    RFC2217 = "rfc2217"
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class SlowClient(str, enum.Enum):
+    DROP = "drop"
+    DISCONNECT = "disconnect"
+
+
+class Control(str, enum.Enum):
+    ALL = "all"
+    FIRST = "first"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ShareError(f"listen address {text!r}: expected [v6addr]:port")
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        raise ShareError(f"listen address {text!r}: IPv6 addresses need brackets, e.g. [::]:4001")
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ShareError(f"listen address {text!r}: port must be a number between 1 and 65535")
+    return host or "127.0.0.1", int(port_text)
+
+
+@app.command()
+def share(
+    device: Annotated[str, typer.Argument(help="Local serial device (/dev/ttyUSB0, any tty) or sim:echo|gps|modem")],
+    listen: Annotated[str, typer.Option(help="[HOST]:PORT to listen on; loopback unless a host is named")] = (
+        "127.0.0.1:4001"),
+    protocol: Annotated[Protocol, typer.Option(help="rfc2217, raw tcp or udp")] = Protocol.RFC2217,
+    slow_client: Annotated[SlowClient, typer.Option(help="A client that cannot keep up loses its oldest data, "
+                                                         "or is disconnected")] = SlowClient.DROP,
+    client_buffer: Annotated[int, typer.Option(help="Bytes queued per client before the slow-client policy acts")] = (
+        65536),
+    control: Annotated[Control, typer.Option(help="Who may change settings and signals: all clients, or the "
+                                                   "longest-connected one")] = Control.ALL,
+    max_clients: Annotated[int, typer.Option(help="Clients at once; one more is refused")] = 32,
+) -> None:
+    """Serve a local serial device to network clients (kept in the config, started with the manager)."""
+    if not device.lower().startswith("sim:"):
+        device = os.path.abspath(device)
+    try:
+        host, port = parse_listen(listen)
+        config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol.value,
+                             slow_client=slow_client.value, client_buffer=client_buffer, control=control.value,
+                             max_clients=max_clients)
+    except ShareError as exc:
+        fail(str(exc))
+    _ensure_manager()
+    answer = _ask("share", share=config.to_json())
+    print(f"{device} shared as {protocol.value} on {answer['share']['listen']}")
+
+
+@app.command()
+def unshare(device: Annotated[str, typer.Argument(help="The shared device")]) -> None:
+    """Stop sharing a device."""
+    _ask("unshare", device=device if device.lower().startswith("sim:") else os.path.abspath(device))
+
+
 @app.command()
 def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port")]) -> None:
     """Remove a virtual port."""
@@ -106,12 +175,15 @@ def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port"
 @app.command("list")
 def list_ports(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
     """List the configured ports."""
-    ports = _ask("list")["ports"]
+    answer = _ask("list")
     if as_json:
-        print(json.dumps(ports, indent=2))
+        print(json.dumps({"ports": answer["ports"], "shares": answer["shares"]}, indent=2))
         return
-    for port in ports:
-        print(f"{port['device']}  {port['target']}  baud={port['baud']} connect={port['connect']}")
+    for port in answer["ports"]:
+        split = f" split-of={port['split_of']}" if port.get("split_of") else ""
+        print(f"{port['device']}  {port['target']}  baud={port['baud']} connect={port['connect']}{split}")
+    for item in answer["shares"]:
+        print(f"share {item['device']}  {item['protocol']} on {item['listen_host']}:{item['listen_port']}")
 
 
 @app.command()
@@ -120,13 +192,23 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Show state, remote, settings in force, traffic and errors of the ports."""
-    answer = _ask("status", device=os.path.abspath(device) if device else None)
-    data = answer["port"] if device else answer["ports"]
+    if device and not device.lower().startswith("sim:"):
+        device = os.path.abspath(device)
+    answer = _ask("status", device=device)
+    if device:
+        data: Any = answer.get("port") or answer.get("share")
+    else:
+        data = {"ports": answer["ports"], "shares": answer["shares"]}
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    for port in [data] if device else data:
+    if device:
+        print(_format_status(data) if "port" in answer else _format_share(data))
+        return
+    for port in data["ports"]:
         print(_format_status(port))
+    for item in data["shares"]:
+        print(_format_share(item))
 
 
 def _format_status(port: dict[str, Any]) -> str:
@@ -146,6 +228,20 @@ def _format_status(port: dict[str, Any]) -> str:
         lines.append("  server refused RFC 2217: plain data only")
     if port.get("last_error"):
         lines.append(f"  last error: {port['last_error']}")
+    return "\n".join(lines)
+
+
+def _format_share(share: dict[str, Any]) -> str:
+    settings = share.get("settings") or {}
+    lines = [
+        f"share {share['device']}  {share.get('device_state')}  {share.get('protocol')} on {share.get('listen')}",
+        f"  device: {_describe(settings) if settings else 'not open'}   clients: {len(share.get('clients', []))}",
+    ]
+    for client in share.get("clients", []):
+        lines.append(f"  client {client.get('peer')}: in {client.get('bytes_in', 0)}, "
+                     f"out {client.get('bytes_out', 0)}, dropped {client.get('dropped', 0)}")
+    if share.get("device_error"):
+        lines.append(f"  device error: {share['device_error']}")
     return "\n".join(lines)
 
 
@@ -178,6 +274,20 @@ def run(
         asyncio.run(Manager(where).run())
     except (ManagerError, ValueError) as exc:
         fail(str(exc))
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds (default: Ctrl-C)")] = (
+        None),
+) -> None:
+    """Run the whole chain on this machine: simulated GPS, built-in server, virtual port, a reading program."""
+    from . import demo as demo_module
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    code = asyncio.run(demo_module.run(seconds))
+    if code:
+        fail("no position came through the virtual port", code)
 
 
 @app.command()

@@ -1,7 +1,8 @@
-"""Port definitions and the human-editable TOML file that keeps them.
+"""Port and share definitions and the human-editable TOML file that keeps them.
 
-The file is a list of ``[[port]]`` tables, one per virtual port, with the same
-names as the ``vcom add`` options.  It is read with :mod:`tomllib` and written
+The file holds ``[[port]]`` tables, one per virtual port, with the names of
+the ``vcom add`` options, and ``[[share]]`` tables, one per shared local
+device, with the names of :class:`vcom.share.ShareConfig`.  It is read with :mod:`tomllib` and written
 by hand (the format is flat: strings, numbers, booleans), atomically, so a
 crash never leaves half a file.  A broken entry is reported and skipped: one
 bad port never keeps the others from starting.
@@ -14,9 +15,10 @@ import logging
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .share import ShareConfig, ShareError
 from .target import Target, parse_target
 
 log = logging.getLogger(__name__)
@@ -103,52 +105,63 @@ def validate(port: PortConfig) -> None:
         raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
 
 
-def load(path: Path) -> tuple[list[PortConfig], list[str]]:
-    """Read the config file: the usable ports and one error line per unusable entry."""
+@dataclass(slots=True)
+class Loaded:
+    ports: list[PortConfig] = field(default_factory=list)
+    shares: list[ShareConfig] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per entry that was skipped
+
+
+def load(path: Path) -> Loaded:
+    """Read the config file: the usable ports and shares, and one error line per unusable entry."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return [], []
+        return Loaded()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return [], [f"{path}: not valid TOML: {exc}"]
-    ports: list[PortConfig] = []
-    errors: list[str] = []
-    entries = data.get("port", [])
-    if not isinstance(entries, list):
-        return [], [f"{path}: 'port' must be an array of tables ([[port]])"]
-    for index, entry in enumerate(entries, 1):
-        try:
-            if not isinstance(entry, dict):
-                raise ConfigError("not a table")
-            ports.append(PortConfig.from_json(entry))
-        except ConfigError as exc:
-            errors.append(f"{path}: port #{index}: {exc}")
-    return ports, errors
+        return Loaded(errors=[f"{path}: not valid TOML: {exc}"])
+    loaded = Loaded()
+    for table, build, into in (("port", PortConfig.from_json, loaded.ports),
+                               ("share", ShareConfig.from_json, loaded.shares)):
+        entries = data.get(table, [])
+        if not isinstance(entries, list):
+            loaded.errors.append(f"{path}: '{table}' must be an array of tables ([[{table}]])")
+            continue
+        for index, entry in enumerate(entries, 1):
+            try:
+                if not isinstance(entry, dict):
+                    raise ConfigError("not a table")
+                into.append(build(entry))  # type: ignore[arg-type]
+            except (ConfigError, ShareError) as exc:
+                loaded.errors.append(f"{path}: {table} #{index}: {exc}")
+    return loaded
 
 
-def save(path: Path, ports: list[PortConfig]) -> None:
+def save(path: Path, ports: list[PortConfig], shares: list[ShareConfig] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".vcom.", suffix=".toml", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render(ports))
+            out.write(render(ports, shares or []))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
-def render(ports: list[PortConfig]) -> str:
+def render(ports: list[PortConfig], shares: list[ShareConfig] | None = None) -> str:
     lines = [
-        "# vcom virtual ports. Edit while the manager is stopped, or use `vcom add` / `vcom remove`.",
-        "# Each [[port]] takes the names of the `vcom add` options.",
+        "# vcom virtual ports and shares. Edit while the manager is stopped, or use the vcom command.",
+        "# Each [[port]] takes the names of the `vcom add` options, each [[share]] those of `vcom share`.",
     ]
-    for port in ports:
+    tables: list[tuple[str, dict[str, object]]] = [("port", p.to_json()) for p in ports]
+    tables += [("share", s.to_json()) for s in shares or []]
+    for table, values in tables:
         lines.append("")
-        lines.append("[[port]]")
-        for key, value in port.to_json().items():
+        lines.append(f"[[{table}]]")
+        for key, value in values.items():
             if value is None:
                 continue
             lines.append(f"{key} = {_toml_value(value)}")

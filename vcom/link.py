@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -167,10 +168,11 @@ class Rfc2217Session:
     connection is an ordinary telnet one).
     """
 
-    def __init__(self, remote: RemoteState, name: str) -> None:
+    def __init__(self, remote: RemoteState, name: str, settings: Callable[[], LineSettings]) -> None:
         self._codec = rfc2217.Connection(rfc2217.Role.CLIENT)
         self._remote = remote
         self._name = name
+        self._current = settings
         self._settings = LineSettings()
         self._sent: list[Any] = []  # last value sent per command, to send only changes
         self.negotiated = False
@@ -224,7 +226,7 @@ class Rfc2217Session:
                 remote.com_port = True
                 self.negotiated = True
                 self._sent = []
-                return self._codec.send(rfc2217.Signature("")) + self.settings(self._settings)
+                return self._codec.send(rfc2217.Signature("")) + self.settings(self._current())
             case rfc2217.ComPortOption(enabled=False):
                 if remote.com_port is not False:
                     log.warning("%s: server refused COM-PORT-OPTION (RFC 2217); carrying plain data, "
@@ -281,6 +283,9 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self._link = link
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._link._connection_made(transport)
+
     def datagram_received(self, data: bytes, addr: object) -> None:
         self._link._received(data)
 
@@ -303,6 +308,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, link: Link) -> None:
         self._link = link
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._link._connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self._link._received(data)
@@ -442,26 +450,19 @@ class Link:
         loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING)
         try:
-            transport, protocol = await asyncio.wait_for(self._open_transport(), self._connect_timeout)
+            _, protocol = await asyncio.wait_for(self._open_transport(), self._connect_timeout)
         except TimeoutError:
+            self._drop_transport()
             self._error(f"connect to {self.target}: no answer within {self._connect_timeout:g} s")
             return False
         except OSError as exc:
+            self._drop_transport()
             self._error(f"connect to {self.target}: {_reason(exc)}")
             return False
-        _tune_socket(transport)
-        transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
         if self.stats.connects:
             self.stats.reconnects += 1
         self.stats.connects += 1
-        self._transport = transport
-        self._socket_ok = True
-        self.remote = RemoteState()
-        self._session = self._new_session()
-        if self._reading_paused:
-            transport.pause_reading()
         log.info("%s: connected to %s", self.name, self.target)
-        self._write(self._session.start(self._settings))
         timer = loop.call_later(self._negotiation_timeout, self._negotiation_timeout_hit)
         self._after_input()
         try:
@@ -472,6 +473,27 @@ class Link:
         self._error(f"connection to {self.target} lost" + (f": {exc}" if exc else " (closed by the server)"))
         return True
 
+    def _connection_made(self, transport: Any) -> None:
+        """Called by the protocol before it can deliver a byte: the server may speak first (ser2net
+        sends its whole negotiation at accept), so the session must exist from here on."""
+        _tune_socket(transport)
+        transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
+        self._transport = transport
+        self._socket_ok = True
+        self.remote = RemoteState()
+        self._session = self._new_session()
+        if self._reading_paused:
+            transport.pause_reading()
+        self._write(self._session.start(self._current_settings()))
+
+    def _current_settings(self) -> LineSettings:
+        # Ask the port for the program's termios now: a change it has not read from the pty yet
+        # (the status byte waits while the link is down) would otherwise go out one step late.
+        refresh = getattr(self._listener, "link_settings", None)
+        if refresh is not None:
+            self._settings = refresh()
+        return self._settings
+
     async def _open_transport(self) -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
         if self.target.transport is Transport.UDP:
@@ -481,7 +503,7 @@ class Link:
 
     def _new_session(self) -> Session:
         if self.target.transport is Transport.RFC2217:
-            return Rfc2217Session(self.remote, self.name)
+            return Rfc2217Session(self.remote, self.name, self._current_settings)
         return RawSession()
 
     def _negotiation_timeout_hit(self) -> None:

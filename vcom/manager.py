@@ -26,6 +26,7 @@ from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .paths import Paths
 from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
+from .share import Share, ShareConfig, ShareError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Manager:
         self.paths = paths
         self.ports: dict[str, Port] = {}
         self._configs: dict[str, PortConfig] = {}
+        self.shares: dict[str, Share] = {}
+        self._share_configs: dict[str, ShareConfig] = {}
         self._stop = asyncio.Event()
         self._watcher: SlaveWatcher | None = None
         self._lock = asyncio.Lock()
@@ -95,6 +98,7 @@ class Manager:
         server = None
         try:
             self._start_configured()
+            await self._start_configured_shares()
             server = await control.serve(self.paths.socket, self.handle)
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
@@ -106,6 +110,9 @@ class Manager:
             for port in list(self.ports.values()):
                 await port.close()
             self.ports.clear()
+            for share in list(self.shares.values()):
+                await share.close()
+            self.shares.clear()
             self._watcher.close()
             for path in (self.paths.socket, self.paths.pid):
                 with contextlib.suppress(FileNotFoundError):
@@ -114,15 +121,26 @@ class Manager:
                 loop.remove_signal_handler(sig)
 
     def _start_configured(self) -> None:
-        ports, errors = configfile.load(self.paths.config)
-        for error in errors:
+        loaded = configfile.load(self.paths.config)
+        for error in loaded.errors:
             log.error("%s (skipped)", error)
-        for cfg in sorted(ports, key=lambda c: c.split_of is not None):
+        self._share_configs = {cfg.device: cfg for cfg in loaded.shares}
+        for cfg in sorted(loaded.ports, key=lambda c: c.split_of is not None):
             self._configs[cfg.device] = cfg
             try:
                 self._start_port(cfg, replace_symlink=True)
             except (PortPathError, ManagerError, OSError, ValueError) as exc:
                 log.error("%s: cannot create the port: %s", cfg.device, exc)
+
+    async def _start_configured_shares(self) -> None:
+        for cfg in self._share_configs.values():
+            share = Share(cfg)
+            try:
+                await share.start()
+            except ShareError as exc:
+                log.error("share %s: cannot start: %s", cfg.device, exc)
+                continue
+            self.shares[cfg.device] = share
 
     def _start_port(self, cfg: PortConfig, *, replace_symlink: bool) -> Port:
         assert self._watcher is not None
@@ -148,7 +166,7 @@ class Manager:
         async with self._lock:
             try:
                 return await handler(request)
-            except (ConfigError, PortPathError, ManagerError) as exc:
+            except (ConfigError, PortPathError, ManagerError, ShareError) as exc:
                 return {"ok": False, "error": str(exc)}
 
     async def _cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -190,17 +208,52 @@ class Manager:
         self._save()
         return {"ok": True}
 
+    async def _cmd_share(self, request: dict[str, Any]) -> dict[str, Any]:
+        cfg = ShareConfig.from_json(request.get("share") or {})
+        if cfg.device in self._share_configs:
+            raise ManagerError(f"{cfg.device} is already shared (unshare it first)")
+        share = Share(cfg)
+        await share.start()
+        self.shares[cfg.device] = share
+        self._share_configs[cfg.device] = cfg
+        self._save()
+        return {"ok": True, "share": share.status()}
+
+    async def _cmd_unshare(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = _share_key(request.get("device"))
+        if device not in self._share_configs:
+            raise ManagerError(f"{device} is not shared")
+        share = self.shares.pop(device, None)
+        if share is not None:
+            await share.close()
+        del self._share_configs[device]
+        self._save()
+        return {"ok": True}
+
     async def _cmd_list(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "ports": [cfg.to_json() for cfg in self._configs.values()]}
+        return {"ok": True, "ports": [cfg.to_json() for cfg in self._configs.values()],
+                "shares": [cfg.to_json() for cfg in self._share_configs.values()]}
 
     async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
         device = request.get("device")
         if device:
-            device = _absolute(device)
-            if device not in self._configs:
-                raise ManagerError(f"{device} is not a vcom port")
-            return {"ok": True, "port": self._status(device)}
-        return {"ok": True, "ports": [self._status(d) for d in self._configs]}
+            path = _absolute(device) if not str(device).lower().startswith("sim:") else None
+            if path in self._configs:
+                return {"ok": True, "port": self._status(path)}
+            key = _share_key(device)
+            if key in self._share_configs:
+                return {"ok": True, "share": self._share_status(key)}
+            raise ManagerError(f"{device} is not a vcom port or share")
+        return {"ok": True, "ports": [self._status(d) for d in self._configs],
+                "shares": [self._share_status(d) for d in self._share_configs]}
+
+    def _share_status(self, device: str) -> dict[str, Any]:
+        share = self.shares.get(device)
+        if share is not None:
+            return share.status()
+        cfg = self._share_configs[device]
+        return {"device": device, "protocol": cfg.protocol, "listen": cfg.listen, "device_state": "failed",
+                "device_error": "the share could not be started; see the manager's log", "clients": []}
 
     async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
         self._stop.set()
@@ -215,13 +268,19 @@ class Manager:
                 "last_error": "the port could not be created; see the manager's log"}
 
     def _save(self) -> None:
-        configfile.save(self.paths.config, list(self._configs.values()))
+        configfile.save(self.paths.config, list(self._configs.values()), list(self._share_configs.values()))
 
 
 def _absolute(device: object) -> str:
     if not isinstance(device, str) or not device:
         raise ManagerError("a device path is required")
     return os.path.abspath(device)
+
+
+def _share_key(device: object) -> str:
+    if not isinstance(device, str) or not device:
+        raise ManagerError("a device is required")
+    return device.lower() if device.lower().startswith("sim:") else os.path.abspath(device)
 
 
 def _write_pid(path: Path) -> None:

@@ -155,6 +155,12 @@ class LinkGroup:
     def link_changed(self) -> None:
         pass
 
+    def link_settings(self) -> LineSettings:
+        """The settings in force right now (the link asks before it sends them on connect)."""
+        source = self._fallback_source()
+        source.read_settings()
+        return source.settings
+
 
 class Port:
     def __init__(self, config: PortConfig, group: LinkGroup, watch: WatchFn) -> None:
@@ -289,6 +295,11 @@ class Port:
             self._live = self.pty.slave_is_open()
 
     def _refresh_settings(self) -> None:
+        self.read_settings()
+        self.group.member_settings(self)
+
+    def read_settings(self) -> None:
+        """Take the program's termios from the pty into :attr:`settings`."""
         with contextlib.suppress(OSError):
             self.pty.ensure_extproc()
         try:
@@ -301,7 +312,6 @@ class Port:
         if settings != self.settings:
             log.info("%s: program set %s", self.name, settings.describe())
         self.settings = settings
-        self.group.member_settings(self)
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
         # tcflush(TCIFLUSH) discards what the program has not read: the remote's receive buffer and

@@ -1,0 +1,90 @@
+"""Fixtures for the end-to-end tests: every device, server, program fd and vcom
+manager a test uses is created here and torn down here, whatever the outcome.
+
+The helpers themselves live in ``peers.py``; this file only ties their
+lifetimes to pytest's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program
+
+P = TypeVar("P", bound=PeerProcess)
+
+
+@pytest.fixture
+def make_device() -> Iterator[Callable[[], PtyDevice]]:
+    """Factory of far-end UARTs; all are closed after the test."""
+    devices: list[PtyDevice] = []
+
+    def make() -> PtyDevice:
+        devices.append(PtyDevice())
+        return devices[-1]
+
+    yield make
+    for device in devices:
+        device.close()
+
+
+@pytest.fixture
+def device(make_device: Callable[[], PtyDevice]) -> PtyDevice:
+    return make_device()
+
+
+@pytest.fixture
+def start_peer() -> Iterator[Callable[[P], P]]:
+    """Start a peer process now and stop it (SIGTERM, then SIGKILL) after the test."""
+    peers: list[PeerProcess] = []
+
+    def start(peer: P) -> P:
+        peers.append(peer)
+        peer.start()
+        return peer
+
+    yield start
+    for peer in reversed(peers):
+        peer.stop()
+
+
+@pytest.fixture
+def ser2net(tmp_path: Path, device: PtyDevice, start_peer: Callable[[Ser2net], Ser2net]) -> Ser2net:
+    """ser2net serving ``device`` (RFC 2217 on ``.port``, raw TCP on ``.raw_port``)."""
+    if shutil.which("ser2net") is None:
+        pytest.skip("ser2net is not installed")
+    return start_peer(Ser2net(tmp_path / "ser2net", device.path))
+
+
+@pytest.fixture
+def vcom(tmp_path: Path) -> Iterator[Vcom]:
+    """The vcom CLI with a private VCOM_HOME; no manager outlives the test.
+
+    The home is kept short: the control socket path must fit in sun_path.
+    """
+    driver = Vcom(tmp_path / "h")
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+@pytest.fixture
+def open_port() -> Iterator[Callable[[str | os.PathLike[str]], int]]:
+    """Open a vcom port as a program would (raw, non-blocking); closed after the test."""
+    fds: list[int] = []
+
+    def open_(path: str | os.PathLike[str]) -> int:
+        fds.append(open_program(path))
+        return fds[-1]
+
+    yield open_
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

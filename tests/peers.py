@@ -1,0 +1,955 @@
+"""Real peers for the end-to-end tests: devices, servers, a wire recorder and a CLI driver.
+
+Everything here is the world *around* vcom, built from real kernel objects and
+real third-party programs on 127.0.0.1:
+
+- :class:`PtyDevice` is the far-end "UART".  A server (ser2net, pyserial's
+  RFC 2217 server) is given the pty *slave* path as its serial device; the test
+  holds the master, so ``read`` on the master is what the UART transmitted to
+  the line and ``write`` is what arrives from the line.  The master sees the
+  slave's termios (Linux redirects mode ioctls), so the test can check the
+  exact speed, stop bits and flow control a server applied.
+- :class:`Ser2net` and :class:`PyserialServer` are real RFC 2217 servers.
+- :class:`WireProxy` sits between vcom and a server and records both
+  directions, so a test can check what went over the wire where the pty far
+  end cannot show it (ordering of data and SET-BAUDRATE, for instance).
+- :class:`HostileServer` misbehaves: closes at once, sends garbage, or never
+  says anything.
+- :class:`Vcom` drives the ``vcom`` CLI with its own ``VCOM_HOME`` and makes
+  sure no manager process outlives the test.
+
+Servers that must run while a test blocks on its own I/O are separate
+processes (no threads): ser2net itself, ``pyserial_server.py``, and this very
+file run as a script for the proxy and the hostile servers (see :func:`main`).
+Every wait is bounded by a deadline; nothing here sleeps for a fixed time to
+"let things settle".
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import fcntl
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+# ---------------------------------------------------------------------------
+# Waiting
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str = "condition", interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    Returns the truthy value, so callers can wait for *and* fetch a result.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------
+# Loopback TCP
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+
+
+def is_listening(port: int) -> bool:
+    """Whether some socket listens on ``port``, read from /proc/net/tcp{,6}.
+
+    Checking the kernel table instead of connecting matters: ser2net opens its
+    device and pyserial's server starts a session on every connection, so a
+    probe connection would disturb the peer it checks.
+    """
+    wanted = f"{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[1].rsplit(":", 1)[1] == wanted and fields[3] == _TCP_LISTEN:
+                    return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# ttys
+
+# struct termios2 (asm-generic/termbits.h): four tcflag_t, c_line, c_cc[19],
+# then c_ispeed and c_ospeed.  TCGETS2 = _IOR('T', 0x2A, struct termios2).
+_TCGETS2 = 0x802C542A
+_TERMIOS2_WORDS = 11  # 44 bytes
+_CBAUD = 0o010017
+_BOTHER = 0o010000
+_CRTSCTS = 0o20000000000
+
+
+@dataclass(frozen=True, slots=True)
+class TtySettings:
+    """What a tty is configured to, as far as a pty keeps it.
+
+    The pty driver keeps speed, CSTOPB, CRTSCTS and IXON/IXOFF as set, but
+    forces CS8 and clears PARENB, so data bits and parity are not shown here.
+    """
+
+    baud: int  # c_ospeed: exact, also for BOTHER rates like 250000
+    ispeed: int
+    bother: bool  # set with TCSETS2 and an arbitrary rate rather than a Bxxx code
+    cstopb: bool
+    crtscts: bool
+    ixon: bool
+    ixoff: bool
+
+
+def tty_settings(fd: int) -> TtySettings:
+    """Read the exact settings with TCGETS2 (``tcgetattr`` only gives the Bxxx code)."""
+    buf = array.array("I", [0] * _TERMIOS2_WORDS)
+    fcntl.ioctl(fd, _TCGETS2, buf)
+    iflag, cflag = buf[0], buf[2]
+    return TtySettings(
+        baud=buf[10],
+        ispeed=buf[9],
+        bother=(cflag & _CBAUD) == _BOTHER,
+        cstopb=bool(cflag & termios.CSTOPB),
+        crtscts=bool(cflag & _CRTSCTS),
+        ixon=bool(iflag & termios.IXON),
+        ixoff=bool(iflag & termios.IXOFF),
+    )
+
+
+def reset_tty(fd: int, speed: int = termios.B9600) -> None:
+    """Put a tty back to ``speed`` 8N1, no flow control, raw."""
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[0] &= ~(termios.IXON | termios.IXOFF | termios.IXANY)
+    attrs[2] &= ~(termios.CSTOPB | _CRTSCTS)
+    attrs[2] |= termios.CLOCAL | termios.CREAD
+    attrs[4] = attrs[5] = speed
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def open_program(path: str | os.PathLike[str]) -> int:
+    """Open a serial port as a program would (raw mode), non-blocking for bounded I/O."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    return fd
+
+
+def stty(path: str | os.PathLike[str], *args: str) -> None:
+    """Run the real ``stty -F PATH ARGS``."""
+    subprocess.run(["stty", "-F", str(path), *args], check=True, timeout=10, capture_output=True)
+
+
+class PtyDevice:
+    """The far-end UART: a pty whose slave a server opens as its serial device.
+
+    The slave stays open for the device's whole life so that the master never
+    reads EIO between server sessions (and so the slave's termios persists).
+    """
+
+    def __init__(self) -> None:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._slave)
+
+    def fileno(self) -> int:
+        return self.master
+
+    def settings(self) -> TtySettings:
+        return tty_settings(self.master)
+
+    def reset(self, speed: int = termios.B9600) -> None:
+        """Forget whatever a server configured (used to prove settings are re-applied)."""
+        reset_tty(self.master, speed)
+
+    def write(self, data: bytes, timeout: float = 10.0) -> None:
+        write_all(self.master, data, timeout)
+
+    def read_exact(self, n: int, timeout: float = 10.0) -> bytes:
+        return read_exact(self.master, n, timeout)
+
+    def read_until(self, marker: bytes, timeout: float = 10.0) -> bytes:
+        return read_until(self.master, marker, timeout)
+
+    def drain(self) -> bytes:
+        return drain(self.master)
+
+    def close(self) -> None:
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# Bounded non-blocking I/O
+
+_CHUNK = 65536
+
+
+def _read_some(fd: int) -> bytes:
+    """One non-blocking read; b"" if nothing is there.  EOF/EIO raise: a test must see them."""
+    try:
+        data = os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return b""
+    if not data:
+        raise EOFError(f"fd {fd} reached end of file")
+    return data
+
+
+def write_all(fd: int, data: bytes, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"write of {len(data)} bytes to fd {fd} stuck with {len(view)} left")
+        _, writable, _ = select.select([], [fd], [], min(remaining, 0.2))
+        if writable:
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(fd, view[:_CHUNK]) :]
+
+
+def read_exact(fd: int, n: int, timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while len(got) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"read {len(got)} of {n} bytes from fd {fd} before the deadline: {bytes(got[:64])!r}")
+        readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+        if readable:
+            got += _read_some(fd)
+    return bytes(got)
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 10.0) -> bytes:
+    """Read until ``marker`` has been seen; returns everything read (may extend past it)."""
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while marker not in got:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{marker!r} not seen on fd {fd}; got {len(got)} bytes, tail {bytes(got[-64:])!r}")
+        readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+        if readable:
+            got += _read_some(fd)
+    return bytes(got)
+
+
+def drain(fd: int) -> bytes:
+    """Everything readable right now (bounded: stops at the first empty read)."""
+    got = bytearray()
+    for _ in range(1024):
+        chunk = _read_some(fd)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@dataclass
+class Stream:
+    """One direction of a transfer: ``payload`` is written into ``source`` and must come out of ``sink``."""
+
+    source: int
+    sink: int
+    payload: bytes
+    received: bytearray = field(default_factory=bytearray)
+    sent: int = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.received) >= len(self.payload)
+
+
+def _receive(stream: Stream, chunk: bytes) -> None:
+    """Take bytes from the sink, failing at the first byte that differs from the payload.
+
+    Failing at once (instead of waiting for bytes that will never come) makes
+    a corrupting link fail fast and shows where and how it corrupted.
+    """
+    start = len(stream.received)
+    stream.received += chunk
+    expected = stream.payload[start : start + len(chunk)]
+    if chunk != expected:
+        at = start + next(
+            (i for i, (a, b) in enumerate(zip(chunk, expected, strict=False)) if a != b), min(len(chunk), len(expected))
+        )
+        raise AssertionError(
+            f"stream corrupted at byte {at}: expected {stream.payload[max(0, at - 8) : at + 8].hex(' ')}, "
+            f"got {bytes(stream.received[max(0, at - 8) : at + 8]).hex(' ')}"
+        )
+
+
+def pump(streams: Sequence[Stream], timeout: float) -> None:
+    """Run all streams concurrently in one select loop until every payload has arrived.
+
+    Both directions must move at once: a serial link has small buffers at each
+    hop, so writing one side to completion before reading the other would
+    deadlock on back-pressure.
+    """
+    for stream in streams:
+        os.set_blocking(stream.source, False)
+        os.set_blocking(stream.sink, False)
+    by_sink = {stream.sink: stream for stream in streams}
+    deadline = time.monotonic() + timeout
+    while not all(stream.done for stream in streams):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            progress = ", ".join(f"{s.sent}/{len(s.payload)} sent {len(s.received)} received" for s in streams)
+            raise AssertionError(f"transfer not finished within {timeout:g}s: {progress}")
+        readers = [s.sink for s in streams if not s.done]
+        writers = list({s.source for s in streams if s.sent < len(s.payload)})
+        readable, writable, _ = select.select(readers, writers, [], min(remaining, 0.2))
+        for fd in readable:
+            _receive(by_sink[fd], _read_some(fd))
+        for stream in streams:
+            if stream.source in writable and stream.sent < len(stream.payload):
+                with contextlib.suppress(BlockingIOError):
+                    stream.sent += os.write(stream.source, stream.payload[stream.sent : stream.sent + 4096])
+
+
+def handshake(program_fd: int, device: PtyDevice, timeout: float = 15.0) -> None:
+    """Prove the whole path works both ways before a test relies on it.
+
+    A server typically opens its device only once a client connects, and may
+    flush it on open, so bytes the device sends earlier can be lost through no
+    fault of the client.  A unique marker each way tells the test that the
+    client, the server and the device are all in session.
+    """
+    token = os.urandom(8).hex().encode()
+    write_all(program_fd, b"<up:" + token + b">", timeout)
+    device.read_until(b"<up:" + token + b">", timeout)
+    device.write(b"<down:" + token + b">", timeout)
+    read_until(program_fd, b"<down:" + token + b">", timeout)
+
+
+def wait_settings(device: PtyDevice, timeout: float = 15.0, **expected: object) -> TtySettings:
+    """Wait until the device's tty shows every ``expected`` field (see :class:`TtySettings`)."""
+    last: list[TtySettings] = []
+
+    def matches() -> TtySettings | None:
+        last[:] = [device.settings()]
+        return last[0] if all(getattr(last[0], key) == value for key, value in expected.items()) else None
+
+    try:
+        return wait_until(matches, timeout, f"device settings {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; device shows {last[0] if last else None}") from None
+
+
+def poke(fd: int) -> bytes:
+    """Use a program's fd once: a small write (EAGAIN allowed: the buffer may be full) and a drain.
+
+    Any other error, EIO in particular, propagates: a port must never fail the
+    program because of what happens on the network.
+    """
+    with contextlib.suppress(BlockingIOError):
+        os.write(fd, b"ping")
+    return drain(fd)
+
+
+# ---------------------------------------------------------------------------
+# Peer processes
+
+
+class PeerProcess:
+    """A server process started and stopped by a test, its output kept in a log file."""
+
+    name = "peer"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ports(self) -> list[int]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_until(self._ready, timeout, f"{self.name} listening on {self.ports()}")
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return all(is_listening(port) for port in self.ports())
+
+    def kill(self) -> None:
+        """SIGKILL: the abrupt death of a server (no goodbye on the wire)."""
+        self._signal_and_reap(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not go within a few seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._signal_and_reap(signal.SIGKILL)
+
+    def _signal_and_reap(self, sig: int) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class Ser2net(PeerProcess):
+    """ser2net 4 serving ``device`` over RFC 2217 (``.port``) and raw TCP (``.raw_port``).
+
+    The raw accepter may serve another device so that one server can back two
+    vcom ports at once.  ``kill()`` then ``start()`` restarts it on the SAME
+    ports, as a crashed and respawned device server would.
+    """
+
+    name = "ser2net"
+
+    def __init__(self, workdir: Path, device: str, raw_device: str | None = None) -> None:
+        super().__init__(workdir)
+        self.device = device
+        self.raw_device = raw_device or device
+        self.port = free_port()
+        self.raw_port = free_port()
+        self.config_path = workdir / "ser2net.yaml"
+        self.pid_path = workdir / "ser2net.pid"
+        self.config_path.write_text(self._config())
+
+    def _config(self) -> str:
+        # kickolduser: a reconnecting client replaces a session ser2net still
+        # believes alive.  "local" = CLOCAL: no modem lines on a pty.
+        connections = [
+            ("rfc2217", f"telnet(rfc2217),tcp,127.0.0.1,{self.port}", self.device),
+            ("raw", f"tcp,127.0.0.1,{self.raw_port}", self.raw_device),
+        ]
+        parts = ["%YAML 1.1", "---"]
+        for name, accepter, device in connections:
+            parts += [
+                f"connection: &{name}",
+                f"    accepter: {accepter}",
+                "    options:",
+                "      kickolduser: true",
+                f"    connector: serialdev,{device},115200n81,local",
+                "",
+            ]
+        return "\n".join(parts)
+
+    def command(self) -> list[str]:
+        return ["ser2net", "-n", "-d", "-u", "-P", str(self.pid_path), "-c", str(self.config_path)]
+
+    def ports(self) -> list[int]:
+        return [self.port, self.raw_port]
+
+
+class PyserialServer(PeerProcess):
+    """pyserial's RFC 2217 PortManager on ``device`` (tests/pyserial_server.py), on 127.0.0.1."""
+
+    name = "pyserial-server"
+
+    def __init__(self, workdir: Path, device: str) -> None:
+        super().__init__(workdir)
+        self.device = device
+        self.port = free_port()
+
+    def command(self) -> list[str]:
+        return [PYTHON, str(HERE / "pyserial_server.py"), "--port", str(self.port), "-v", self.device]
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+
+class WireProxy(PeerProcess):
+    """A recording TCP proxy: vcom connects to ``.port``, the proxy to ``target_port``.
+
+    Every chunk is appended to a JSON-lines record as it passes, so the test can
+    read what crossed the wire at any moment while the proxy keeps running.
+    """
+
+    name = "wire-proxy"
+
+    def __init__(self, workdir: Path, target_port: int) -> None:
+        super().__init__(workdir)
+        self.target_port = target_port
+        self.port = free_port()
+        self.record_path = workdir / "wire.jsonl"
+        self.record_path.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "proxy",
+            str(self.port),
+            str(self.target_port),
+            str(self.record_path),
+        ]
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            text = self.record_path.read_text()
+        except FileNotFoundError:
+            return []
+        # The last line may be half written while the proxy runs.
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def connections(self) -> int:
+        return sum(1 for record in self.records() if record["event"] == "open")
+
+    def stream(self, direction: str, conn: int | None = None) -> bytes:
+        """All bytes of one direction ("c2s" client to server, "s2c"), optionally of one connection."""
+        return b"".join(
+            bytes.fromhex(r["hex"])
+            for r in self.records()
+            if r["event"] == "data" and r["dir"] == direction and (conn is None or r["conn"] == conn)
+        )
+
+    def client_items(self, conn: int | None = None) -> list[Item]:
+        return decode_telnet(self.stream("c2s", conn))
+
+    def server_items(self, conn: int | None = None) -> list[Item]:
+        return decode_telnet(self.stream("s2c", conn))
+
+
+class HostileServer(PeerProcess):
+    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections."""
+
+    name = "hostile"
+    MODES = ("close", "garbage", "silent")
+
+    def __init__(self, workdir: Path, mode: str) -> None:
+        assert mode in self.MODES, mode
+        self.name = f"hostile-{mode}"
+        super().__init__(workdir)
+        self.mode = mode
+        self.port = free_port()
+        self.accept_log = workdir / f"hostile-{mode}.accepts"
+
+    def command(self) -> list[str]:
+        return [
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "hostile",
+            self.mode,
+            str(self.port),
+            str(self.accept_log),
+        ]
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def connections(self) -> int:
+        try:
+            return len(self.accept_log.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+
+# ---------------------------------------------------------------------------
+# Telnet / RFC 2217 decoding (independent of vcom's own codec on purpose: the
+# recorder must not share the bugs of what it checks)
+
+IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
+COM_PORT_OPTION = 44
+# RFC 2217 client command codes (server answers are these + 100).
+SIGNATURE, SET_BAUDRATE, SET_DATASIZE, SET_PARITY, SET_STOPSIZE, SET_CONTROL = 0, 1, 2, 3, 4, 5
+PURGE_DATA = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiation:
+    verb: int  # WILL, WONT, DO, DONT
+    option: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subnegotiation:
+    option: int
+    command: int  # first byte after the option; -1 when empty
+    value: bytes
+
+    @property
+    def number(self) -> int:
+        """The value as a network-order integer (baud rates are 4 bytes)."""
+        return int.from_bytes(self.value[:4], "big") if self.value else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    code: int  # any other telnet command (NOP, BRK, ...)
+
+
+Item = Data | Negotiation | Subnegotiation | Command
+
+
+def decode_telnet(stream: bytes) -> list[Item]:
+    """Split a telnet byte stream into data runs, negotiations and subnegotiations, in order.
+
+    Doubled IAC is one 0xFF, in data and inside SB values alike (RFC 854, RFC
+    2217).  An unfinished sequence at the end (the stream was cut) is dropped.
+    """
+    items: list[Item] = []
+    data = bytearray()
+    i, n = 0, len(stream)
+
+    def flush() -> None:
+        if data:
+            items.append(Data(bytes(data)))
+            data.clear()
+
+    while i < n:
+        byte = stream[i]
+        if byte != IAC:
+            data.append(byte)
+            i += 1
+            continue
+        if i + 1 >= n:
+            break
+        verb = stream[i + 1]
+        if verb == IAC:
+            data.append(IAC)
+            i += 2
+        elif verb in (WILL, WONT, DO, DONT):
+            if i + 2 >= n:
+                break
+            flush()
+            items.append(Negotiation(verb, stream[i + 2]))
+            i += 3
+        elif verb == SB:
+            end, body = _subnegotiation_body(stream, i + 2)
+            if end < 0:
+                break
+            flush()
+            items.append(Subnegotiation(body[0] if body else -1, body[1] if len(body) > 1 else -1, bytes(body[2:])))
+            i = end
+        else:
+            flush()
+            items.append(Command(verb))
+            i += 2
+    flush()
+    return items
+
+
+def _subnegotiation_body(stream: bytes, start: int) -> tuple[int, bytearray]:
+    """Unescaped body of ``IAC SB ... IAC SE`` and the index after it; -1 if unterminated."""
+    body = bytearray()
+    i = start
+    while i + 1 < len(stream):
+        if stream[i] == IAC and stream[i + 1] == SE:
+            return i + 2, body
+        if stream[i] == IAC and stream[i + 1] == IAC:
+            body.append(IAC)
+            i += 2
+        else:
+            body.append(stream[i])
+            i += 1
+    return -1, body
+
+
+def com_port_commands(items: Iterable[Item], command: int | None = None) -> list[Subnegotiation]:
+    """The RFC 2217 subnegotiations among ``items``, optionally only one command code."""
+    return [
+        item
+        for item in items
+        if isinstance(item, Subnegotiation)
+        and item.option == COM_PORT_OPTION
+        and (command is None or item.command == command)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The vcom CLI
+
+
+class Vcom:
+    """Drives ``python -m vcom`` with a private VCOM_HOME; ``close()`` leaves no process behind."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "VCOM_HOME": str(home)}
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        command = [PYTHON, "-m", "vcom", *args]
+        try:
+            return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            # A background manager that inherits the CLI's stdout/stderr keeps
+            # the pipes open, so the command never appears to finish.
+            raise AssertionError(
+                f"`vcom {' '.join(args)}` did not finish within {timeout:g}s "
+                f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})"
+            ) from None
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = self.cli(*args)
+        assert result.returncode == 0, f"`vcom {' '.join(args)}` failed ({result.returncode}): {result.stderr}"
+        return result
+
+    def add(self, device: str | os.PathLike[str], target: str, *options: str) -> subprocess.CompletedProcess[str]:
+        result = self.ok("add", str(device), target, *options)
+        assert os.path.islink(device), f"`vcom add` returned 0 but {device} is not a symlink"
+        return result
+
+    def status(self, device: str | os.PathLike[str] | None = None) -> Any:
+        args = ["status", str(device), "--json"] if device is not None else ["status", "--json"]
+        return json.loads(self.ok(*args).stdout)
+
+    def ports(self) -> list[dict[str, Any]]:
+        """Status of every port: ``vcom status --json`` without a device.
+
+        That is a list of port objects, or an object whose ``ports`` holds
+        that list (when the manager also reports other kinds of entries).
+        """
+        listing = self.status()
+        return listing["ports"] if isinstance(listing, dict) else listing
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+        return wait_until(predicate, timeout, what, interval=0.1)
+
+    def wait_status(
+        self,
+        device: str | os.PathLike[str],
+        predicate: Callable[[dict[str, Any]], object],
+        timeout: float = 15.0,
+        what: str = "status",
+    ) -> dict[str, Any]:
+        """Poll ``vcom status DEVICE`` until ``predicate(status)`` holds; return that status."""
+        seen: list[dict[str, Any]] = []
+
+        def check() -> dict[str, Any] | None:
+            status = self.status(device)
+            seen[:] = [status]
+            return status if predicate(status) else None
+
+        try:
+            return wait_until(check, timeout, what, interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status: {seen[-1] if seen else None}") from None
+
+    def log_tail(self, lines: int = 60) -> str:
+        texts = []
+        for path in sorted(self.home.glob("*.log")):
+            texts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(texts) or "(no log)"
+
+    def manager_pids(self) -> set[int]:
+        """Processes of this VCOM_HOME: the pid file, and any process whose environment names it."""
+        pids = set()
+        pid_file = self.home / "vcom.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pids.add(int(pid_file.read_text().split()[0]))
+        marker = f"VCOM_HOME={self.home}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.add(int(entry.name))
+        pids.discard(os.getpid())
+        return {pid for pid in pids if _alive(pid)}
+
+    def close(self) -> None:
+        """``vcom shutdown``, then TERM and KILL whatever of ours is still alive."""
+        with contextlib.suppress(AssertionError):
+            self.cli("shutdown", timeout=15)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.manager_pids()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda pids=pids: not any(_alive(p) for p in pids), 5, "vcom processes to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie is dead; its parent just has not reaped it
+
+
+# ---------------------------------------------------------------------------
+# Script entry points: the proxy and the hostile servers run as processes.
+
+
+def _listen(port: int) -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(8)
+    return server
+
+
+def _append_line(path: str, text: str) -> None:
+    with open(path, "a") as out:
+        out.write(text + "\n")
+
+
+def run_proxy(listen_port: int, target_port: int, record: str) -> None:
+    """Relay each accepted connection to 127.0.0.1:target_port, recording both directions."""
+    server = _listen(listen_port)
+    peer: dict[socket.socket, tuple[socket.socket, int, str]] = {}
+    count = 0
+    while True:
+        readable, _, _ = select.select([server, *peer], [], [])
+        for sock in readable:
+            if sock is server:
+                client, _ = server.accept()
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", target_port), timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+                upstream.settimeout(None)
+                count += 1
+                peer[client] = (upstream, count, "c2s")
+                peer[upstream] = (client, count, "s2c")
+                _append_line(record, json.dumps({"event": "open", "conn": count}))
+                continue
+            if sock not in peer:
+                continue  # closed earlier in this round
+            other, conn, direction = peer[sock]
+            try:
+                data = sock.recv(_CHUNK)
+            except OSError:
+                data = b""
+            if data:
+                _append_line(record, json.dumps({"event": "data", "conn": conn, "dir": direction, "hex": data.hex()}))
+                with contextlib.suppress(OSError):
+                    other.sendall(data)
+                continue
+            _append_line(record, json.dumps({"event": "close", "conn": conn, "by": direction[0]}))
+            for s in (sock, other):
+                peer.pop(s, None)
+                s.close()
+
+
+# Broken telnet: SB without SE, SE without SB, verbs without an option, an
+# RFC 2217 answer too short to hold its value, IAC as the very last byte.
+_BROKEN_IAC = [
+    bytes([IAC, SB, COM_PORT_OPTION, 101, 0]),
+    bytes([IAC, SE]),
+    bytes([IAC, WILL]),
+    bytes([IAC, SB, COM_PORT_OPTION, 101, IAC, SE]),
+    bytes([IAC, SB, COM_PORT_OPTION, 107, IAC, IAC, IAC, SE]),
+    bytes([IAC, SB]) + bytes(range(1, 250)) * 40,
+    bytes([IAC, 0x99]),
+    bytes([IAC]),
+]
+
+
+def _garbage(rng: random.Random) -> bytes:
+    return rng.randbytes(rng.randrange(1, 2048)) + rng.choice(_BROKEN_IAC)
+
+
+def run_hostile(mode: str, port: int, accept_log: str) -> None:
+    """close: accept and close at once; garbage: random bytes and broken IAC, never negotiates;
+    silent: accept, swallow input, never send a byte."""
+    server = _listen(port)
+    clients: list[socket.socket] = []
+    rng = random.Random(2217)
+    while True:
+        readable, _, _ = select.select([server, *clients], [], [], 0.1)
+        for sock in readable:
+            if sock is server:
+                client, _ = server.accept()
+                _append_line(accept_log, "accept")
+                if mode == "close":
+                    client.close()
+                else:
+                    client.setblocking(False)
+                    clients.append(client)
+                continue
+            try:
+                data = sock.recv(_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                clients.remove(sock)
+                sock.close()
+        if mode == "garbage":
+            for client in clients:
+                # Never block: what the client does not take is dropped.
+                with contextlib.suppress(BlockingIOError, OSError):
+                    client.send(_garbage(rng))
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description="test peers run as processes")
+    sub = parser.add_subparsers(dest="what", required=True)
+    proxy = sub.add_parser("proxy")
+    proxy.add_argument("listen_port", type=int)
+    proxy.add_argument("target_port", type=int)
+    proxy.add_argument("record")
+    hostile = sub.add_parser("hostile")
+    hostile.add_argument("mode", choices=HostileServer.MODES)
+    hostile.add_argument("port", type=int)
+    hostile.add_argument("accept_log")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.what == "proxy":
+        run_proxy(args.listen_port, args.target_port, args.record)
+    else:
+        run_hostile(args.mode, args.port, args.accept_log)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main(sys.argv[1:])

@@ -1,0 +1,410 @@
+"""One virtual serial port on the kernel side: a pty pair and its symlink.
+
+A program opens ``/dev/ttyV0``, a symlink to the slave ``/dev/pts/N``; the
+manager keeps only the master.  Everything the manager needs to know about
+the program's use of the port comes from the master, without polling:
+
+* data the program writes, and termios changes and flushes: the master is
+  in packet mode (``TIOCPKT``), so every read starts with a status byte
+  (0 = data follows, else ``TIOCPKT_*`` flags).  Termios changes are only
+  reported while ``EXTPROC`` is set in the slave's ``c_lflag``; this module
+  sets it, locks it where the kernel allows (``TIOCSLCKTRMIOS``), and
+  otherwise ``ensure_extproc`` restores it after a program cleared it.
+* whether a program holds the slave open: ``poll`` on the master reports
+  POLLHUP while nobody does (``slave_is_open``); inotify on ``slave_path``
+  (``vcom.inotify``) reports each open and close.  The manager never keeps
+  the slave open itself, or it could not see either.
+
+Kernel facts this relies on (pinned by tests/test_pty.py):
+
+* A status byte is returned by a read of its own, and *before* data that is
+  already queued: bytes the program wrote before a ``tcsetattr`` are read
+  after the ``TIOCPKT_IOCTL`` byte.  ``TCSADRAIN`` does not change that (a
+  pty has no transmitter to drain).
+* After the last close of the slave the master still reads everything
+  written before the close, status bytes included, then gets EIO.
+* The pty driver forces CS8 and no parity on every termios set.
+* EXTPROC switches the slave's *input* processing to raw, whatever the
+  other flags say: no ICRNL, no erase/kill, no echo, no signals, and a
+  canonical-mode read returns what has arrived without waiting for a line.
+  Raw-mode programs (nearly all serial programs) see no difference; output
+  processing (OPOST, ONLCR) is unaffected.
+* Bytes written to the master while no program has the slave open are kept
+  for the next program that opens it (a real UART would drop them).
+
+New ports start with the termios of a freshly probed UART (9600 8N1, CLOCAL,
+HUPCL, IXON, ICANON, ECHO), not the pty defaults (38400, no CLOCAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import grp
+import os
+import pwd
+import secrets
+import select
+import stat
+import struct
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from vcom.settings import LineSettings
+from vcom.termio import (
+    EXTPROC,
+    Termios2,
+    fresh_uart_termios,
+    get_termios2,
+    lock_lflag_bits,
+    set_termios2,
+    speed_of,
+    to_line_settings,
+)
+
+# Packet-mode status bits (<asm-generic/ioctls.h>); TIOCPKT_IOCTL is not
+# exported by the termios module.
+TIOCPKT_DATA = 0x00
+TIOCPKT_FLUSHREAD = 0x01
+TIOCPKT_FLUSHWRITE = 0x02
+TIOCPKT_STOP = 0x04
+TIOCPKT_START = 0x08
+TIOCPKT_NOSTOP = 0x10
+TIOCPKT_DOSTOP = 0x20
+TIOCPKT_IOCTL = 0x40
+
+
+class PortPathError(Exception):
+    """The port's path or ownership cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Owner, group and mode for the slave node.  ``None`` leaves the owner
+    or group as the kernel made it (devpts: the manager's uid, and the gid
+    and mode of the devpts mount options)."""
+
+    owner: str | int | None = None
+    group: str | int | None = None
+    mode: int = 0o660
+
+
+@dataclass(frozen=True, slots=True)
+class PtyRead:
+    """What one read of the master gave.  Either data or status flags: the
+    kernel never returns both in one read.  All-false and empty is possible
+    (a status byte that only echoed the manager's own ``discard_output``).
+    ``closed``: the read gave EIO: no process has the slave open and
+    everything written before the last close has been read."""
+
+    data: bytes
+    flush_read: bool = False
+    flush_write: bool = False
+    ioctl: bool = False
+    stop: bool = False
+    start: bool = False
+    nostop: bool = False
+    dostop: bool = False
+    closed: bool = False
+
+
+def check_port_path(path: str, *, replace_symlink: bool) -> None:
+    """Raise PortPathError unless ``path`` may become the port's symlink.
+
+    The parent must be a writable directory.  ``path`` may be absent or a
+    symlink that leads nowhere (a port that was not cleaned up, typically
+    into ``/dev/pts/`` after its pty is gone); a live symlink only with
+    ``replace_symlink``.  A regular file, a directory, a device node or any
+    other object is never replaced.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise PortPathError(f"cannot create {path}: {parent} is not a directory")
+        raise PortPathError(f"cannot create {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PortPathError(f"cannot create {path}: directory {parent} is not writable")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        if replace_symlink or not os.path.exists(path):
+            return
+        target = os.readlink(path)
+        raise PortPathError(f"{path} is a symlink to {target}, which exists; remove it or choose replace")
+    raise PortPathError(f"{path} is taken by {_kind_of(st.st_mode)}; choose another path")
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "another file"
+
+
+class VirtualPty:
+    """A pty pair whose slave is reachable as ``link_path``.
+
+    Nothing is created before ``open``; ``close`` undoes it.  All fds are
+    non-blocking and close-on-exec; no method blocks.
+    """
+
+    def __init__(self, link_path: str, *, ownership: Ownership = Ownership(), baud: int = 9600):
+        if baud <= 0:
+            raise ValueError(f"baud rate must be positive, not {baud}")
+        self.link_path: str = os.path.abspath(link_path)
+        self.ownership = ownership
+        self.baud = baud
+        self.master_fd: int = -1
+        self.slave_path: str = ""
+        # True when the kernel keeps EXTPROC set whatever a program does.
+        self.extproc_locked: bool = False
+        # The rate to report while the program has set B0 (hang up).
+        self._last_baud = baud
+        # discard_output raises TIOCPKT_FLUSHREAD itself; that one is not
+        # the program's flush and must not be reported as such.
+        self._own_flush_pending = False
+
+    # -- life cycle -----------------------------------------------------
+
+    def open(self, *, replace_symlink: bool = False, lock_extproc: bool = True) -> None:
+        """Create the pty and the symlink.  Raises PortPathError (with
+        nothing left behind) when the path or ownership cannot be used.
+
+        ``lock_extproc`` asks the kernel to keep EXTPROC set (needs
+        CAP_SYS_ADMIN; silently not done without it, see ``extproc_locked``).
+        """
+        if self.master_fd >= 0:
+            raise RuntimeError(f"{self.link_path} is already open")
+        uid, gid = _resolve_ownership(self.ownership)
+        check_port_path(self.link_path, replace_symlink=replace_symlink)
+        master, slave = os.openpty()
+        try:
+            slave_path = os.ttyname(slave)
+        finally:
+            # Holding the slave would hide every open and close by programs.
+            os.close(slave)
+        try:
+            locked = self._configure(master, lock_extproc=lock_extproc)
+            _apply_ownership(slave_path, uid, gid, self.ownership)
+            _place_symlink(slave_path, self.link_path)
+        except BaseException:
+            os.close(master)
+            raise
+        self.master_fd = master
+        self.slave_path = slave_path
+        self.extproc_locked = locked
+        self._own_flush_pending = False
+
+    def _configure(self, master: int, *, lock_extproc: bool) -> bool:
+        """Non-blocking, fresh UART termios with EXTPROC, packet mode;
+        whether EXTPROC is locked."""
+        os.set_blocking(master, False)
+        os.set_inheritable(master, False)
+        t = fresh_uart_termios(self.baud)
+        set_termios2(master, replace(t, lflag=t.lflag | EXTPROC))
+        locked = lock_extproc and lock_lflag_bits(master, EXTPROC)
+        # Packet mode last: turning it on clears pending status, so the
+        # first read does not report our own termios set as a change.
+        fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
+        return locked
+
+    def close(self, *, remove_link: bool = True) -> None:
+        """Close the master (the kernel then removes ``/dev/pts/N``) and
+        remove the symlink if it still points to our slave: a symlink that
+        someone re-pointed meanwhile is theirs."""
+        if self.master_fd < 0:
+            return
+        if remove_link:
+            with contextlib.suppress(OSError):
+                if os.readlink(self.link_path) == self.slave_path:
+                    os.unlink(self.link_path)
+        os.close(self.master_fd)
+        self.master_fd = -1
+        self.extproc_locked = False
+
+    # -- settings -------------------------------------------------------
+
+    def termios(self) -> Termios2:
+        return get_termios2(self.master_fd)
+
+    def settings(self) -> LineSettings:
+        """The program's current settings.  While it has set B0 (hang up),
+        the baud is the last real rate; ``speed_of(termios())`` is 0."""
+        t = self.termios()
+        speed = speed_of(t)
+        if speed:
+            self._last_baud = speed
+        return to_line_settings(t, fallback_baud=self._last_baud)
+
+    def ensure_extproc(self) -> bool:
+        """Set EXTPROC again if a program cleared it; True if it had to.
+
+        Without it the kernel stops reporting termios changes.  The program
+        can change termios between our read and write here; that change
+        would be overwritten.  ``extproc_locked`` ports never need this.
+        """
+        t = self.termios()
+        if t.lflag & EXTPROC:
+            return False
+        set_termios2(self.master_fd, replace(t, lflag=t.lflag | EXTPROC))
+        return True
+
+    # -- state ----------------------------------------------------------
+
+    def slave_is_open(self) -> bool:
+        """Whether any process holds the slave open (no POLLHUP)."""
+        poller = select.poll()
+        poller.register(self.master_fd, select.POLLIN)
+        return not any(revents & select.POLLHUP for _, revents in poller.poll(0))
+
+    # -- data -----------------------------------------------------------
+
+    def read(self, size: int = 65536) -> PtyRead | None:
+        """One read of the master; None when nothing is queued."""
+        if size < 2:
+            raise ValueError("a packet-mode read needs room for the status byte and data")
+        try:
+            chunk = os.read(self.master_fd, size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                # No process has the slave open and all it wrote was read.
+                return PtyRead(b"", closed=True)
+            raise
+        if not chunk:
+            return PtyRead(b"", closed=True)
+        return self._parse(chunk)
+
+    def _parse(self, chunk: bytes) -> PtyRead:
+        status = chunk[0]
+        if status == TIOCPKT_DATA:
+            return PtyRead(chunk[1:])
+        if self._own_flush_pending and status & TIOCPKT_FLUSHREAD:
+            # Our own flush always lands in the next status byte: the kernel
+            # sets the bit synchronously in discard_output.
+            self._own_flush_pending = False
+            status &= ~TIOCPKT_FLUSHREAD
+        return PtyRead(
+            chunk[1:],
+            flush_read=bool(status & TIOCPKT_FLUSHREAD),
+            flush_write=bool(status & TIOCPKT_FLUSHWRITE),
+            ioctl=bool(status & TIOCPKT_IOCTL),
+            stop=bool(status & TIOCPKT_STOP),
+            start=bool(status & TIOCPKT_START),
+            nostop=bool(status & TIOCPKT_NOSTOP),
+            dostop=bool(status & TIOCPKT_DOSTOP),
+        )
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Queue bytes for the program; how many were taken (0 when the pty
+        is full, about 18 KiB in flight).  While no program has the slave
+        open the kernel still accepts them for the next program to open it:
+        the caller decides whether to write then at all."""
+        try:
+            return os.write(self.master_fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return 0
+            raise
+
+    def discard_output(self) -> None:
+        """Drop what the manager wrote that the program has not read yet.
+
+        It sits in two places on the slave's side: the tty buffer not yet
+        taken by the line discipline, and the line discipline's own buffer
+        (up to 4 KiB).  ``tcflush(master, TCOFLUSH)`` empties the first
+        (``pty_flush_buffer``); ``TCSETSF2`` with unchanged termios empties
+        the second.  ``tcflush(master, TCIFLUSH)`` would not help: it
+        flushes the master's own input, i.e. data *from* the program.
+
+        Like ``ensure_extproc``, the set can overwrite a termios change the
+        program makes between our read and write, so avoid calling this
+        while a program is likely configuring the port (just after open).
+        The next status byte then carries TIOCPKT_IOCTL; the FLUSHREAD this
+        raises is not reported as the program's (nor is a flush by the
+        program that the kernel merges into the same status byte).
+        """
+        termios.tcflush(self.master_fd, termios.TCOFLUSH)
+        set_termios2(self.master_fd, self.termios(), flush_input=True)
+        self._own_flush_pending = True
+
+
+def _resolve_ownership(ownership: Ownership) -> tuple[int, int]:
+    """(uid, gid) with -1 for "leave as is"."""
+    if not 0 <= ownership.mode <= 0o7777:
+        raise PortPathError(f"invalid mode {ownership.mode:o}")
+    uid = _resolve_id(ownership.owner, "user", lambda name: pwd.getpwnam(name).pw_uid)
+    gid = _resolve_id(ownership.group, "group", lambda name: grp.getgrnam(name).gr_gid)
+    return uid, gid
+
+
+def _resolve_id(value: str | int | None, kind: str, lookup: Callable[[str], int]) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, int):
+        if value < 0:
+            raise PortPathError(f"invalid {kind} id {value}")
+        return value
+    try:
+        return lookup(value)
+    except KeyError:
+        # Like chown(1): a name that is not known but is all digits is an id.
+        if value.isdigit():
+            return int(value)
+        raise PortPathError(f"unknown {kind} {value!r}") from None
+
+
+def _apply_ownership(slave_path: str, uid: int, gid: int, ownership: Ownership) -> None:
+    try:
+        if uid != -1 or gid != -1:
+            os.chown(slave_path, uid, gid)
+        os.chmod(slave_path, ownership.mode)
+    except OSError as exc:
+        who = ":".join(str(part) for part in (ownership.owner, ownership.group) if part is not None)
+        raise PortPathError(f"cannot give {slave_path} to {who or 'its owner'}: {exc.strerror}") from None
+
+
+def _place_symlink(target: str, link_path: str) -> None:
+    """Make ``link_path`` a symlink to ``target`` without a moment in which
+    the name is missing or points at something half-made."""
+    try:
+        os.symlink(target, link_path)
+        return
+    except FileExistsError:
+        pass  # a symlink check_port_path accepted: swap it in one rename
+    except OSError as exc:
+        raise PortPathError(f"cannot create {link_path}: {exc.strerror}") from None
+    directory, name = os.path.split(link_path)
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.symlink(target, temporary)
+        # rename(2) is atomic; re-check the kind first so that an object
+        # that appeared since check_port_path is never replaced.
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISLNK(os.lstat(link_path).st_mode):
+                raise PortPathError(f"{link_path} was taken meanwhile; choose another path")
+        os.replace(temporary, link_path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise PortPathError(f"cannot create {link_path}: {exc.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,253 @@
+"""termios2 access and the one mapping from termios to ``LineSettings``.
+
+A program configures its serial port with ``tcsetattr`` (or, for a rate such
+as 250000 that has no ``Bxxx`` code, with ``TCSETS2`` and ``BOTHER``, as
+pyserial does).  On a pseudo-terminal the manager sees those settings by
+asking the master: the kernel redirects mode ioctls on a pty master to its
+slave.  Only ``TCGETS2`` returns the exact rate (``c_ispeed``/``c_ospeed``);
+``tcgetattr`` gives the ``Bxxx`` code alone, so everything here speaks
+``struct termios2``.
+
+Design:
+
+* ``Termios2`` is an immutable value mirroring ``struct termios2``; the
+  ioctl helpers pack and unpack it and nothing else touches raw bytes.
+* ``to_line_settings`` is the only place that interprets termios flags as
+  speed, framing and flow control.  Other layers never look at ``c_cflag``.
+* The ioctl numbers are computed with the generic ``_IOR``/``_IOW``
+  encoding (x86, arm, arm64, riscv, s390, loongarch), not copied as x86
+  constants.  Alpha, MIPS, PowerPC and SPARC use another ioctl encoding and
+  another ``struct termios`` layout; they are not supported.
+
+Note: the pty driver forces ``CS8`` and clears ``PARENB`` on every set, so a
+pty never reports the data bits or parity a program asked for; the mapping
+still reads them so that it stays right for termios from other sources.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import struct
+import termios
+from dataclasses import dataclass, replace
+
+from vcom.settings import FlowControl, LineSettings, Parity, StopBits
+
+# struct termios2 from <asm-generic/termbits.h>: four tcflag_t, c_line,
+# c_cc[NCCS=19], then c_ispeed and c_ospeed.  No padding: 16 + 1 + 19 = 36.
+NCCS = 19
+_TERMIOS2 = struct.Struct("=IIIIB19sII")
+# struct termios is the same without the two speeds (used by TIOCSLCKTRMIOS).
+_TERMIOS = struct.Struct("=IIIIB19s")
+assert _TERMIOS2.size == 44 and _TERMIOS.size == 36
+
+# Generic ioctl encoding from <asm-generic/ioctl.h>: 8 bits number, 8 bits
+# type, 14 bits size, 2 bits direction.
+_IOC_WRITE = 1
+_IOC_READ = 2
+
+
+def _ioc(direction: int, kind: str, number: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | number
+
+
+TCGETS2 = _ioc(_IOC_READ, "T", 0x2A, _TERMIOS2.size)
+TCSETS2 = _ioc(_IOC_WRITE, "T", 0x2B, _TERMIOS2.size)
+# TCSETSF2 = "flush pending input, then set": on a pty master the flush hits
+# the slave's input, i.e. what the program has not read yet.
+TCSETSF2 = _ioc(_IOC_WRITE, "T", 0x2D, _TERMIOS2.size)
+
+# Flags the Python termios module does not export on every version.
+BOTHER = 0o010000  # c_cflag speed code: "the rate is in c_ispeed/c_ospeed"
+CMSPAR = 0o10000000000  # mark/space parity (with PARODD: mark)
+EXTPROC = 0o200000  # c_lflag; makes the pty report termios changes (TIOCPKT_IOCTL)
+
+CBAUD = termios.CBAUD
+CIBAUD = termios.CIBAUD
+CRTSCTS = termios.CRTSCTS
+
+# Standard speed codes, taken from the termios module so the values are the
+# running platform's.  B0 maps to 0: "hang up", not a rate.
+_RATE_OF_CODE: dict[int, int] = {
+    getattr(termios, name): int(name[1:])
+    for name in dir(termios)
+    if name.startswith("B") and name[1:].isdigit()
+}
+_CODE_OF_RATE: dict[int, int] = {rate: code for code, rate in _RATE_OF_CODE.items()}
+
+_DATA_BITS = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
+
+# The c_cc a Linux tty starts with (INIT_C_CC in <linux/tty.h>).
+_STANDARD_CC = bytes(
+    [
+        0o003,  # VINTR ^C
+        0o034,  # VQUIT ^\
+        0o177,  # VERASE DEL
+        0o025,  # VKILL ^U
+        0o004,  # VEOF ^D
+        0,  # VTIME
+        1,  # VMIN
+        0,  # VSWTC
+        0o021,  # VSTART ^Q
+        0o023,  # VSTOP ^S
+        0o032,  # VSUSP ^Z
+        0,  # VEOL
+        0o022,  # VREPRINT ^R
+        0o017,  # VDISCARD ^O
+        0o027,  # VWERASE ^W
+        0o026,  # VLNEXT ^V
+        0,  # VEOL2
+        0,
+        0,
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Termios2:
+    """``struct termios2``.  ``cc`` holds the 19 control characters."""
+
+    iflag: int
+    oflag: int
+    cflag: int
+    lflag: int
+    line: int
+    cc: bytes
+    ispeed: int
+    ospeed: int
+
+    def __post_init__(self) -> None:
+        if len(self.cc) != NCCS:
+            raise ValueError(f"c_cc must hold {NCCS} bytes, not {len(self.cc)}")
+
+    def pack(self) -> bytes:
+        return _TERMIOS2.pack(
+            self.iflag, self.oflag, self.cflag, self.lflag, self.line, self.cc, self.ispeed, self.ospeed
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Termios2:
+        return cls(*_TERMIOS2.unpack(raw))
+
+
+def get_termios2(fd: int) -> Termios2:
+    """``TCGETS2``.  On a pty master this returns the slave's termios."""
+    return Termios2.unpack(fcntl.ioctl(fd, TCGETS2, bytes(_TERMIOS2.size)))
+
+
+def set_termios2(fd: int, t: Termios2, *, flush_input: bool = False) -> None:
+    """``TCSETS2`` (or ``TCSETSF2`` with ``flush_input``).  On a pty master
+    this sets the slave's termios."""
+    fcntl.ioctl(fd, TCSETSF2 if flush_input else TCSETS2, t.pack())
+
+
+def lock_lflag_bits(fd: int, bits: int) -> bool:
+    """Lock ``bits`` of the tty's ``c_lflag`` at their current values.
+
+    ``TIOCSLCKTRMIOS``: the kernel then keeps those bits whatever a program
+    sets (``unset_locked_termios``).  It needs CAP_SYS_ADMIN (or
+    CAP_CHECKPOINT_RESTORE); returns False when the process lacks it.
+    On a pty master the lock applies to the slave.
+    """
+    locked = _TERMIOS.pack(0, 0, 0, bits, 0, bytes(NCCS))
+    try:
+        fcntl.ioctl(fd, termios.TIOCSLCKTRMIOS, locked)
+    except PermissionError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            return False
+        raise
+    return True
+
+
+def speed_of(t: Termios2) -> int:
+    """The exact output rate: ``c_ospeed`` for BOTHER, the table for a
+    ``Bxxx`` code, 0 for B0 (hang up)."""
+    code = t.cflag & CBAUD
+    if code == BOTHER:
+        return t.ospeed
+    # An unknown code cannot come from the kernel (it rejects them), but
+    # c_ospeed is the kernel's own decoding, so it is the best answer.
+    return _RATE_OF_CODE.get(code, t.ospeed)
+
+
+def with_speed(t: Termios2, baud: int) -> Termios2:
+    """``t`` at ``baud``: the standard code when one exists, else BOTHER.
+
+    CIBAUD is cleared so the input rate follows the output rate, as it does
+    for a program that calls ``cfsetspeed``.
+    """
+    if baud < 0:
+        raise ValueError(f"baud rate must not be negative, not {baud}")
+    code = _CODE_OF_RATE.get(baud, BOTHER)
+    cflag = (t.cflag & ~(CBAUD | CIBAUD)) | code
+    return replace(t, cflag=cflag, ispeed=baud, ospeed=baud)
+
+
+def fresh_uart_termios(baud: int = 9600) -> Termios2:
+    """What a Linux serial driver gives a freshly probed UART (8250's
+    ``init_termios``: tty_std_termios with CLOCAL and 9600), at ``baud``."""
+    t = Termios2(
+        iflag=termios.ICRNL | termios.IXON,
+        oflag=termios.OPOST | termios.ONLCR,
+        cflag=termios.CS8 | termios.CREAD | termios.HUPCL | termios.CLOCAL,
+        lflag=(
+            termios.ISIG
+            | termios.ICANON
+            | termios.ECHO
+            | termios.ECHOE
+            | termios.ECHOK
+            | termios.ECHOCTL
+            | termios.ECHOKE
+            | termios.IEXTEN
+        ),
+        line=0,
+        cc=_STANDARD_CC,
+        ispeed=0,
+        ospeed=0,
+    )
+    return with_speed(t, baud)
+
+
+def to_line_settings(t: Termios2, fallback_baud: int = 9600) -> LineSettings:
+    """Speed, framing and flow control of ``t``.
+
+    B0 is the hang-up request, not a rate: the result then carries
+    ``fallback_baud`` and the caller tells hang-up apart with ``speed_of``.
+    """
+    baud = speed_of(t) or fallback_baud
+    return LineSettings(
+        baud=baud,
+        data_bits=_DATA_BITS[t.cflag & termios.CSIZE],
+        parity=_parity(t.cflag),
+        stop_bits=StopBits.TWO if t.cflag & termios.CSTOPB else StopBits.ONE,
+        flow_out=_flow_out(t),
+        flow_in=_flow_in(t),
+    )
+
+
+def _parity(cflag: int) -> Parity:
+    if not cflag & termios.PARENB:
+        return Parity.NONE
+    odd = bool(cflag & termios.PARODD)
+    if cflag & CMSPAR:
+        # termios(3): with CMSPAR, PARODD selects mark (1) else space (0).
+        return Parity.MARK if odd else Parity.SPACE
+    return Parity.ODD if odd else Parity.EVEN
+
+
+def _flow_out(t: Termios2) -> FlowControl:
+    # CRTSCTS is one bit for both directions; it wins over software flow.
+    if t.cflag & CRTSCTS:
+        return FlowControl.RTSCTS
+    # IXON: the program's output obeys XON/XOFF from the device.
+    return FlowControl.XONXOFF if t.iflag & termios.IXON else FlowControl.NONE
+
+
+def _flow_in(t: Termios2) -> FlowControl:
+    if t.cflag & CRTSCTS:
+        return FlowControl.RTSCTS
+    # IXOFF: the device's output is paced by XON/XOFF we send.
+    return FlowControl.XONXOFF if t.iflag & termios.IXOFF else FlowControl.NONE
