@@ -19,6 +19,19 @@ from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program
 
 P = TypeVar("P", bound=PeerProcess)
 
+# In CI every peer is installed by .ci/run, so a skip means something is missing: fail loudly.
+_STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if _STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every peer must be present: {reason}"
+
 
 @pytest.fixture
 def make_device() -> Iterator[Callable[[], PtyDevice]]:

@@ -1,0 +1,138 @@
+"""End to end through vcom's own server: ``vcom share`` and ``vcom add`` in one
+manager, driven only through the CLI, with a pty or a simulated device at the
+far end.  Also UDP in both roles, split ports and ``vcom demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import serial
+from peers import (
+    PtyDevice,
+    Vcom,
+    free_port,
+    handshake,
+    read_exact,
+    read_until,
+    stty,
+    wait_settings,
+    wait_until,
+    write_all,
+)
+
+
+def share(vcom: Vcom, device: str, *options: str) -> int:
+    port = free_port()
+    vcom.ok("share", device, "--listen", f"127.0.0.1:{port}", *options)
+    return port
+
+
+def test_every_setting_crosses_vcom_client_to_vcom_server(vcom: Vcom, device: PtyDevice, open_port, tmp_path):
+    listen = share(vcom, device.path)
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{listen}")
+    fd = open_port(port)
+    handshake(fd, device)
+
+    stty(port, "19200", "cstopb", "crtscts")
+    wait_settings(device, baud=19200, cstopb=True, crtscts=True)
+    stty(port, "115200", "-cstopb", "-crtscts", "ixon", "ixoff")
+    wait_settings(device, baud=115200, cstopb=False, crtscts=False, ixon=True, ixoff=True)
+
+    status = vcom.wait_status(port, lambda s: s["remote_settings"]["baud"] == 115200, what="baud acknowledged")
+    assert status["com_port"] is True
+    assert status["signature"].startswith("vcom")
+    assert status["remote_settings"]["stop_bits"] == "1"
+    assert status["remote_settings"]["flow_out"] == "xonxoff"
+    assert status["remote_settings"]["flow_in"] == "xonxoff"
+    # The server side shows the same line and this one client.
+    shared = vcom.status(device.path)
+    assert shared["settings"]["baud"] == 115200
+    assert len(shared["clients"]) == 1 and shared["clients"][0]["com_port"] is True
+
+
+def test_arbitrary_speed_via_pyserial_reaches_the_far_tty(vcom: Vcom, device: PtyDevice, tmp_path):
+    listen = share(vcom, device.path)
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{listen}")
+    with serial.Serial(str(port), 250000, stopbits=2, timeout=0) as program:
+        handshake(program.fileno(), device)
+        wait_settings(device, baud=250000, bother=True, cstopb=True)
+        payload = os.urandom(64 * 1024)
+        write_all(program.fileno(), payload)
+        assert device.read_exact(len(payload)) == payload
+
+
+def test_udp_in_both_roles(vcom: Vcom, open_port, tmp_path):
+    listen = share(vcom, "sim:echo", "--protocol", "udp")
+    port = tmp_path / "ttyU0"
+    vcom.add(port, f"udp://127.0.0.1:{listen}", "--baud", "115200")
+    fd = open_port(port)
+    stty(port, "115200")
+    # Datagrams may be lost by design; on loopback at this rate they are not, so the echo is exact.
+    message = b"over udp \x00\xff\r\n" * 40
+    for _ in range(50):  # the first datagrams can race the link coming up: repeat until echoed
+        write_all(fd, message)
+        try:
+            echoed = read_exact(fd, len(message), timeout=2)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no echo over UDP")
+    assert echoed == message
+    status = vcom.status(port)
+    assert status["target"].startswith("udp://")
+    assert status["bytes_from_remote"] >= len(message)
+
+
+def test_split_ports_share_one_connection(vcom: Vcom, open_port, tmp_path):
+    listen = share(vcom, "sim:echo", "--max-clients", "1")
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    vcom.add(a, f"127.0.0.1:{listen}", "--baud", "115200")
+    vcom.add(b, f"127.0.0.1:{listen}", "--split-of", str(a))
+    fa, fb = open_port(a), open_port(b)
+    stty(a, "115200")
+    write_all(fb, b"<from B>")
+    # The echo of what B wrote reaches both programs, over the one connection the server allows.
+    assert read_until(fa, b"<from B>").endswith(b"<from B>")
+    assert read_until(fb, b"<from B>").endswith(b"<from B>")
+    status_b = vcom.status(b)
+    assert status_b["split_group"] == [str(a), str(b)]
+    assert status_b["settings_from"] == str(a)
+    assert vcom.status("sim:echo")["refused_clients"] == 0
+    removal = vcom.cli("remove", str(a))
+    assert removal.returncode != 0 and "split" in removal.stderr
+
+
+def test_share_refuses_bad_input_in_one_line(vcom: Vcom):
+    for args, words in [
+        (["share", "/dev/nonexistent-tty"], "no such device"),
+        (["share", "sim:teapot"], "sim:echo"),
+        (["share", "sim:echo", "--listen", "127.0.0.1:99999"], "between 1 and 65535"),
+        (["share", "sim:echo", "--listen", "::1:4001"], "brackets"),
+        (["share", "sim:echo", "--protocol", "smtp"], "smtp"),
+    ]:
+        result = vcom.cli(*args)
+        assert result.returncode != 0, args
+        assert words in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    taken = free_port()
+    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{taken}")
+    result = vcom.cli("share", "sim:gps", "--listen", f"127.0.0.1:{taken}")
+    assert result.returncode != 0 and "in use" in result.stderr.lower(), result.stderr
+
+
+def test_demo_shows_positions_and_cleans_up(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "vcom", "demo", "--seconds", "3"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    positions = [line for line in result.stdout.splitlines() if " N " in line and " E " in line]
+    assert positions, result.stdout
+    assert "server acknowledged 4800 baud" in result.stdout
+    wait_until(lambda: not any(tmp_path.iterdir()), 5, "demo directory removed")
