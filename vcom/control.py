@@ -61,13 +61,35 @@ def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+class ControlServer:
+    """The listening socket and the connections being served, so that shutdown can end them cleanly
+    (a handler cancelled by the loop's shutdown would be reported as an error by asyncio)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.clients):
+            writer.close()  # the handler's readline() then sees EOF and returns
+        tasks = [t for t in self.clients.values() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+async def serve(path: Path, handler: Handler) -> ControlServer:
     """Listen on ``path``; each line is handed to ``handler`` and its answer written back."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
+    control = ControlServer()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        control.clients[writer] = task
         try:
             _, uid, gid = _peer_credentials(writer)
             if not peer_allowed(uid, gid):
@@ -82,15 +104,16 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
             with contextlib.suppress(ConnectionError):
                 await _reply(writer, {"ok": False, "error": "request too long"})
         finally:
+            control.clients.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_REQUEST)
+    control.server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_REQUEST)
     os.chmod(path, 0o660)
     with contextlib.suppress(KeyError, PermissionError):
         os.chown(path, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
-    return server
+    return control
 
 
 async def _dispatch(handler: Handler, line: bytes) -> dict[str, Any]:

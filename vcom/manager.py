@@ -106,7 +106,7 @@ class Manager:
         finally:
             log.info("manager stopping")
             if server is not None:
-                server.close()
+                await server.close()
             for port in list(self.ports.values()):
                 await port.close()
             self.ports.clear()
