@@ -276,8 +276,8 @@ class Rfc2217Session:
 # -- the link ---------------------------------------------------------------------------------------
 
 
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    """UDP: a "connection" is a connected datagram socket; it is only lost when we close it."""
+class _LinkProtocol:
+    """What both transports' protocols share: hand everything to the link."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
@@ -285,6 +285,28 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._link._connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self._link._socket_writable(False)
+
+    def resume_writing(self) -> None:
+        self._link._socket_writable(True)
+
+
+class _StreamProtocol(_LinkProtocol, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self._link._received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: the server has gone
+
+
+class _DatagramProtocol(_LinkProtocol, asyncio.DatagramProtocol):
+    """UDP: a "connection" is a connected datagram socket; it is only lost when we close it."""
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self._link._received(data)
@@ -292,41 +314,6 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the peer may come back; datagrams are not retried.
         self._link._error(f"{self._link.target}: {getattr(exc, 'strerror', None) or exc}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    def pause_writing(self) -> None:
-        self._link._socket_writable(False)
-
-    def resume_writing(self) -> None:
-        self._link._socket_writable(True)
-
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self, link: Link) -> None:
-        self._link = link
-        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._link._connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._link._received(data)
-
-    def eof_received(self) -> bool:
-        return False  # close our side too: the server has gone
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    def pause_writing(self) -> None:
-        self._link._socket_writable(False)
-
-    def resume_writing(self) -> None:
-        self._link._socket_writable(True)
 
 
 class Link:
@@ -499,7 +486,7 @@ class Link:
         if self.target.transport is Transport.UDP:
             return await loop.create_datagram_endpoint(
                 lambda: _DatagramProtocol(self), remote_addr=(self.target.host, self.target.port))
-        return await loop.create_connection(lambda: _Protocol(self), self.target.host, self.target.port)
+        return await loop.create_connection(lambda: _StreamProtocol(self), self.target.host, self.target.port)
 
     def _new_session(self) -> Session:
         if self.target.transport is Transport.RFC2217:
