@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_GROUP = "vcom"
 MAX_REQUEST = 1 << 20
+_DENIED_READ_TIMEOUT = 5.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -93,6 +94,10 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
         try:
             _, uid, gid = _peer_credentials(writer)
             if not peer_allowed(uid, gid):
+                # Take the request first: closing before the caller has sent it would give the caller a
+                # broken pipe instead of this answer.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.readline(), _DENIED_READ_TIMEOUT)
                 await _reply(writer, {"ok": False, "error": f"permission denied: only root and group '{CONTROL_GROUP}' "
                                       "may control vcom"})
                 return
@@ -159,6 +164,8 @@ def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[st
             data += chunk
     except TimeoutError:
         raise ControlError(f"the vcom manager did not answer within {timeout:g} s") from None
+    except (BrokenPipeError, ConnectionResetError):
+        raise ControlError("the vcom manager closed the connection without answering") from None
     finally:
         sock.close()
     if not data:

@@ -359,14 +359,24 @@ class Link:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link {self.name}")
 
-    async def stop(self) -> None:
+    def stop_nowait(self) -> asyncio.Task[None] | None:
+        """Disconnect and stop reconnecting, at once: a start() right after begins a new connection."""
         task, self._task = self._task, None
         if task is None:
-            return
+            return None
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        self._set_state(LinkState.IDLE)
+        task.add_done_callback(self._stopped)
+        return task
+
+    async def stop(self) -> None:
+        task = self.stop_nowait()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _stopped(self, _task: asyncio.Task[None]) -> None:
+        if self._task is None:  # not started again meanwhile (a program reopened the port)
+            self._set_state(LinkState.IDLE)
 
     def retry_now(self) -> None:
         """Skip the rest of the current back-off (e.g. a network interface came up)."""

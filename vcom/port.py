@@ -67,7 +67,6 @@ class LinkGroup:
         self.members: list[Port] = []
         self._opened_order: list[Port] = []
         self._linger: asyncio.TimerHandle | None = None
-        self._stopping: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -134,7 +133,7 @@ class LinkGroup:
     def _linger_over(self) -> None:
         self._linger = None
         if not self._opened_order:
-            self._stopping = self._loop.create_task(self.link.stop())
+            self.link.stop_nowait()
 
     def _cancel_linger(self) -> None:
         if self._linger is not None:
