@@ -58,6 +58,20 @@ def _ask(cmd: str, **args: Any) -> dict[str, Any]:
     return answer
 
 
+class ParityChoice(str, enum.Enum):
+    NONE = "none"
+    EVEN = "even"
+    ODD = "odd"
+    MARK = "mark"
+    SPACE = "space"
+
+
+class StopChoice(str, enum.Enum):
+    ONE = "1"
+    ONE_POINT_FIVE = "1.5"
+    TWO = "2"
+
+
 @app.command()
 def add(
     device: Annotated[str, typer.Argument(help="Path of the virtual port to create, e.g. /dev/ttyV0")],
@@ -73,6 +87,13 @@ def add(
     retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, s")] = 15.0,
     split_of: Annotated[str | None, typer.Option(
         help="Share the connection of this existing port: both get the remote's data")] = None,
+    data_bits: Annotated[int | None, typer.Option(min=5, max=8, help="Pin data bits (the pty cannot carry them)")] = (
+        None),
+    parity: Annotated[ParityChoice | None, typer.Option(help="Pin parity (the pty cannot carry it)")] = None,
+    stop_bits: Annotated[StopChoice | None, typer.Option(help="Pin stop bits")] = None,
+    pin_baud: Annotated[bool, typer.Option(help="Pin --baud: the program's speed changes are not sent")] = False,
+    hangup_on_dcd: Annotated[bool, typer.Option(help="Hang the program up when the remote drops DCD and "
+                                                     "its termios has CLOCAL off")] = True,
 ) -> None:
     """Create a virtual serial port that reaches TARGET."""
     device = os.path.abspath(device)
@@ -89,7 +110,9 @@ def add(
             group = group or "dialout"
         port = PortConfig(device=device, target=target, baud=baud, connect=connect.value, linger=linger,
                           owner=owner, group=group, mode=parse_mode(mode), retry_max=retry_max,
-                          split_of=split_of)
+                          split_of=split_of, data_bits=data_bits, parity=parity.value if parity else None,
+                          stop_bits=stop_bits.value if stop_bits else None, pin_baud=pin_baud,
+                          hangup_on_dcd=hangup_on_dcd)
         check_port_path(device, replace_symlink=False)
     except (TargetError, ConfigError, PortPathError) as exc:
         fail(str(exc))
@@ -224,6 +247,15 @@ def _format_status(port: dict[str, Any]) -> str:
         f"dropped {port.get('dropped_bytes', 0)}, connects {port.get('connects', 0)}, "
         f"reconnects {port.get('reconnects', 0)}",
     ]
+    signals = port.get("signals") or {}
+    if signals:
+        names = ("dtr", "rts", "cts", "dsr", "dcd", "ri")
+        lamps = " ".join(f"{name.upper()}{_lamp(signals.get(name))}" for name in names)
+        errors = port.get("line_errors") or {}
+        counted = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
+        lines.append(f"  lines: {lamps}" + (f"   line errors: {counted}" if counted else ""))
+    if port.get("pinned"):
+        lines.append(f"  pinned: {', '.join(port['pinned'])} -> sent {_describe(port.get('effective_settings') or {})}")
     if port.get("com_port") is False:
         lines.append("  server refused RFC 2217: plain data only")
     if port.get("last_error"):
@@ -243,6 +275,10 @@ def _format_share(share: dict[str, Any]) -> str:
     if share.get("device_error"):
         lines.append(f"  device error: {share['device_error']}")
     return "\n".join(lines)
+
+
+def _lamp(value: object) -> str:
+    return "?" if value is None else ("+" if value else "-")
 
 
 def _describe(s: dict[str, Any]) -> str:

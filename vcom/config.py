@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .settings import Parity, StopBits
 from .share import ShareConfig, ShareError
 from .target import Target, parse_target
 
@@ -42,6 +43,13 @@ class PortConfig:
     mode: int = 0o660
     retry_max: float = 15.0
     split_of: str | None = None  # share the connection of this other port (same remote port, two programs)
+    # Pinned line settings: the pty forces CS8 and no parity, so these can only come from here; a pinned
+    # value always wins over what the program sets.  None: follow the program.
+    data_bits: int | None = None
+    parity: str | None = None
+    stop_bits: str | None = None
+    pin_baud: bool = False
+    hangup_on_dcd: bool = True  # hang the program up when the remote drops DCD and CLOCAL is off
 
     def __post_init__(self) -> None:
         validate(self)
@@ -49,6 +57,19 @@ class PortConfig:
     @property
     def parsed_target(self) -> Target:
         return parse_target(self.target)
+
+    def pins(self) -> dict[str, object]:
+        """The pinned values, as LineSettings fields."""
+        pins: dict[str, object] = {}
+        if self.pin_baud:
+            pins["baud"] = self.baud
+        if self.data_bits is not None:
+            pins["data_bits"] = self.data_bits
+        if self.parity is not None:
+            pins["parity"] = Parity(self.parity)
+        if self.stop_bits is not None:
+            pins["stop_bits"] = StopBits(self.stop_bits)
+        return pins
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -101,6 +122,15 @@ def validate(port: PortConfig) -> None:
         raise ConfigError(f"split_of {port.split_of!r} must be the absolute path of another port")
     if port.split_of == port.device:
         raise ConfigError(f"{port.device} cannot be split from itself")
+    if port.data_bits is not None and port.data_bits not in (5, 6, 7, 8):
+        raise ConfigError(f"data bits {port.data_bits!r} must be 5, 6, 7 or 8")
+    if port.parity is not None and port.parity not in {p.value for p in Parity}:
+        raise ConfigError(f"parity {port.parity!r} must be one of {', '.join(p.value for p in Parity)}")
+    if port.stop_bits is not None and port.stop_bits not in {s.value for s in StopBits}:
+        raise ConfigError(f"stop bits {port.stop_bits!r} must be one of {', '.join(s.value for s in StopBits)}")
+    for name in ("pin_baud", "hangup_on_dcd"):
+        if not isinstance(getattr(port, name), bool):
+            raise ConfigError(f"{name} must be true or false")
     if not isinstance(port.mode, int) or not 0 <= port.mode <= 0o777:
         raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import rfc2217
-from .settings import FlowControl, LineSettings
+from .settings import FlowControl, LineSettings, Signals
 from .target import Target, Transport
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class RemoteState:
     flow_out: str | None = None
     flow_in: str | None = None
     suspended: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    modem: Signals = field(default_factory=Signals)  # cts, dsr, dcd, ri as last notified
+    line_errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LINE_ERRORS, 0))
 
     def settings_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,27 @@ class RemoteState:
             "flow_out": self.flow_out,
             "flow_in": self.flow_in,
         }
+
+
+# NOTIFY-LINESTATE bits counted per port (RFC 2217, SET-LINESTATE-MASK).
+LINE_ERRORS = {
+    "overrun": rfc2217.LineState.OVERRUN,
+    "parity": rfc2217.LineState.PARITY_ERROR,
+    "framing": rfc2217.LineState.FRAMING_ERROR,
+    "break": rfc2217.LineState.BREAK,
+}
+# What we ask the server to notify.  Modem: every line and delta except trailing-edge RI, so the mask is
+# never 0xFF: sredird's fixed-length parser leaks the byte after a doubled 0xFF onto the serial line.
+MODEMSTATE_MASK = rfc2217.ModemState(0xFF & ~rfc2217.ModemState.TRAILING_RI)
+LINESTATE_MASK = rfc2217.LineState(sum(LINE_ERRORS.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """The modem lines this side drives; ``None``: leave as the server has them."""
+
+    dtr: bool | None = None
+    rts: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +153,8 @@ class Session(Protocol):
 
     def purge(self, receive: bool, transmit: bool) -> bytes: ...
 
+    def lines(self, lines: Lines) -> bytes: ...
+
     def negotiation_timed_out(self) -> bytes: ...
 
 
@@ -154,8 +178,20 @@ class RawSession:
     def purge(self, receive: bool, transmit: bool) -> bytes:
         return b""
 
+    def lines(self, lines: Lines) -> bytes:
+        return b""
+
     def negotiation_timed_out(self) -> bytes:
         return b""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOwner:
+    """What an RFC 2217 session asks of its link: the values in force now, and where modem news goes."""
+
+    settings: Callable[[], LineSettings]
+    lines: Callable[[], Lines]
+    modem_changed: Callable[[Signals], None]
 
 
 class Rfc2217Session:
@@ -168,13 +204,14 @@ class Rfc2217Session:
     connection is an ordinary telnet one).
     """
 
-    def __init__(self, remote: RemoteState, name: str, settings: Callable[[], LineSettings]) -> None:
+    def __init__(self, remote: RemoteState, name: str, owner: SessionOwner) -> None:
         self._codec = rfc2217.Connection(rfc2217.Role.CLIENT)
         self._remote = remote
         self._name = name
-        self._current = settings
+        self._owner = owner
         self._settings = LineSettings()
         self._sent: list[Any] = []  # last value sent per command, to send only changes
+        self._sent_lines = Lines()
         self.negotiated = False
 
     def start(self, settings: LineSettings) -> bytes:
@@ -204,6 +241,17 @@ class Rfc2217Session:
         self._sent = commands
         return b"".join(self._codec.send(c) for c in changed)
 
+    def lines(self, lines: Lines) -> bytes:
+        if not self._remote.com_port:
+            return b""
+        out = b""
+        if lines.dtr is not None and lines.dtr != self._sent_lines.dtr:
+            out += self._codec.send(rfc2217.SetControl(rfc2217.dtr_control(lines.dtr)))
+        if lines.rts is not None and lines.rts != self._sent_lines.rts:
+            out += self._codec.send(rfc2217.SetControl(rfc2217.rts_control(lines.rts)))
+        self._sent_lines = lines
+        return out
+
     def purge(self, receive: bool, transmit: bool) -> bytes:
         if not self._remote.com_port or not (receive or transmit):
             return b""
@@ -226,7 +274,14 @@ class Rfc2217Session:
                 remote.com_port = True
                 self.negotiated = True
                 self._sent = []
-                return self._codec.send(rfc2217.Signature("")) + self.settings(self._current())
+                self._sent_lines = Lines()
+                # RFC 2217 recommends settings first; the masks come before them so that the first
+                # notifications already describe the line as the settings leave it.
+                return (self._codec.send(rfc2217.Signature(""))
+                        + self._codec.send(rfc2217.SetModemStateMask(MODEMSTATE_MASK))
+                        + self._codec.send(rfc2217.SetLineStateMask(LINESTATE_MASK))
+                        + self.settings(self._owner.settings())
+                        + self.lines(self._owner.lines()))
             case rfc2217.ComPortOption(enabled=False):
                 if remote.com_port is not False:
                     log.warning("%s: server refused COM-PORT-OPTION (RFC 2217); carrying plain data, "
@@ -255,9 +310,12 @@ class Rfc2217Session:
             case rfc2217.FlowControlResume():
                 remote.suspended = False
             case rfc2217.NotifyModemState(state=state):
-                remote.extra["modem_state"] = int(state)
+                remote.modem = rfc2217.modem_signals(state, remote.modem)
+                self._owner.modem_changed(remote.modem)
             case rfc2217.NotifyLineState(state=state):
-                remote.extra["line_state"] = int(state)
+                for name, bit in LINE_ERRORS.items():
+                    if state & bit:
+                        remote.line_errors[name] += 1
             case rfc2217.ProtocolError(message=message):
                 log.info("%s: ignored from server: %s", self._name, message)
         return b""
@@ -337,6 +395,7 @@ class Link:
         self._connect_timeout = connect_timeout
         self._negotiation_timeout = negotiation_timeout
         self._settings = LineSettings()
+        self._lines = Lines()
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._session: Session | None = None
@@ -397,6 +456,21 @@ class Link:
         if self._transport is not None and self._session is not None and self._session.negotiated:
             self._write(self._session.purge(receive, transmit))
 
+    def set_lines(self, lines: Lines) -> None:
+        """Drive DTR/RTS; sent at once (no waiting for answers), and again after every reconnect."""
+        self._lines = lines
+        if self._transport is not None and self._session is not None and self._session.negotiated:
+            self._write(self._session.lines(lines))
+
+    @property
+    def lines(self) -> Lines:
+        return self._lines
+
+    def _modem_changed(self, signals: Signals) -> None:
+        notify = getattr(self._listener, "link_modem", None)
+        if notify is not None:
+            notify(signals)
+
     def pause_reading(self) -> None:
         self._reading_paused = True
         if self._transport is not None:
@@ -415,6 +489,9 @@ class Link:
             "signature": self.remote.signature,
             "remote_settings": self.remote.settings_json(),
             "suspended": self.remote.suspended,
+            "signals": {"dtr": self._lines.dtr, "rts": self._lines.rts,
+                        **{k: getattr(self.remote.modem, k) for k in ("cts", "dsr", "dcd", "ri")}},
+            "line_errors": dict(self.remote.line_errors),
             "bytes_to_remote": self.stats.bytes_to_remote,
             "bytes_from_remote": self.stats.bytes_from_remote,
             "connects": self.stats.connects,
@@ -477,7 +554,7 @@ class Link:
         transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
         self._transport = transport
         self._socket_ok = True
-        self.remote = RemoteState()
+        self.remote = RemoteState(line_errors=self.remote.line_errors)  # counts live as long as the port
         self._session = self._new_session()
         if self._reading_paused:
             transport.pause_reading()
@@ -500,7 +577,9 @@ class Link:
 
     def _new_session(self) -> Session:
         if self.target.transport is Transport.RFC2217:
-            return Rfc2217Session(self.remote, self.name, self._current_settings)
+            owner = SessionOwner(settings=self._current_settings, lines=lambda: self._lines,
+                                 modem_changed=self._modem_changed)
+            return Rfc2217Session(self.remote, self.name, owner)
         return RawSession()
 
     def _negotiation_timeout_hit(self) -> None:

@@ -30,7 +30,17 @@ right.
 
 Whose settings win in a split group: the first port (the one the others are
 split from) while it is open; while it is closed, the member that has been
-open longest.  ``vcom status`` shows which (``settings_from``).
+open longest.  ``vcom status`` shows which (``settings_from``).  Pinned values
+(``--data-bits`` and friends) of that port always win over its program's.
+
+Modem lines from what the pty shows (a pty has no TIOCM* ioctls): DTR and RTS
+go up when a program opens the port, as a UART driver raises them; they drop
+at the last close when HUPCL is set; speed B0 drops DTR (the termios way to
+hang up) and a real speed raises it again.  When the remote drops DCD while a
+program with CLOCAL off has the port open, the program is hung up as by a
+real modem: the pty is closed under it (its reads return EOF, and the session
+whose controlling tty it is gets SIGHUP) and a new one takes its place behind
+the same path, with the same termios.
 """
 
 from __future__ import annotations
@@ -38,14 +48,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import termios
 from collections.abc import Callable
 from typing import Any
 
 from . import termio
 from .config import PortConfig
-from .link import Backoff, Link
+from .link import Backoff, Lines, Link
 from .pty import Ownership, PtyRead, VirtualPty
-from .settings import LineSettings
+from .settings import LineSettings, Signals
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,7 @@ class LinkGroup:
         self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max))
         self.members: list[Port] = []
         self._opened_order: list[Port] = []
+        self._dcd: bool | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -97,13 +109,15 @@ class LinkGroup:
         if port not in self._opened_order:
             self._opened_order.append(port)
         self._cancel_linger()
+        self._member_changed()
         if self.config.connect == "on-open":
             self.link.start()
-        self._member_changed()
 
     def member_closed(self, port: Port) -> None:
         if port in self._opened_order:
             self._opened_order.remove(port)
+        if not self._opened_order and port.hupcl:
+            self.link.set_lines(Lines(dtr=False, rts=False))
         if self.config.connect == "on-open" and not self._opened_order:
             self._cancel_linger()
             self._linger = self._loop.call_later(self.config.linger, self._linger_over)
@@ -111,7 +125,14 @@ class LinkGroup:
 
     def member_settings(self, port: Port) -> None:
         if port is self._fallback_source():
-            self.link.apply_settings(port.settings)
+            self.link.apply_settings(port.effective_settings)
+            self._update_lines()
+
+    def _update_lines(self) -> None:
+        if not self._opened_order:
+            return  # lines stay as the last close left them
+        source = self._fallback_source()
+        self.link.set_lines(Lines(dtr=not source.hangup, rts=True))
 
     def member_drained(self) -> None:
         self._update_pause()
@@ -120,7 +141,8 @@ class LinkGroup:
         return self.settings_source() or self.primary
 
     def _member_changed(self) -> None:
-        self.link.apply_settings(self._fallback_source().settings)
+        self.link.apply_settings(self._fallback_source().effective_settings)
+        self._update_lines()
         self._update_pause()
 
     def _update_pause(self) -> None:
@@ -158,7 +180,16 @@ class LinkGroup:
         """The settings in force right now (the link asks before it sends them on connect)."""
         source = self._fallback_source()
         source.read_settings()
-        return source.settings
+        return source.effective_settings
+
+    def link_modem(self, signals: Signals) -> None:
+        dcd_dropped = self._dcd is True and signals.dcd is False
+        self._dcd = signals.dcd
+        if not dcd_dropped:
+            return
+        for member in list(self.members):
+            if member.is_open and not member.clocal and member.config.hangup_on_dcd:
+                member.hang_up("the remote dropped DCD")
 
 
 class Port:
@@ -175,6 +206,10 @@ class Port:
         self.settings = LineSettings(baud=config.baud)
         self.dropped_bytes = 0  # arrived while no program had the port open, or a split member fell behind
         self.hangup = False  # the program set speed B0
+        self.hupcl = True  # the program's termios: drop DTR/RTS at the last close
+        self.clocal = True  # the program's termios: ignore DCD
+        self.hangups = 0  # times the program was hung up because DCD dropped
+        self._pins = config.pins()
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
         self._open = False  # a program holds the slave open
@@ -187,6 +222,11 @@ class Port:
     @property
     def is_open(self) -> bool:
         return self._open
+
+    @property
+    def effective_settings(self) -> LineSettings:
+        """What goes to the remote: the program's settings with the pinned values applied."""
+        return self.settings.with_(**self._pins) if self._pins else self.settings
 
     @property
     def blocked(self) -> bool:
@@ -228,7 +268,11 @@ class Port:
             "connect": self.group.config.connect,
             "open": self._open,
             "settings": self.settings.to_json(),
+            "effective_settings": self.effective_settings.to_json(),
+            "pinned": list(self._pins),
             "hangup": self.hangup,
+            "hangup_on_dcd": self.config.hangup_on_dcd,
+            "hangups": self.hangups,
             "dropped_bytes": self.dropped_bytes,
         }
         if len(self.group.members) > 1 or self.config.split_of:
@@ -307,6 +351,8 @@ class Port:
             log.error("%s: reading termios failed: %s", self.name, exc)
             return
         self.hangup = termio.speed_of(tio) == 0
+        self.hupcl = bool(tio.cflag & termios.HUPCL)
+        self.clocal = bool(tio.cflag & termios.CLOCAL)
         settings = termio.to_line_settings(tio, fallback_baud=self.settings.baud)
         if settings != self.settings:
             log.info("%s: program set %s", self.name, settings.describe())
@@ -320,6 +366,36 @@ class Port:
             self._set_writing(False)
             self.group.member_drained()
         self.link.purge(receive=receive, transmit=transmit)
+
+    def hang_up(self, reason: str) -> None:
+        """Hang the program up as a modem line drop does on a real port: close the pty under it (EOF on
+        read, SIGHUP to the session it controls) and put a new one behind the same path and termios."""
+        log.warning("%s: hanging up the program: %s", self.name, reason)
+        self.hangups += 1
+        try:
+            saved = self.pty.termios()
+        except OSError:
+            saved = None
+        self._set_reading(False)
+        self._set_writing(False)
+        self._to_pty.clear()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self.pty.close(remove_link=False)
+        self._live = False
+        if self._open:
+            self._open = False
+            self.group.member_closed(self)
+        try:
+            self.pty.open(replace_symlink=True)
+            if saved is not None:
+                termio.set_termios2(self.pty.master_fd, saved)
+            self._unwatch = self._watch(self.pty.slave_path, self._slave_event)
+        except (OSError, ValueError) as exc:
+            log.error("%s: cannot recreate the port after the hang-up: %s", self.name, exc)
+            return
+        self._slave_event()
 
     # -- the network's side
 
