@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
-PEERS  := ser2net socat sredird cyclades-serial-client python3-serial
+PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev
 
 .PHONY: install test lint demo peers clean
 

@@ -326,6 +326,40 @@ def demo(
         fail("no position came through the virtual port", code)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def wrap(
+    program: Annotated[list[str], typer.Argument(help="The program and its arguments")],
+) -> None:
+    """Run PROGRAM so that its modem-line and break calls on vcom ports reach the remote (DTR, RTS, break)."""
+    from .lines import PreloadError, library
+
+    where = paths.resolve()
+    try:
+        lib = library(where.cache)
+    except PreloadError as exc:
+        fail(str(exc))
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [str(lib), env.get("LD_PRELOAD", "")]))
+    env["VCOM_LINES_SOCKET"] = str(where.lines)
+    try:
+        os.execvpe(program[0], program, env)
+    except OSError as exc:
+        fail(f"cannot run {program[0]}: {exc.strerror}", 127)
+
+
+@app.command("preload-path")
+def preload_path() -> None:
+    """Print the modem-line library (for LD_PRELOAD) and the socket it needs (VCOM_LINES_SOCKET)."""
+    from .lines import PreloadError, library
+
+    where = paths.resolve()
+    try:
+        print(f"LD_PRELOAD={library(where.cache)}")
+    except PreloadError as exc:
+        fail(str(exc))
+    print(f"VCOM_LINES_SOCKET={where.lines}")
+
+
 @app.command()
 def shutdown() -> None:
     """Stop the running manager; its ports are removed until it starts again."""

@@ -155,6 +155,8 @@ class Session(Protocol):
 
     def lines(self, lines: Lines) -> bytes: ...
 
+    def send_break(self, on: bool) -> bytes: ...
+
     def negotiation_timed_out(self) -> bytes: ...
 
 
@@ -179,6 +181,9 @@ class RawSession:
         return b""
 
     def lines(self, lines: Lines) -> bytes:
+        return b""
+
+    def send_break(self, on: bool) -> bytes:
         return b""
 
     def negotiation_timed_out(self) -> bytes:
@@ -251,6 +256,11 @@ class Rfc2217Session:
             out += self._codec.send(rfc2217.SetControl(rfc2217.rts_control(lines.rts)))
         self._sent_lines = lines
         return out
+
+    def send_break(self, on: bool) -> bytes:
+        if not self._remote.com_port:
+            return b""
+        return self._codec.send(rfc2217.SetControl(rfc2217.break_control(on)))
 
     def purge(self, receive: bool, transmit: bool) -> bytes:
         if not self._remote.com_port or not (receive or transmit):
@@ -465,6 +475,11 @@ class Link:
     @property
     def lines(self) -> Lines:
         return self._lines
+
+    def set_break(self, on: bool) -> None:
+        """BREAK on or off at the remote UART (RFC 2217 SET-CONTROL 5/6), sent at once."""
+        if self._transport is not None and self._session is not None and self._session.negotiated:
+            self._write(self._session.send_break(on))
 
     def _modem_changed(self, signals: Signals) -> None:
         notify = getattr(self._listener, "link_modem", None)

@@ -23,6 +23,7 @@ from . import config as configfile
 from . import control
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
+from .lines import LinesServer
 from .paths import Paths
 from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
@@ -96,15 +97,20 @@ class Manager:
             loop.add_signal_handler(sig, self._stop.set)
         self._watcher = SlaveWatcher(loop)
         server = None
+        lines = None
         try:
             self._start_configured()
             await self._start_configured_shares()
             server = await control.serve(self.paths.socket, self.handle)
+            lines = LinesServer(self.paths.lines, self._port_by_rdev)
+            await lines.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
             await self._stop.wait()
         finally:
             log.info("manager stopping")
+            if lines is not None:
+                await lines.close()
             if server is not None:
                 await server.close()
             for port in list(self.ports.values()):
@@ -155,6 +161,13 @@ class Manager:
         port.start(replace_symlink=replace_symlink)
         self.ports[cfg.device] = port
         return port
+
+    def _port_by_rdev(self, rdev: int) -> Port | None:
+        for port in self.ports.values():
+            with contextlib.suppress(OSError):
+                if os.stat(port.pty.slave_path).st_rdev == rdev:
+                    return port
+        return None
 
     # -- control requests
 

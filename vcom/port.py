@@ -132,7 +132,12 @@ class LinkGroup:
         if not self._opened_order:
             return  # lines stay as the last close left them
         source = self._fallback_source()
-        self.link.set_lines(Lines(dtr=not source.hangup, rts=True))
+        wanted = source.program_lines or Lines(dtr=True, rts=True)  # a UART driver raises both on open
+        self.link.set_lines(Lines(dtr=bool(wanted.dtr) and not source.hangup, rts=wanted.rts))
+
+    def program_lines_changed(self, port: Port) -> None:
+        if port is self._fallback_source():
+            self._update_lines()
 
     def member_drained(self) -> None:
         self._update_pause()
@@ -209,6 +214,8 @@ class Port:
         self.hupcl = True  # the program's termios: drop DTR/RTS at the last close
         self.clocal = True  # the program's termios: ignore DCD
         self.hangups = 0  # times the program was hung up because DCD dropped
+        self.program_lines: Lines | None = None  # DTR/RTS the program set through the preload library
+        self._break_timer: asyncio.TimerHandle | None = None
         self._pins = config.pins()
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
@@ -251,6 +258,7 @@ class Port:
                  self.link.target, self.group.config.connect)
 
     async def close(self) -> None:
+        self._cancel_break()
         self._set_reading(False)
         self._set_writing(False)
         self._open = False
@@ -301,6 +309,7 @@ class Port:
 
     def _closed(self) -> None:
         self._open = False
+        self.program_lines = None
         if self._to_pty:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
@@ -366,6 +375,47 @@ class Port:
             self._set_writing(False)
             self.group.member_drained()
         self.link.purge(receive=receive, transmit=transmit)
+
+    def program_ioctl(self, op: str, value: int) -> int:
+        """A modem-line or break call of the program (vcom.lines); returns the TIOCM_* bits in force."""
+        current = self.link.lines
+        dtr, rts = bool(current.dtr), bool(current.rts)
+        if op == "set":
+            dtr, rts = bool(value & termios.TIOCM_DTR), bool(value & termios.TIOCM_RTS)
+        elif op == "bis":
+            dtr, rts = dtr or bool(value & termios.TIOCM_DTR), rts or bool(value & termios.TIOCM_RTS)
+        elif op == "bic":
+            dtr, rts = dtr and not value & termios.TIOCM_DTR, rts and not value & termios.TIOCM_RTS
+        elif op in ("break_on", "break_off"):
+            self._cancel_break()
+            self.link.set_break(op == "break_on")
+        elif op == "break":
+            self._cancel_break()
+            self.link.set_break(True)
+            self._break_timer = self._loop.call_later(max(value, 1) / 1000, self._end_break)
+        if op in ("set", "bis", "bic"):
+            self.program_lines = Lines(dtr=dtr, rts=rts)
+            self.group.program_lines_changed(self)
+        return self._tiocm_bits()
+
+    def _end_break(self) -> None:
+        self._break_timer = None
+        self.link.set_break(False)
+
+    def _cancel_break(self) -> None:
+        if self._break_timer is not None:
+            self._break_timer.cancel()
+            self._break_timer = None
+
+    def _tiocm_bits(self) -> int:
+        lines, modem = self.link.lines, self.link.remote.modem
+        bits = 0
+        for on, bit in ((lines.dtr, termios.TIOCM_DTR), (lines.rts, termios.TIOCM_RTS),
+                        (modem.cts, termios.TIOCM_CTS), (modem.dsr, termios.TIOCM_DSR),
+                        (modem.dcd, termios.TIOCM_CAR), (modem.ri, termios.TIOCM_RNG)):
+            if on:
+                bits |= bit
+        return bits
 
     def hang_up(self, reason: str) -> None:
         """Hang the program up as a modem line drop does on a real port: close the pty under it (EOF on
