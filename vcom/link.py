@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # A connection that stayed up this long counts as healthy: the back-off restarts from its shortest delay.
 _HEALTHY_AFTER = 10.0
 _WRITE_HIGH_WATER = 64 * 1024
+SOCKET_SEND_BUFFER = 64 * 1024
 # UDP payload per datagram: small enough to cross any path (IPv6 minimum MTU 1280) without fragmentation,
 # where one lost fragment would lose the whole datagram.
 DATAGRAM_SIZE = 1024
@@ -674,10 +675,14 @@ def _reason(exc: OSError) -> str:
 
 
 def _tune_socket(transport: asyncio.BaseTransport) -> None:
-    """Low latency for interactive serial traffic, and keepalives so a dead peer is noticed."""
+    """Low latency for interactive serial traffic, keepalives so a dead peer is noticed, and a fixed
+    send buffer: Linux would grow it to megabytes (tcp_wmem) towards a server that drains at serial
+    speed, and a program's write() would return long before its bytes could reach the UART."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
