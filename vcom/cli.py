@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -167,6 +168,8 @@ def share(
     control: Annotated[Control, typer.Option(help="Who may change settings and signals: all clients, or the "
                                                    "longest-connected one")] = Control.ALL,
     max_clients: Annotated[int, typer.Option(help="Clients at once; one more is refused")] = 32,
+    foreground: Annotated[bool, typer.Option(help="Serve in this process, without a manager (vcom-share@.service)")] = (
+        False),
 ) -> None:
     """Serve a local serial device to network clients (kept in the config, started with the manager)."""
     if not device.lower().startswith("sim:"):
@@ -178,9 +181,38 @@ def share(
                              max_clients=max_clients)
     except ShareError as exc:
         fail(str(exc))
+    if foreground:
+        _share_in_foreground(config)
+        return
     _ensure_manager()
     answer = _ask("share", share=config.to_json())
     print(f"{device} shared as {protocol.value} on {answer['share']['listen']}")
+
+
+def _share_in_foreground(config: ShareConfig) -> None:
+    from .sdnotify import notify
+    from .share import Share
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = Share(config)
+        await server.start()
+        notify(f"READY=1\nSTATUS=serving {config.device} on {server.listen}")
+        try:
+            await stop.wait()
+        finally:
+            notify("STOPPING=1")
+            await server.close()
+
+    try:
+        asyncio.run(serve())
+    except ShareError as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -292,6 +324,55 @@ def _describe(s: dict[str, Any]) -> str:
     if s.get("flow_out") not in (None, "none") or s.get("flow_in") not in (None, "none"):
         flow = f" flow out:{get('flow_out')} in:{get('flow_in')}"
     return f"{get('baud')} {frame}{flow}"
+
+
+@app.command()
+def monitor(
+    device: Annotated[str, typer.Argument(help="The vcom port to watch")],
+    raw: Annotated[bool, typer.Option(help="One JSON object per event, for piping")] = False,
+    output: Annotated[Path | None, typer.Option(help="Record to this file instead of the terminal")] = None,
+) -> None:
+    """Show a port's traffic (hex and ASCII, both ways) with settings, signal, purge and break events in order."""
+    where = paths.resolve()
+    out = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        for event in control.stream(where.socket, "monitor", device=os.path.abspath(device)):
+            lines = [json.dumps(event)] if raw else format_event(event)
+            out.write("".join(line + "\n" for line in lines))
+            out.flush()
+    except control.ControlError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if output:
+            out.close()
+
+
+def format_event(event: dict[str, Any]) -> list[str]:
+    """Human lines for one monitor event: data as 16-byte hex and ASCII rows, the rest as a word and values."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["t"])) + f".{int(event['t'] % 1 * 1e6):06d}"
+    kind = event.get("kind")
+    if kind == "data":
+        data = bytes.fromhex(event["data"])
+        arrow = ">" if event.get("dir") == "out" else "<"
+        note = "  (dropped: port closed)" if event.get("dropped") else ""
+        rows = []
+        for start in range(0, len(data), 16):
+            row = data[start:start + 16]
+            text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+            rows.append(f"{stamp}  {arrow} {row.hex(' '):<47}  {text}{note if start == 0 else ''}")
+        return rows
+    if kind == "settings":
+        return [f"{stamp}  * settings {event.get('text')}"]
+    if kind == "signals":
+        lamps = " ".join(f"{k}{_lamp(v)}" for k, v in event.items() if k not in ("t", "kind"))
+        return [f"{stamp}  * signals {lamps}"]
+    if kind == "start":
+        status = event.get("status", {})
+        return [f"{stamp}  * monitoring {status.get('device')} -> {status.get('target')} ({status.get('state')})"]
+    details = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("t", "kind"))
+    return [f"{stamp}  * {kind}" + (f" {details}" if details else "")]
 
 
 @app.command()

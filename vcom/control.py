@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,12 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
                                       "may control vcom"})
                 return
             while line := await reader.readline():
-                await _reply(writer, await _dispatch(handler, line))
+                answer = await _dispatch(handler, line)
+                stream = answer.pop("stream", None)
+                await _reply(writer, answer)
+                if stream is not None:  # the connection now carries events until the caller leaves
+                    await _pump(stream, reader, writer)
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except ValueError:  # a line longer than the limit
@@ -133,6 +138,31 @@ async def _dispatch(handler: Handler, line: bytes) -> dict[str, Any]:
     except Exception as exc:  # the manager must answer, whatever went wrong
         log.exception("control request %s failed", request.get("cmd"))
         return {"ok": False, "error": f"internal error: {exc}"}
+
+
+async def _pump(stream: AsyncIterator[dict[str, Any]], reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> None:
+    """Write the stream's items as JSON lines until it ends or the caller closes its side."""
+    items = stream.__aiter__()
+    gone = asyncio.ensure_future(reader.read(1))
+    try:
+        while True:
+            following = asyncio.ensure_future(items.__anext__())
+            done, _ = await asyncio.wait({following, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if following not in done:
+                following.cancel()
+                return
+            try:
+                item = following.result()
+            except StopAsyncIteration:
+                return
+            writer.write(json.dumps(item).encode() + b"\n")
+            await writer.drain()
+    finally:
+        gone.cancel()
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _reply(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
@@ -171,6 +201,31 @@ def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[st
     if not data:
         raise ControlError("the vcom manager closed the connection without answering")
     return json.loads(data)
+
+
+def stream(path: Path, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
+    """Send one request whose answer is followed by events; yields the events until the manager ends them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlError(f"no vcom manager is running (control socket {path}: {exc.strerror})") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
+                from None
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        lines = sock.makefile("rb")
+        first = lines.readline()
+        if not first:
+            raise ControlError("the vcom manager closed the connection without answering")
+        answer = json.loads(first)
+        if not answer.get("ok"):
+            raise ControlError(str(answer.get("error", "the manager refused the request")))
+        for line in lines:
+            yield json.loads(line)
+    finally:
+        sock.close()
 
 
 def manager_running(path: Path) -> bool:

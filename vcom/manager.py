@@ -15,7 +15,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .lines import LinesServer
 from .paths import Paths
 from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
+from .sdnotify import notify
 from .share import Share, ShareConfig, ShareError
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,10 @@ class Manager:
             await lines.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
+            notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
             await self._stop.wait()
         finally:
+            notify("STOPPING=1")
             log.info("manager stopping")
             if lines is not None:
                 await lines.close()
@@ -267,6 +271,23 @@ class Manager:
         cfg = self._share_configs[device]
         return {"device": device, "protocol": cfg.protocol, "listen": cfg.listen, "device_state": "failed",
                 "device_error": "the share could not be started; see the manager's log", "clients": []}
+
+    async def _cmd_monitor(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = _absolute(request.get("device"))
+        port = self.ports.get(device)
+        if port is None:
+            raise ManagerError(f"{device} is not a running vcom port")
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            watcher = port.taps.add()
+            try:
+                yield {"t": time.time(), "kind": "start", "status": port.status()}
+                while True:
+                    yield await watcher.queue.get()
+            finally:
+                port.taps.remove(watcher)
+
+        return {"ok": True, "stream": events()}
 
     async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
         self._stop.set()

@@ -57,6 +57,7 @@ from .config import PortConfig
 from .link import Backoff, Lines, Link
 from .pty import Ownership, PtyRead, VirtualPty
 from .settings import LineSettings, Signals
+from .tap import Taps
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class LinkGroup:
         if port in self._opened_order:
             self._opened_order.remove(port)
         if not self._opened_order and port.hupcl:
-            self.link.set_lines(Lines(dtr=False, rts=False))
+            self._set_lines(Lines(dtr=False, rts=False))
         if self.config.connect == "on-open" and not self._opened_order:
             self._cancel_linger()
             self._linger = self._loop.call_later(self.config.linger, self._linger_over)
@@ -133,7 +134,17 @@ class LinkGroup:
             return  # lines stay as the last close left them
         source = self._fallback_source()
         wanted = source.program_lines or Lines(dtr=True, rts=True)  # a UART driver raises both on open
-        self.link.set_lines(Lines(dtr=bool(wanted.dtr) and not source.hangup, rts=wanted.rts))
+        self._set_lines(Lines(dtr=bool(wanted.dtr) and not source.hangup, rts=wanted.rts))
+
+    def _set_lines(self, lines: Lines) -> None:
+        if lines != self.link.lines:
+            self._emit("signals", dtr=lines.dtr, rts=lines.rts)
+        self.link.set_lines(lines)
+
+    def _emit(self, kind: str, **fields: object) -> None:
+        for member in self.members:
+            if member.taps:
+                member.taps.emit(kind, **fields)
 
     def program_lines_changed(self, port: Port) -> None:
         if port is self._fallback_source():
@@ -179,7 +190,7 @@ class LinkGroup:
             member.link_writable(writable)
 
     def link_changed(self) -> None:
-        pass
+        self._emit("link", state=self.link.state.value, error=self.link.stats.last_error)
 
     def link_settings(self) -> LineSettings:
         """The settings in force right now (the link asks before it sends them on connect)."""
@@ -188,6 +199,7 @@ class LinkGroup:
         return source.effective_settings
 
     def link_modem(self, signals: Signals) -> None:
+        self._emit("signals", cts=signals.cts, dsr=signals.dsr, dcd=signals.dcd, ri=signals.ri)
         dcd_dropped = self._dcd is True and signals.dcd is False
         self._dcd = signals.dcd
         if not dcd_dropped:
@@ -215,6 +227,7 @@ class Port:
         self.clocal = True  # the program's termios: ignore DCD
         self.hangups = 0  # times the program was hung up because DCD dropped
         self.program_lines: Lines | None = None  # DTR/RTS the program set through the preload library
+        self.taps = Taps()  # vcom monitor
         self._break_timer: asyncio.TimerHandle | None = None
         self._pins = config.pins()
         self._watch = watch
@@ -304,6 +317,8 @@ class Port:
         self._live = True
         self._refresh_settings()
         log.info("%s: opened by a program", self.name)
+        if self.taps:
+            self.taps.emit("open")
         self.group.member_opened(self)
         self._update_io()
 
@@ -315,6 +330,8 @@ class Port:
             self._to_pty.clear()
         self._set_writing(False)
         log.info("%s: closed by the last program", self.name)
+        if self.taps:
+            self.taps.emit("close")
         self.group.member_closed(self)
         self._update_io()
 
@@ -341,6 +358,8 @@ class Port:
             self._flush(receive=chunk.flush_read, transmit=chunk.flush_write)
         if chunk.data:
             self.link.send(chunk.data)
+            if self.taps:
+                self.taps.emit("data", dir="out", data=chunk.data.hex())
         if chunk.closed:
             # Everything written before the last close has been read; stop until the next open,
             # because a closed slave keeps the master in POLLHUP and would spin the loop.
@@ -365,9 +384,13 @@ class Port:
         settings = termio.to_line_settings(tio, fallback_baud=self.settings.baud)
         if settings != self.settings:
             log.info("%s: program set %s", self.name, settings.describe())
+            if self.taps:
+                self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
         self.settings = settings
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
+        if self.taps:
+            self.taps.emit("purge", receive=receive, transmit=transmit)
         # tcflush(TCIFLUSH) discards what the program has not read: the remote's receive buffer and
         # what we still hold for the program go too.  TCOFLUSH discards what it wrote and we have not sent.
         if receive and self._to_pty:
@@ -378,6 +401,8 @@ class Port:
 
     def program_ioctl(self, op: str, value: int) -> int:
         """A modem-line or break call of the program (vcom.lines); returns the TIOCM_* bits in force."""
+        if self.taps and op != "get":
+            self.taps.emit("break" if op.startswith("break") else "lines", op=op, value=value)
         current = self.link.lines
         dtr, rts = bool(current.dtr), bool(current.rts)
         if op == "set":
@@ -451,6 +476,8 @@ class Port:
 
     def deliver(self, data: bytes, *, bounded: bool) -> None:
         """Network data for the program; ``bounded``: a split member drops its oldest beyond SPLIT_BUFFER."""
+        if self.taps:
+            self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._open)
         if not self._open and not self.pty.slave_is_open():
             # A real UART drops what arrives while nobody has the port open.
             self.dropped_bytes += len(data)
