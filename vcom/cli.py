@@ -245,8 +245,24 @@ def list_ports(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
 def status(
     device: Annotated[str | None, typer.Argument(help="One port (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    watch: Annotated[bool, typer.Option(help="Live full-screen view of every port (q quits, s sorts, / filters)")] = (
+        False),
+    interval: Annotated[float, typer.Option(min=0.1, help="Refresh interval of --watch, seconds")] = 1.0,
 ) -> None:
     """Show state, remote, settings in force, traffic and errors of the ports."""
+    if watch:
+        from . import dashboard
+
+        where = paths.resolve()
+
+        def fetch() -> dict[str, Any]:
+            answer = control.request(where.socket, "status", timeout=5)  # ControlError: shown, retried
+            if not answer.get("ok"):
+                raise control.ControlError(str(answer.get("error")))
+            return answer
+
+        dashboard.run(fetch, interval=interval)
+        return
     if device and not device.lower().startswith("sim:"):
         device = os.path.abspath(device)
     answer = _ask("status", device=device)
