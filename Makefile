@@ -3,9 +3,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
-PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev
+PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev iproute2 util-linux
 
-.PHONY: install test lint demo peers clean
+.PHONY: install test lint demo peers clean install-system uninstall install-venv install-units install-rules install-group
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,62 @@ test: install peers
 
 lint: install
 	$(VENV)/bin/ruff check vcom tests
+
+# System-wide install, as root: a venv in $(PREFIX), `vcom` on the PATH, the systemd
+# units and udev rules, group vcom (may use the control socket).  DESTDIR stages
+# everything under another root (then no group is made and no daemon is told).
+PREFIX   ?= /opt/vcom
+BINDIR   ?= /usr/local/bin
+UNITDIR  ?= /etc/systemd/system
+RULESDIR ?= /etc/udev/rules.d
+UNITS    := vcom.service vcom-share@.service
+RULES    := 90-vcom-share.rules 91-vcom-net.rules
+# The daemons are told only on the real root, and only when they run.
+SYSTEMD_UP = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
+UDEVD_UP   = [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null && udevadm control --ping 2>/dev/null
+
+install-system: install-venv install-units install-rules install-group
+	@echo "installed; start the manager with: systemctl enable --now vcom.service"
+
+# Built from a copy of the sources, so that setuptools leaves no build/ here.
+install-venv:
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	src=$$(mktemp -d) && cp -r pyproject.toml README.md vcom "$$src"/ && \
+	  $(DESTDIR)$(PREFIX)/bin/python -m pip install -q --disable-pip-version-check --upgrade "$$src"; \
+	  rc=$$?; rm -rf "$$src"; exit $$rc
+	install -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/bin/vcom $(DESTDIR)$(BINDIR)/vcom
+
+# The units name the real PREFIX (not DESTDIR): that is where they will run it.
+install-units:
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in $(UNITS); do \
+	  sed 's|/opt/vcom/bin/vcom|$(PREFIX)/bin/vcom|' systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	if $(SYSTEMD_UP); then systemctl daemon-reload; fi
+
+install-rules:
+	install -d $(DESTDIR)$(RULESDIR)
+	for r in $(RULES); do install -m 644 udev/$$r $(DESTDIR)$(RULESDIR)/$$r || exit 1; done
+	if $(UDEVD_UP); then udevadm control --reload; fi
+
+install-group:
+	if [ -z "$(DESTDIR)" ] && ! getent group vcom >/dev/null; then groupadd --system vcom; fi
+
+# Removes what install-system put in place; /etc/vcom (the configuration) stays.
+# PREFIX is removed whole only if it is a venv: a PREFIX of /usr/local must survive a typo.
+uninstall:
+	if $(SYSTEMD_UP); then \
+	  systemctl disable --now vcom.service 2>/dev/null; systemctl stop 'vcom-share@*.service' 2>/dev/null; true; fi
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(RULESDIR)/,$(RULES)) \
+	  $(DESTDIR)$(UNITDIR)/multi-user.target.wants/vcom.service
+	if $(SYSTEMD_UP); then systemctl daemon-reload; fi
+	if $(UDEVD_UP); then udevadm control --reload; fi
+	if [ -L $(DESTDIR)$(BINDIR)/vcom ]; then rm -f $(DESTDIR)$(BINDIR)/vcom; fi
+	if [ -f $(DESTDIR)$(PREFIX)/pyvenv.cfg ]; then rm -rf $(DESTDIR)$(PREFIX); fi
+	rm -rf $(DESTDIR)/var/cache/vcom
+	if [ -z "$(DESTDIR)" ] && getent group vcom >/dev/null; then groupdel vcom; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -120,3 +120,34 @@ def test_monitor_shows_traffic_and_events_in_order(vcom: Vcom, tmp_path):
         write_all(program.fileno(), b"again")
         assert read_exact(program.fileno(), 5) == b"again"
 
+
+
+def test_manager_serves_prometheus_metrics(vcom: Vcom, tmp_path):
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{free_port()}", "--baud", "19200")
+    vcom.ok("shutdown")
+    listen = free_port()
+    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--metrics", f"127.0.0.1:{listen}"],
+                               env=vcom.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        def scrape() -> str | None:
+            try:
+                with urlopen(f"http://127.0.0.1:{listen}/metrics", timeout=5) as answer:
+                    return answer.read().decode()
+            except OSError:
+                return None
+
+        text = wait_until(scrape, 15, "the metrics endpoint")
+        samples = {(s.name, s.labels.get("device")): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("vcom_port_baud", str(port))] == 19200
+        assert samples[("vcom_port_open", str(port))] == 0
+        assert ("vcom_port_reconnects_total", str(port)) in samples
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        manager.wait(timeout=15)

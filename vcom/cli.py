@@ -394,6 +394,8 @@ def format_event(event: dict[str, Any]) -> list[str]:
 @app.command()
 def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    metrics: Annotated[str | None, typer.Option(help="Serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9817")] = (
+        None),
 ) -> None:
     """Run the manager in the foreground (for systemd and debugging)."""
     level = getattr(logging, log_level.upper(), None)
@@ -403,9 +405,16 @@ def run(
     from .manager import Manager, ManagerError
 
     where = paths.resolve()
+    if metrics:
+        from .metrics import MetricsError, parse_addr
+
+        try:
+            parse_addr(metrics)
+        except MetricsError as exc:
+            fail(str(exc))
     try:
-        asyncio.run(Manager(where).run())
-    except (ManagerError, ValueError) as exc:
+        asyncio.run(Manager(where, metrics=metrics).run())
+    except (ManagerError, ValueError, OSError) as exc:
         fail(str(exc))
 
 

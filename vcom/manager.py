@@ -25,11 +25,13 @@ from . import control
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .lines import LinesServer
+from .metrics import start_metrics
 from .paths import Paths
 from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
 from .sdnotify import notify
 from .share import Share, ShareConfig, ShareError
+from .udevwatch import UdevWatcher
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,9 @@ class SlaveWatcher:
 
 
 class Manager:
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, *, metrics: str | None = None) -> None:
         self.paths = paths
+        self._metrics_addr = metrics
         self.ports: dict[str, Port] = {}
         self._configs: dict[str, PortConfig] = {}
         self.shares: dict[str, Share] = {}
@@ -100,12 +103,18 @@ class Manager:
         self._watcher = SlaveWatcher(loop)
         server = None
         lines = None
+        metrics = None
+        udev = None
         try:
             self._start_configured()
             await self._start_configured_shares()
             server = await control.serve(self.paths.socket, self.handle)
             lines = LinesServer(self.paths.lines, self._port_by_rdev)
             await lines.start()
+            if self._metrics_addr:
+                metrics = await start_metrics(self._metrics_addr, self.snapshot)
+            udev = UdevWatcher(loop, self._link_up, self._tty_added, lambda node: None)
+            udev.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
             notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
@@ -113,6 +122,10 @@ class Manager:
         finally:
             notify("STOPPING=1")
             log.info("manager stopping")
+            if udev is not None:
+                udev.close()
+            if metrics is not None:
+                metrics.close()
             if lines is not None:
                 await lines.close()
             if server is not None:
@@ -165,6 +178,22 @@ class Manager:
         port.start(replace_symlink=replace_symlink)
         self.ports[cfg.device] = port
         return port
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `vcom status --json` shows, for the metrics endpoint."""
+        return {"ports": [self._status(d) for d in self._configs],
+                "shares": [self._share_status(d) for d in self._share_configs]}
+
+    def _link_up(self, ifname: str) -> None:
+        # A network came up: ports waiting out their back-off try at once.
+        log.info("network interface %s is up: retrying disconnected ports now", ifname)
+        for port in self.ports.values():
+            port.link.retry_now()
+
+    def _tty_added(self, node: str) -> None:
+        share = self.shares.get(node)
+        if share is not None:
+            share.device_appeared()
 
     def _port_by_rdev(self, rdev: int) -> Port | None:
         for port in self.ports.values():

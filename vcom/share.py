@@ -736,6 +736,13 @@ class Share:
             log.warning("share %s: cannot drop DTR/RTS: %s", self.name, exc)
         self._modem = modem_state(device.signals)
 
+    def device_appeared(self) -> None:
+        """udev saw the device come back: try now instead of at the next reopen tick."""
+        if self._device_state == "gone" and self._reopen_timer is not None:
+            self._reopen_timer.cancel()
+            self._reopen_timer = None
+            self._reopen()
+
     def _schedule_reopen(self) -> None:
         if not self._closing and self._loop is not None:
             self._reopen_timer = self._loop.call_later(REOPEN_INTERVAL, self._reopen)
