@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev iproute2 util-linux systemd udev mount
 
-.PHONY: install test lint demo peers clean install-system uninstall install-venv install-units install-rules install-group
+.PHONY: venv install test lint demo peers clean install-system uninstall install-venv install-units install-rules install-group
 
-install: $(VENV)/.installed
+# The development environment: .venv with vcom (editable) and the test tools.
+venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +27,13 @@ peers:
 	fi
 
 # The whole chain on this machine: simulated GPS, built-in RFC 2217 server, virtual port, a reader.
-demo: install
+demo: venv
 	$(VENV)/bin/vcom demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS))
 
-test: install peers
+test: venv peers
 	$(PY) -m pytest
 
-lint: install
+lint: venv
 	$(VENV)/bin/ruff check vcom tests
 
 # System-wide install, as root: a venv in $(PREFIX), `vcom` on the PATH, the systemd
@@ -47,6 +48,8 @@ RULES    := 90-vcom-share.rules 91-vcom-net.rules
 # The daemons are told only on the real root, and only when they run.
 SYSTEMD_UP = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
 UDEVD_UP   = [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null && udevadm control --ping 2>/dev/null
+
+install: install-system
 
 install-system: install-venv install-units install-rules install-group
 	@echo "installed; start the manager with: systemctl enable --now vcom.service"

@@ -151,3 +151,34 @@ def test_manager_serves_prometheus_metrics(vcom: Vcom, tmp_path):
     finally:
         manager.send_signal(signal.SIGTERM)
         manager.wait(timeout=15)
+
+
+def test_shell_completion_offers_commands_and_configured_devices(vcom: Vcom, tmp_path):
+    for name in ("ttyA", "ttyB"):
+        vcom.add(tmp_path / name, f"127.0.0.1:{free_port()}")
+    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{free_port()}")
+
+    def complete(*words: str) -> list[str]:
+        env = {**vcom.env, "_VCOM_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(["vcom", *words]),
+               "COMP_CWORD": str(len(words))}
+        result = subprocess.run([sys.executable, "-m", "vcom"], env=env, capture_output=True, text=True, timeout=30)
+        return result.stdout.split()
+
+    assert {"add", "monitor", "share", "status"} <= set(complete(""))
+    assert complete("status", str(tmp_path / "tty")) == [str(tmp_path / "ttyA"), str(tmp_path / "ttyB")]
+    assert complete("unshare", "sim:") == ["sim:echo"]
+
+
+def test_json_logs_are_one_object_per_line(vcom: Vcom, tmp_path):
+    vcom.add(tmp_path / "ttyV0", f"127.0.0.1:{free_port()}")
+    vcom.ok("shutdown")
+    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--log-format", "json"], env=vcom.env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        _, err = manager.communicate(timeout=15)
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any("ready" in r["message"] and r["level"] == "info" for r in records)

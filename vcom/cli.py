@@ -29,7 +29,7 @@ from .share import ShareConfig, ShareError
 from .target import TargetError, parse_target
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Virtual serial ports that reach remote serial device servers (RFC 2217, raw TCP).",
@@ -41,6 +41,18 @@ _MANAGER_START_TIMEOUT = 15.0
 class Connect(str, enum.Enum):
     ON_OPEN = "on-open"
     ALWAYS = "always"
+
+
+def complete_devices(incomplete: str) -> list[str]:
+    """Shell completion of port and share devices, from the config file (no manager needed)."""
+    from .config import load
+
+    try:
+        loaded = load(paths.resolve().config)
+    except OSError:
+        return []
+    names = [p.device for p in loaded.ports] + [s.device for s in loaded.shares]
+    return [name for name in names if name.startswith(incomplete)]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -216,13 +228,14 @@ def _share_in_foreground(config: ShareConfig) -> None:
 
 
 @app.command()
-def unshare(device: Annotated[str, typer.Argument(help="The shared device")]) -> None:
+def unshare(device: Annotated[str, typer.Argument(help="The shared device", autocompletion=complete_devices)]) -> None:
     """Stop sharing a device."""
     _ask("unshare", device=device if device.lower().startswith("sim:") else os.path.abspath(device))
 
 
 @app.command()
-def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port")]) -> None:
+def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port",
+                                                 autocompletion=complete_devices)]) -> None:
     """Remove a virtual port."""
     _ask("remove", device=os.path.abspath(device))
 
@@ -243,7 +256,8 @@ def list_ports(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
 
 @app.command()
 def status(
-    device: Annotated[str | None, typer.Argument(help="One port (default: all)")] = None,
+    device: Annotated[str | None, typer.Argument(help="One port (default: all)", autocompletion=complete_devices)] = (
+        None),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     watch: Annotated[bool, typer.Option(help="Live full-screen view of every port (q quits, s sorts, / filters)")] = (
         False),
@@ -344,7 +358,7 @@ def _describe(s: dict[str, Any]) -> str:
 
 @app.command()
 def monitor(
-    device: Annotated[str, typer.Argument(help="The vcom port to watch")],
+    device: Annotated[str, typer.Argument(help="The vcom port to watch", autocompletion=complete_devices)],
     raw: Annotated[bool, typer.Option(help="One JSON object per event, for piping")] = False,
     output: Annotated[Path | None, typer.Option(help="Record to this file instead of the terminal")] = None,
 ) -> None:
@@ -391,9 +405,34 @@ def format_event(event: dict[str, Any]) -> list[str]:
     return [f"{stamp}  * {kind}" + (f" {details}" if details else "")]
 
 
+class LogFormat(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(level: int, log_format: LogFormat) -> None:
+    handler = logging.StreamHandler()
+    if log_format is LogFormat.JSON:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 @app.command()
 def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(help="text, or json (one object per line, for journald and log "
+                                                       "shippers)")] = LogFormat.TEXT,
     metrics: Annotated[str | None, typer.Option(help="Serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9817")] = (
         None),
 ) -> None:
@@ -401,7 +440,7 @@ def run(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r} (use debug, info, warning or error)")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(level, log_format)
     from .manager import Manager, ManagerError
 
     where = paths.resolve()
@@ -516,7 +555,7 @@ def main() -> None:
     # click's exceptions are reached through typer (which may vendor its own click): usage errors carry
     # format_message() and exit_code; they are shortened to one line instead of a usage box.
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="vcom", standalone_mode=False)
     except Exception as exc:
         name = type(exc).__name__
         if name == "NoArgsIsHelpError":
