@@ -173,31 +173,41 @@ async def _reply(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
 # -- client side ---------------------------------------------------------------------------------
 
 
-def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one request and return the manager's answer; raises ControlError when nobody listens."""
+def _send(path: Path, cmd: str, args: dict[str, Any], timeout: float | None) -> socket.socket:
+    """Connect to the manager and send one request; ControlError when nobody listens or we may not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(f"no vcom manager is running (control socket {path}: {exc.strerror})") from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
-                from None
+        sock.connect(str(path))
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise ControlError(f"no vcom manager is running (control socket {path}: {exc.strerror})") from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
+            from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+    """Send one request and return the manager's answer; raises ControlError when nobody listens."""
+    try:
+        sock = _send(path, cmd, args, timeout)
+        with sock:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
     except TimeoutError:
         raise ControlError(f"the vcom manager did not answer within {timeout:g} s") from None
     except (BrokenPipeError, ConnectionResetError):
         raise ControlError("the vcom manager closed the connection without answering") from None
-    finally:
-        sock.close()
     if not data:
         raise ControlError("the vcom manager closed the connection without answering")
     return json.loads(data)
@@ -205,17 +215,7 @@ def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[st
 
 def stream(path: Path, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
     """Send one request whose answer is followed by events; yields the events until the manager ends them."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(f"no vcom manager is running (control socket {path}: {exc.strerror})") from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
-                from None
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        lines = sock.makefile("rb")
+    with _send(path, cmd, args, None) as sock, sock.makefile("rb") as lines:
         first = lines.readline()
         if not first:
             raise ControlError("the vcom manager closed the connection without answering")
@@ -224,8 +224,6 @@ def stream(path: Path, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
             raise ControlError(str(answer.get("error", "the manager refused the request")))
         for line in lines:
             yield json.loads(line)
-    finally:
-        sock.close()
 
 
 def manager_running(path: Path) -> bool:
