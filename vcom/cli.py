@@ -26,7 +26,7 @@ from . import control, paths
 from .config import ConfigError, PortConfig, parse_mode
 from .pty import PortPathError, check_port_path
 from .share import ShareConfig, ShareError
-from .target import TargetError, parse_target
+from .target import TargetError, parse_target, split_host_port
 
 app = typer.Typer(
     add_completion=True,
@@ -153,15 +153,13 @@ class Control(str, enum.Enum):
 def parse_listen(text: str) -> tuple[str, int]:
     """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
     text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ShareError(f"listen address {text!r}: expected [v6addr]:port")
-        port_text = rest[1:]
-    elif text.count(":") > 1:
-        raise ShareError(f"listen address {text!r}: IPv6 addresses need brackets, e.g. [::]:4001")
+    if ":" in text or text.startswith("["):
+        try:
+            host, port_text = split_host_port(text)
+        except TargetError as exc:
+            raise ShareError(f"listen address {text!r}: {exc}") from None
     else:
-        host, _, port_text = text.rpartition(":")
+        host, port_text = "", text
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ShareError(f"listen address {text!r}: port must be a number between 1 and 65535")
     return host or "127.0.0.1", int(port_text)
@@ -509,12 +507,11 @@ def preload_path() -> None:
 def shutdown() -> None:
     """Stop the running manager; its ports are removed until it starts again."""
     where = paths.resolve()
-    answer = _ask("shutdown")
-    pid = answer.get("pid")
+    _ask("shutdown")
+    # The manager removes its socket last, after every port: wait for that, so the ports are gone on return.
     deadline = time.monotonic() + 15
     while where.socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    del pid
 
 
 def _ensure_manager() -> None:

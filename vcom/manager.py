@@ -180,7 +180,7 @@ class Manager:
         return port
 
     def snapshot(self) -> dict[str, Any]:
-        """What `vcom status --json` shows, for the metrics endpoint."""
+        """What `vcom status --json` shows without a device; also what the metrics endpoint reads."""
         return {"ports": [self._status(d) for d in self._configs],
                 "shares": [self._share_status(d) for d in self._share_configs]}
 
@@ -290,8 +290,7 @@ class Manager:
             if key in self._share_configs:
                 return {"ok": True, "share": self._share_status(key)}
             raise ManagerError(f"{device} is not a vcom port or share")
-        return {"ok": True, "ports": [self._status(d) for d in self._configs],
-                "shares": [self._share_status(d) for d in self._share_configs]}
+        return {"ok": True, **self.snapshot()}
 
     def _share_status(self, device: str) -> dict[str, Any]:
         share = self.shares.get(device)

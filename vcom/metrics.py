@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .target import TargetError, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +173,10 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
 
     An empty host (``:9817``) means every interface, as for other exporters.
     """
-    text = addr.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise MetricsError(f"expected [address]:port, not {addr!r}")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise MetricsError(f"{host!r} is not an IPv6 address in {addr!r}") from None
-        port_text = rest[1:]
-    else:
-        if text.count(":") != 1:
-            raise MetricsError(f"expected host:port (IPv6 in brackets), not {addr!r}")
-        host, _, port_text = text.partition(":")
+    try:
+        host, port_text = split_host_port(addr.strip(), addr)
+    except TargetError as exc:
+        raise MetricsError(f"metrics address: {exc}") from None
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise MetricsError(f"{port_text!r} is not a port number in {addr!r}")
     return (host or None), int(port_text)

@@ -142,6 +142,7 @@ from .rfc2217 import (
 )
 from .serialdev import open_device
 from .settings import LineSettings, Signals
+from .target import join_host_port
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class ShareConfig:
 
     @property
     def listen(self) -> str:
-        return _join_host_port(self.listen_host, self.listen_port)
+        return join_host_port(self.listen_host, self.listen_port)
 
     def to_json(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -253,13 +254,9 @@ def _valid_host(host: str) -> bool:
     return True
 
 
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _format_peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return _join_host_port(str(peer[0]), int(peer[1]))
+        return join_host_port(str(peer[0]), int(peer[1]))
     return str(peer)
 
 
@@ -612,7 +609,7 @@ class Share:
 
     @property
     def listen(self) -> str:
-        return _join_host_port(self.config.listen_host, self.port)
+        return join_host_port(self.config.listen_host, self.port)
 
     async def _listen(self) -> None:
         loop = self._loop

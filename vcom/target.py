@@ -36,8 +36,7 @@ class Target:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport.value}://{host}:{self.port}"
+        return f"{self.transport.value}://{join_host_port(self.host, self.port)}"
 
 
 def parse_target(text: str) -> Target:
@@ -54,11 +53,15 @@ def parse_target(text: str) -> Target:
         except ValueError:
             known = ", ".join(t.value for t in Transport)
             raise TargetError(f"unknown scheme {scheme!r} in {original!r} (known: {known})") from None
-    host, port_text = _split_host_port(text, original)
+    host, port_text = split_host_port(text, original)
     return Target(transport, _check_host(host, original), _check_port(port_text, original))
 
 
-def _split_host_port(text: str, original: str) -> tuple[str, str]:
+def split_host_port(text: str, original: str | None = None) -> tuple[str, str]:
+    """``host:port`` or ``[v6addr]:port`` into host and port text (either may be empty); the one parser
+    of addresses for targets, listen addresses and the metrics endpoint.  ``original`` names the whole
+    argument in messages."""
+    original = text if original is None else original
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
@@ -76,6 +79,10 @@ def _split_host_port(text: str, original: str) -> tuple[str, str]:
     if not sep:
         raise TargetError(f"missing port in {original!r} (expected host:port)")
     return host, port
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_host(host: str, original: str) -> str:
