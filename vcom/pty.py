@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 from vcom.settings import LineSettings
 from vcom.termio import (
     EXTPROC,
+    TAG_SLOTS,
     Termios2,
     fresh_uart_termios,
     get_termios2,
@@ -169,6 +170,7 @@ class VirtualPty:
         self.baud = baud
         self.master_fd: int = -1
         self.slave_path: str = ""
+        self.slave_rdev: int = 0  # device number of the slave: how the interposer names the port
         # True when the kernel keeps EXTPROC set whatever a program does.
         self.extproc_locked: bool = False
         # The rate to report while the program has set B0 (hang up).
@@ -193,6 +195,7 @@ class VirtualPty:
         master, slave = os.openpty()
         try:
             slave_path = os.ttyname(slave)
+            slave_rdev = os.fstat(slave).st_rdev
         finally:
             # Holding the slave would hide every open and close by programs.
             os.close(slave)
@@ -205,17 +208,18 @@ class VirtualPty:
             raise
         self.master_fd = master
         self.slave_path = slave_path
+        self.slave_rdev = slave_rdev
         self.extproc_locked = locked
         self._own_flush_pending = False
 
     def _configure(self, master: int, *, lock_extproc: bool) -> bool:
-        """Non-blocking, fresh UART termios with EXTPROC, packet mode;
-        whether EXTPROC is locked."""
+        """Non-blocking, fresh UART termios with EXTPROC and the vcom tag,
+        packet mode; whether EXTPROC (and the tag) are locked."""
         os.set_blocking(master, False)
         os.set_inheritable(master, False)
         t = fresh_uart_termios(self.baud)
-        set_termios2(master, replace(t, lflag=t.lflag | EXTPROC))
-        locked = lock_extproc and lock_lflag_bits(master, EXTPROC)
+        set_termios2(master, replace(t, lflag=t.lflag | EXTPROC).with_tag())
+        locked = lock_extproc and lock_lflag_bits(master, EXTPROC, TAG_SLOTS)
         # Packet mode last: turning it on clears pending status, so the
         # first read does not report our own termios set as a change.
         fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
@@ -250,25 +254,52 @@ class VirtualPty:
         return to_line_settings(t, fallback_baud=self._last_baud)
 
     def ensure_extproc(self) -> bool:
-        """Set EXTPROC again if a program cleared it; True if it had to.
+        """Set EXTPROC and the vcom tag again if a program cleared them; True
+        if it had to.
 
-        Without it the kernel stops reporting termios changes.  The program
+        Without EXTPROC the kernel stops reporting termios changes; without
+        the tag the interposer no longer recognises the port.  The program
         can change termios between our read and write here; that change
         would be overwritten.  ``extproc_locked`` ports never need this.
         """
         t = self.termios()
-        if t.lflag & EXTPROC:
+        if t.lflag & EXTPROC and t.tagged:
             return False
-        set_termios2(self.master_fd, replace(t, lflag=t.lflag | EXTPROC))
+        set_termios2(self.master_fd, replace(t, lflag=t.lflag | EXTPROC).with_tag())
         return True
+
+    def apply(self, t: Termios2, *, flush_input: bool = False) -> Termios2:
+        """Set the slave's termios to ``t`` for a program (the interposer's
+        TCSETS*), keeping EXTPROC and the tag; returns what the kernel kept
+        (it forces CS8, no parity and CREAD on a pty)."""
+        set_termios2(self.master_fd, replace(t, lflag=t.lflag | EXTPROC).with_tag(), flush_input=flush_input)
+        if flush_input:
+            self._own_flush_pending = True
+        return self.termios()
 
     # -- state ----------------------------------------------------------
 
     def slave_is_open(self) -> bool:
         """Whether any process holds the slave open (no POLLHUP)."""
+        return not self._poll() & select.POLLHUP
+
+    def has_pending(self) -> bool:
+        """Whether the master has something to read (data or a status byte),
+        e.g. what a program wrote before a close that vcom has not read yet."""
+        return bool(self._poll() & select.POLLIN)
+
+    def pending_bytes(self) -> int:
+        """How many bytes the program wrote that vcom has not read yet (FIONREAD on the master)."""
+        raw = fcntl.ioctl(self.master_fd, termios.FIONREAD, struct.pack("i", 0))
+        return struct.unpack("i", raw)[0]
+
+    def _poll(self) -> int:
         poller = select.poll()
         poller.register(self.master_fd, select.POLLIN)
-        return not any(revents & select.POLLHUP for _, revents in poller.poll(0))
+        events = 0
+        for _, revents in poller.poll(0):
+            events |= revents
+        return events
 
     # -- data -----------------------------------------------------------
 

@@ -21,7 +21,13 @@ Design:
 
 Note: the pty driver forces ``CS8`` and clears ``PARENB`` on every set, so a
 pty never reports the data bits or parity a program asked for; the mapping
-still reads them so that it stays right for termios from other sources.
+still reads them, because under the interposer (``vcom.interposer``) the
+manager patches in what the program asked for before calling it.
+
+Every vcom pty carries a *tag* in two control characters the kernel never
+uses (``c_cc[17]`` and ``c_cc[18]``; Linux defines 17 slots, up to VEOL2 =
+16, in a 19-slot array).  The interposer recognises a vcom port by it with the
+termios it reads anyway, instead of asking the manager about every tty.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from vcom.settings import FlowControl, LineSettings, Parity, StopBits
 # c_cc[NCCS=19], then c_ispeed and c_ospeed.  No padding: 16 + 1 + 19 = 36.
 NCCS = 19
 _TERMIOS2 = struct.Struct("=IIIIB19sII")
-# struct termios is the same without the two speeds (used by TIOCSLCKTRMIOS).
+# struct termios is the same without the two speeds (TCGETS/TCSETS, TIOCSLCKTRMIOS).
 _TERMIOS = struct.Struct("=IIIIB19s")
+TERMIOS_SIZE = _TERMIOS.size
+TERMIOS2_SIZE = _TERMIOS2.size
 assert _TERMIOS2.size == 44 and _TERMIOS.size == 36
 
 # Generic ioctl encoding from <asm-generic/ioctl.h>: 8 bits number, 8 bits
@@ -58,6 +66,10 @@ TCSETS2 = _ioc(_IOC_WRITE, "T", 0x2B, _TERMIOS2.size)
 # the slave's input, i.e. what the program has not read yet.
 TCSETSF2 = _ioc(_IOC_WRITE, "T", 0x2D, _TERMIOS2.size)
 
+# The vcom tag: c_cc[17] = 'v', c_cc[18] = 'c' (see the module docstring).
+TAG_SLOTS = (17, 18)
+TAG = b"vc"
+
 # Flags the Python termios module does not export on every version.
 BOTHER = 0o010000  # c_cflag speed code: "the rate is in c_ispeed/c_ospeed"
 CMSPAR = 0o10000000000  # mark/space parity (with PARODD: mark)
@@ -65,6 +77,7 @@ EXTPROC = 0o200000  # c_lflag; makes the pty report termios changes (TIOCPKT_IOC
 
 CBAUD = termios.CBAUD
 CIBAUD = termios.CIBAUD
+_IBSHIFT = 16  # CIBAUD = CBAUD << IBSHIFT
 CRTSCTS = termios.CRTSCTS
 
 # Standard speed codes, taken from the termios module so the values are the
@@ -130,6 +143,36 @@ class Termios2:
     def unpack(cls, raw: bytes) -> Termios2:
         return cls(*_TERMIOS2.unpack(raw))
 
+    @classmethod
+    def unpack_termios(cls, raw: bytes, current: Termios2) -> Termios2:
+        """A ``struct termios`` (TCSETS: no speed fields) applied over ``current``,
+        as the kernel does: the speeds follow the ``Bxxx`` codes, and a BOTHER
+        code keeps the rate in force."""
+        iflag, oflag, cflag, lflag, line, cc = _TERMIOS.unpack(raw)
+        out_code = cflag & CBAUD
+        rate = current.ospeed if out_code == BOTHER else _RATE_OF_CODE.get(out_code, 0)
+        in_code = (cflag & CIBAUD) >> _IBSHIFT
+        if not in_code:
+            in_rate = rate
+        else:
+            in_rate = current.ispeed if in_code == BOTHER else _RATE_OF_CODE.get(in_code, 0)
+        return cls(iflag, oflag, cflag, lflag, line, cc, in_rate, rate)
+
+    def pack_termios(self) -> bytes:
+        """As ``struct termios`` (TCGETS): the speed fields dropped."""
+        return _TERMIOS.pack(self.iflag, self.oflag, self.cflag, self.lflag, self.line, self.cc)
+
+    @property
+    def tagged(self) -> bool:
+        """Whether this is the termios of a vcom port (the tag is set)."""
+        return bytes(self.cc[i] for i in TAG_SLOTS) == TAG
+
+    def with_tag(self, tag: bytes = TAG) -> Termios2:
+        cc = bytearray(self.cc)
+        for slot, value in zip(TAG_SLOTS, tag, strict=True):
+            cc[slot] = value
+        return replace(self, cc=bytes(cc))
+
 
 def get_termios2(fd: int) -> Termios2:
     """``TCGETS2``.  On a pty master this returns the slave's termios."""
@@ -142,15 +185,19 @@ def set_termios2(fd: int, t: Termios2, *, flush_input: bool = False) -> None:
     fcntl.ioctl(fd, TCSETSF2 if flush_input else TCSETS2, t.pack())
 
 
-def lock_lflag_bits(fd: int, bits: int) -> bool:
-    """Lock ``bits`` of the tty's ``c_lflag`` at their current values.
+def lock_lflag_bits(fd: int, bits: int, cc_slots: tuple[int, ...] = ()) -> bool:
+    """Lock ``bits`` of the tty's ``c_lflag`` and the control characters in
+    ``cc_slots`` at their current values.
 
-    ``TIOCSLCKTRMIOS``: the kernel then keeps those bits whatever a program
-    sets (``unset_locked_termios``).  It needs CAP_SYS_ADMIN (or
-    CAP_CHECKPOINT_RESTORE); returns False when the process lacks it.
-    On a pty master the lock applies to the slave.
+    ``TIOCSLCKTRMIOS``: the kernel then keeps them whatever a program sets
+    (``unset_locked_termios``), the master's own sets included.  It needs
+    CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE); returns False when the process
+    lacks it.  On a pty master the lock applies to the slave.
     """
-    locked = _TERMIOS.pack(0, 0, 0, bits, 0, bytes(NCCS))
+    cc = bytearray(NCCS)
+    for slot in cc_slots:
+        cc[slot] = 1
+    locked = _TERMIOS.pack(0, 0, 0, bits, 0, bytes(cc))
     try:
         fcntl.ioctl(fd, termios.TIOCSLCKTRMIOS, locked)
     except PermissionError:
