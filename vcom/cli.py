@@ -472,35 +472,69 @@ def demo(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def wrap(
     program: Annotated[list[str], typer.Argument(help="The program and its arguments")],
+    preload: Annotated[bool, typer.Option(help="Use the LD_PRELOAD library instead of seccomp (dynamically "
+                                               "linked programs only)")] = False,
 ) -> None:
-    """Run PROGRAM so that its modem-line and break calls on vcom ports reach the remote (DTR, RTS, break)."""
-    from .lines import PreloadError, library
+    """Run PROGRAM (static or dynamic, and all it starts) as on a real UART: exact data bits and parity,
+    modem lines, break, TIOCMIWAIT on vcom ports."""
+    from .interposer.build import BuildError, library
+    from .interposer.supervisor import WrapError, run
 
     where = paths.resolve()
+    env = dict(os.environ)
+    env["VCOM_INTERPOSER"] = str(where.interposer)
+    if not preload:
+        try:
+            raise SystemExit(run(program, env, where.interposer))
+        except WrapError as exc:
+            if not exc.unavailable:
+                fail(str(exc), 127)
+            print(f"vcom: {exc}; interposing with LD_PRELOAD (dynamically linked programs only)", file=sys.stderr)
     try:
         lib = library(where.cache)
-    except PreloadError as exc:
+    except BuildError as exc:
         fail(str(exc))
-    env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(lib), env.get("LD_PRELOAD", "")]))
-    env["VCOM_LINES_SOCKET"] = str(where.lines)
     try:
         os.execvpe(program[0], program, env)
     except OSError as exc:
         fail(f"cannot run {program[0]}: {exc.strerror}", 127)
 
 
+@app.command("wrap-all")
+def wrap_all(
+    action: Annotated[str, typer.Argument(help="on, off or status")] = "status",
+) -> None:
+    """Interpose every dynamically linked program on the host (/etc/ld.so.preload; root)."""
+    from .interposer import wrapall
+    from .interposer.build import BuildError
+
+    try:
+        if action == "on":
+            print(wrapall.enable(paths.resolve().cache))
+        elif action == "off":
+            print(wrapall.disable())
+        elif action == "status":
+            print(wrapall.status())
+        else:
+            fail(f"wrap-all {action!r}: use on, off or status", 2)
+    except (wrapall.WrapAllError, BuildError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"wrap-all {action}: {exc.strerror or exc}")
+
+
 @app.command("preload-path")
 def preload_path() -> None:
-    """Print the modem-line library (for LD_PRELOAD) and the socket it needs (VCOM_LINES_SOCKET)."""
-    from .lines import PreloadError, library
+    """Print the interposer library (for LD_PRELOAD) and the socket it needs (VCOM_INTERPOSER)."""
+    from .interposer.build import BuildError, library
 
     where = paths.resolve()
     try:
         print(f"LD_PRELOAD={library(where.cache)}")
-    except PreloadError as exc:
+    except BuildError as exc:
         fail(str(exc))
-    print(f"VCOM_LINES_SOCKET={where.lines}")
+    print(f"VCOM_INTERPOSER={where.interposer}")
 
 
 @app.command()

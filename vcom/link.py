@@ -197,7 +197,7 @@ class SessionOwner:
 
     settings: Callable[[], LineSettings]
     lines: Callable[[], Lines]
-    modem_changed: Callable[[Signals], None]
+    modem_changed: Callable[[Signals, int], None]  # the lines as now known, and the raw state with its delta bits
 
 
 class Rfc2217Session:
@@ -322,7 +322,7 @@ class Rfc2217Session:
                 remote.suspended = False
             case rfc2217.NotifyModemState(state=state):
                 remote.modem = rfc2217.modem_signals(state, remote.modem)
-                self._owner.modem_changed(remote.modem)
+                self._owner.modem_changed(remote.modem, int(state))
             case rfc2217.NotifyLineState(state=state):
                 for name, bit in LINE_ERRORS.items():
                     if state & bit:
@@ -482,10 +482,15 @@ class Link:
         if self._transport is not None and self._session is not None and self._session.negotiated:
             self._write(self._session.send_break(on))
 
-    def _modem_changed(self, signals: Signals) -> None:
+    def _modem_changed(self, signals: Signals, state: int) -> None:
         notify = getattr(self._listener, "link_modem", None)
         if notify is not None:
-            notify(signals)
+            notify(signals, state)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes handed to the link that have not reached the socket yet."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def pause_reading(self) -> None:
         self._reading_paused = True

@@ -24,7 +24,7 @@ from . import config as configfile
 from . import control
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
-from .lines import LinesServer
+from .interposer.server import InterposerServer
 from .metrics import start_metrics
 from .paths import Paths
 from .port import LinkGroup, Port
@@ -47,11 +47,13 @@ class SlaveWatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._inotify = Inotify()
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._callbacks: dict[int, Callable[[bool], None]] = {}
         self._loop = loop
         loop.add_reader(self._inotify.fd, self._on_events)
 
-    def watch(self, path: str, callback: Callable[[], None]) -> Callable[[], None]:
+    def watch(self, path: str, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``callback(opened)`` after opens or closes of ``path``; ``opened``: an open was among them
+        (a program may have opened, written and closed before anyone looks)."""
         wd = self._inotify.add_watch(path, self._MASK)
         self._callbacks[wd] = callback
 
@@ -63,16 +65,17 @@ class SlaveWatcher:
 
     def _on_events(self) -> None:
         events = self._inotify.read_events()
-        if any(e.wd == -1 for e in events):  # queue overflow: we do not know who changed, ask everyone
-            touched = list(self._callbacks)
-        else:
-            touched = list(dict.fromkeys(e.wd for e in events))
-        for wd in touched:
+        touched: dict[int, bool] = {}
+        for event in events:
+            touched[event.wd] = touched.get(event.wd, False) or bool(event.mask & IN_OPEN)
+        if -1 in touched:  # queue overflow: we do not know who changed, ask everyone as if opened
+            touched = dict.fromkeys(self._callbacks, True)
+        for wd, opened in touched.items():
             callback = self._callbacks.get(wd)
             if callback is None:
                 continue
             try:
-                callback()
+                callback(opened)
             except Exception:
                 log.exception("handling an open/close event failed")
 
@@ -92,6 +95,7 @@ class Manager:
         self._stop = asyncio.Event()
         self._watcher: SlaveWatcher | None = None
         self._lock = asyncio.Lock()
+        self._by_rdev: dict[int, Port] = {}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,15 +106,15 @@ class Manager:
             loop.add_signal_handler(sig, self._stop.set)
         self._watcher = SlaveWatcher(loop)
         server = None
-        lines = None
+        interposer = None
         metrics = None
         udev = None
         try:
             self._start_configured()
             await self._start_configured_shares()
             server = await control.serve(self.paths.socket, self.handle)
-            lines = LinesServer(self.paths.lines, self._port_by_rdev)
-            await lines.start()
+            interposer = InterposerServer(self.paths.interposer, self._port_by_rdev)
+            await interposer.start()
             if self._metrics_addr:
                 metrics = await start_metrics(self._metrics_addr, self.snapshot)
             udev = UdevWatcher(loop, self._link_up, self._tty_added, lambda node: None)
@@ -126,8 +130,8 @@ class Manager:
                 udev.close()
             if metrics is not None:
                 metrics.close()
-            if lines is not None:
-                await lines.close()
+            if interposer is not None:
+                await interposer.close()
             if server is not None:
                 await server.close()
             for port in list(self.ports.values()):
@@ -196,11 +200,13 @@ class Manager:
             share.device_appeared()
 
     def _port_by_rdev(self, rdev: int) -> Port | None:
-        for port in self.ports.values():
-            with contextlib.suppress(OSError):
-                if os.stat(port.pty.slave_path).st_rdev == rdev:
-                    return port
-        return None
+        # The interposer names a port by its slave's device number, which changes when a pty is recreated
+        # (hang-up): the index is checked on every hit and rebuilt on a miss, so it never needs upkeep.
+        port = self._by_rdev.get(rdev)
+        if port is None or port.pty.slave_rdev != rdev or self.ports.get(port.name) is not port:
+            self._by_rdev = {p.pty.slave_rdev: p for p in self.ports.values() if p.pty.master_fd >= 0}
+            port = self._by_rdev.get(rdev)
+        return port
 
     # -- control requests
 

@@ -22,8 +22,8 @@ class Paths:
     socket: Path
     pid: Path
     log: Path
-    lines: Path  # the preload library's socket (modem lines and break from programs)
-    cache: Path  # the compiled preload library
+    interposer: Path  # the interposer's socket (exact termios, modem lines, break from programs)
+    cache: Path  # the compiled interposer library
 
     def check(self) -> None:
         if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
@@ -37,14 +37,14 @@ def resolve() -> Paths:
     if home:
         base = Path(home).absolute()
         return Paths(base / "vcom.toml", base / "vcom.sock", base / "vcom.pid", base / "vcom.log",
-                     base / "lines.sock", base / "lib")
+                     base / "interposer.sock", base / "lib")
     if os.geteuid() == 0:
         run = Path("/run/vcom")
         return Paths(Path("/etc/vcom/vcom.toml"), run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
-                     run / "lines.sock", Path("/var/cache/vcom"))
+                     run / "interposer.sock", Path("/var/cache/vcom"))
     config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vcom"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     run = Path(runtime) / "vcom" if runtime else Path.home() / ".local" / "state" / "vcom"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vcom"
     return Paths(config / "vcom.toml", run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
-                 run / "lines.sock", cache)
+                 run / "interposer.sock", cache)

@@ -1,212 +1,39 @@
-"""Virtual ports: where ptys meet a link.
-
-This is the only module that knows both sides.  A :class:`Port` turns what
-the kernel tells about one pty (opens and closes through inotify, termios
-changes and flushes through packet-mode status bytes) into link actions; a
-:class:`LinkGroup` joins one or more ports to one network connection
-(several when a remote port is *split*, e.g. two programs reading one GPS).
-
-Back-pressure, in both directions, by not reading:
-
-* program -> network: a pty master is read only while the link is writable.
-  When it is not (connecting, socket buffer full, server sent
-  FLOWCONTROL-SUSPEND) the program's ``write()`` blocks once the ~18 KiB pty
-  buffer is full, as on a UART held off by flow control.
-* network -> program: when a pty cannot take more (the program does not
-  read), the link stops reading its socket and TCP pushes back on the
-  server.  In a split group the link stops only when *every* open member is
-  full; a member that stays behind keeps at most ``SPLIT_BUFFER`` bytes and
-  then drops its oldest data (counted), so one stalled reader never stalls
-  the others.
-
-Ordering between settings and data (documented in README.md): a settings
-change is sent to the server before every byte that vcom reads from the pty
-after it learns of the change.  The kernel reports a termios change ahead of
-data already queued in the pty (the packet-mode status byte overtakes data),
-so bytes the program wrote just before ``tcsetattr`` and that vcom had not
-read yet leave with the *new* settings, as bytes still in a real UART's FIFO
-do after ``tcsetattr(TCSANOW)``.  "Configure, then write at once" is always
-right.
-
-Whose settings win in a split group: the first port (the one the others are
-split from) while it is open; while it is closed, the member that has been
-open longest.  ``vcom status`` shows which (``settings_from``).  Pinned values
-(``--data-bits`` and friends) of that port always win over its program's.
-
-Modem lines from what the pty shows (a pty has no TIOCM* ioctls): DTR and RTS
-go up when a program opens the port, as a UART driver raises them; they drop
-at the last close when HUPCL is set; speed B0 drops DTR (the termios way to
-hang up) and a real speed raises it again.  When the remote drops DCD while a
-program with CLOCAL off has the port open, the program is hung up as by a
-real modem: the pty is closed under it (its reads return EOF, and the session
-whose controlling tty it is gets SIGHUP) and a new one takes its place behind
-the same path, with the same termios.
-"""
+"""One virtual port: a pty, the program's sessions on it, and its share of a link."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import termios
 from collections.abc import Callable
 from typing import Any
 
-from . import termio
-from .config import PortConfig
-from .link import Backoff, Lines, Link
-from .pty import Ownership, PtyRead, VirtualPty
-from .settings import LineSettings, Signals
-from .tap import Taps
+from .. import termio
+from ..config import PortConfig
+from ..interposer.server import holds_open
+from ..interposer.view import ModemCounter, ProgramView
+from ..link import Lines
+from ..pty import Ownership, PtyRead, VirtualPty
+from ..settings import LineSettings
+from ..tap import Taps
+from ..termio import Termios2
+from .group import SPLIT_BUFFER, LinkGroup
 
 log = logging.getLogger(__name__)
 
 # Reads per wake-up: one busy port must not starve the others on the shared loop.
 _READS_PER_WAKEUP = 16
 _READ_SIZE = 65536
-# What a split member may hold for its program beyond what its pty took, before it drops the oldest.
-SPLIT_BUFFER = 64 * 1024
+# How long a closed program's last bytes may wait for the remote (the serial driver's default
+# closing_wait); after that they are dropped and counted, as a UART's close gives up.
+CLOSING_WAIT = 30.0
+# Reads of a closed slave's leftovers when they are dropped (bounded: nobody can write more).
+_DRAIN_READS = 64
 
-WatchFn = Callable[[str, Callable[[], None]], Callable[[], None]]
-
-
-class LinkGroup:
-    """One link and the ports that share it; the link's listener."""
-
-    def __init__(self, config: PortConfig) -> None:
-        self.config = config  # the first port's: target, connect policy, linger, back-off
-        self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max))
-        self.members: list[Port] = []
-        self._opened_order: list[Port] = []
-        self._dcd: bool | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
-
-    @property
-    def primary(self) -> Port:
-        return self.members[0]
-
-    def join(self, port: Port) -> None:
-        self.members.append(port)
-
-    async def leave(self, port: Port) -> None:
-        self.members.remove(port)
-        if port in self._opened_order:
-            self._opened_order.remove(port)
-        if not self.members:
-            self._cancel_linger()
-            await self.link.stop()
-        else:
-            self._member_changed()
-
-    def settings_source(self) -> Port | None:
-        if self.primary.is_open:
-            return self.primary
-        return self._opened_order[0] if self._opened_order else None
-
-    # -- from the members
-
-    def member_opened(self, port: Port) -> None:
-        if port not in self._opened_order:
-            self._opened_order.append(port)
-        self._cancel_linger()
-        self._member_changed()
-        if self.config.connect == "on-open":
-            self.link.start()
-
-    def member_closed(self, port: Port) -> None:
-        if port in self._opened_order:
-            self._opened_order.remove(port)
-        if not self._opened_order and port.hupcl:
-            self._set_lines(Lines(dtr=False, rts=False))
-        if self.config.connect == "on-open" and not self._opened_order:
-            self._cancel_linger()
-            self._linger = self._loop.call_later(self.config.linger, self._linger_over)
-        self._member_changed()
-
-    def member_settings(self, port: Port) -> None:
-        if port is self._fallback_source():
-            self.link.apply_settings(port.effective_settings)
-            self._update_lines()
-
-    def _update_lines(self) -> None:
-        if not self._opened_order:
-            return  # lines stay as the last close left them
-        source = self._fallback_source()
-        wanted = source.program_lines or Lines(dtr=True, rts=True)  # a UART driver raises both on open
-        self._set_lines(Lines(dtr=bool(wanted.dtr) and not source.hangup, rts=wanted.rts))
-
-    def _set_lines(self, lines: Lines) -> None:
-        if lines != self.link.lines:
-            self._emit("signals", dtr=lines.dtr, rts=lines.rts)
-        self.link.set_lines(lines)
-
-    def _emit(self, kind: str, **fields: object) -> None:
-        for member in self.members:
-            if member.taps:
-                member.taps.emit(kind, **fields)
-
-    def program_lines_changed(self, port: Port) -> None:
-        if port is self._fallback_source():
-            self._update_lines()
-
-    def member_drained(self) -> None:
-        self._update_pause()
-
-    def _fallback_source(self) -> Port:
-        return self.settings_source() or self.primary
-
-    def _member_changed(self) -> None:
-        self.link.apply_settings(self._fallback_source().effective_settings)
-        self._update_lines()
-        self._update_pause()
-
-    def _update_pause(self) -> None:
-        accepting = [m for m in self.members if m.is_open]
-        if accepting and all(m.blocked for m in accepting):
-            self.link.pause_reading()
-        else:
-            self.link.resume_reading()
-
-    def _linger_over(self) -> None:
-        self._linger = None
-        if not self._opened_order:
-            self.link.stop_nowait()
-
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-
-    # -- LinkListener
-
-    def link_data(self, data: bytes) -> None:
-        for member in self.members:
-            member.deliver(data, bounded=len(self.members) > 1)
-        self._update_pause()
-
-    def link_writable(self, writable: bool) -> None:
-        for member in self.members:
-            member.link_writable(writable)
-
-    def link_changed(self) -> None:
-        self._emit("link", state=self.link.state.value, error=self.link.stats.last_error)
-
-    def link_settings(self) -> LineSettings:
-        """The settings in force right now (the link asks before it sends them on connect)."""
-        source = self._fallback_source()
-        source.read_settings()
-        return source.effective_settings
-
-    def link_modem(self, signals: Signals) -> None:
-        self._emit("signals", cts=signals.cts, dsr=signals.dsr, dcd=signals.dcd, ri=signals.ri)
-        dcd_dropped = self._dcd is True and signals.dcd is False
-        self._dcd = signals.dcd
-        if not dcd_dropped:
-            return
-        for member in list(self.members):
-            if member.is_open and not member.clocal and member.config.hangup_on_dcd:
-                member.hang_up("the remote dropped DCD")
+# watch(path, callback(opened)) -> unwatch; ``opened``: an IN_OPEN was among the events.
+WatchFn = Callable[[str, Callable[[bool], None]], Callable[[], None]]
 
 
 class Port:
@@ -222,26 +49,32 @@ class Port:
         )
         self.settings = LineSettings(baud=config.baud)
         self.dropped_bytes = 0  # arrived while no program had the port open, or a split member fell behind
+        self.lost_bytes = 0  # written by a program that closed, and not sent within CLOSING_WAIT
         self.hangup = False  # the program set speed B0
         self.hupcl = True  # the program's termios: drop DTR/RTS at the last close
         self.clocal = True  # the program's termios: ignore DCD
         self.hangups = 0  # times the program was hung up because DCD dropped
-        self.program_lines: Lines | None = None  # DTR/RTS the program set through the preload library
+        self.program_lines: Lines | None = None  # DTR/RTS the program set through the interposer
+        self.view = ProgramView()  # the termios an interposed program set
+        self.modem_counter = ModemCounter()  # TIOCGICOUNT / TIOCMIWAIT
         self.taps = Taps()  # vcom monitor
         self._break_timer: asyncio.TimerHandle | None = None
         self._pins = config.pins()
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
-        self._open = False  # a program holds the slave open
-        self._live = False  # reading the master may still give data (open, or closed but not yet drained)
+        self._session = False  # a program's session: from its open until all it wrote has been read
+        self._closing = False  # the program closed; its last bytes are still being read
+        self._closing_timer: asyncio.TimerHandle | None = None
+        self._live = False  # reading the master may still give data (the session has not hit EIO)
         self._reading = False
+        self._writable_waiters: list[asyncio.Future[None]] = []  # interposed calls waiting to send what came before
         self._to_pty = bytearray()  # network data the pty could not take yet
         self._writing = False
         self._loop = asyncio.get_running_loop()
 
     @property
     def is_open(self) -> bool:
-        return self._open
+        return self._session
 
     @property
     def effective_settings(self) -> LineSettings:
@@ -252,6 +85,11 @@ class Port:
     def blocked(self) -> bool:
         """The pty is full: this port cannot take network data now."""
         return bool(self._to_pty)
+
+    @property
+    def holding(self) -> bool:
+        """Bytes a program that closed wrote are still in the pty, on their way out."""
+        return self._closing
 
     # -- life cycle
 
@@ -266,15 +104,17 @@ class Port:
         self._refresh_settings()
         if self.group.config.connect == "always":
             self.link.start()
-        self._slave_event()
+        self._slave_event(False)
         log.info("%s: ready (pty %s, remote %s, connect %s)", self.name, self.pty.slave_path,
                  self.link.target, self.group.config.connect)
 
     async def close(self) -> None:
         self._cancel_break()
+        self._cancel_closing_timer()
+        self.modem_counter.cancel_all(OSError(errno.EIO, "the port was removed"))
         self._set_reading(False)
         self._set_writing(False)
-        self._open = False
+        self._session = self._closing = False
         await self.group.leave(self)
         if self._unwatch is not None:
             self._unwatch()
@@ -287,14 +127,17 @@ class Port:
             "device": self.name,
             "pty": self.pty.slave_path,
             "connect": self.group.config.connect,
-            "open": self._open,
+            "open": self._session,
             "settings": self.settings.to_json(),
             "effective_settings": self.effective_settings.to_json(),
             "pinned": list(self._pins),
+            "interposed": self._interposed(),
+            "settings_exact": self._settings_exact(),
             "hangup": self.hangup,
             "hangup_on_dcd": self.config.hangup_on_dcd,
             "hangups": self.hangups,
             "dropped_bytes": self.dropped_bytes,
+            "lost_bytes": self.lost_bytes,
         }
         if len(self.group.members) > 1 or self.config.split_of:
             out["split_group"] = [m.name for m in self.group.members]
@@ -302,18 +145,33 @@ class Port:
         out.update(self.link.status())
         return out
 
-    # -- the program's side: opens, closes, reads
+    def _interposed(self) -> list[str]:
+        """Kinds of interposer of the programs holding the port open now (forgetting those that left)."""
+        live = {pid: kind for pid, kind in self.view.interposed.items() if holds_open(pid, self.pty.slave_path)}
+        self.view.interposed = live
+        return sorted(set(live.values()))
 
-    def _slave_event(self) -> None:
-        """inotify saw an open or close of the slave: find out what holds now."""
-        is_open = self.pty.slave_is_open()
-        if is_open and not self._open:
+    def _settings_exact(self) -> bool:
+        """Whether the data bits and parity sent are the program's own (it set them through the interposer)."""
+        with contextlib.suppress(OSError):
+            return self.view.valid(self.pty.termios())
+        return False
+
+    # -- the program's side: sessions
+
+    def _slave_event(self, opened: bool) -> None:
+        """inotify saw opens or closes of the slave (``opened``: an open among them): find out what holds."""
+        holders = self.pty.slave_is_open()
+        if not self._session and (holders or opened or self.pty.has_pending()):
+            # Also a program that opened, wrote and closed before we looked: its bytes are in the pty.
             self._opened()
-        elif not is_open and self._open:
-            self._closed()
+        elif self._closing and (holders or opened):
+            self._reopened()
+        if self._session and not holders and not self._closing:
+            self._begin_close()
 
     def _opened(self) -> None:
-        self._open = True
+        self._session = True
         self._live = True
         self._refresh_settings()
         log.info("%s: opened by a program", self.name)
@@ -322,34 +180,86 @@ class Port:
         self.group.member_opened(self)
         self._update_io()
 
-    def _closed(self) -> None:
-        self._open = False
-        self.program_lines = None
+    def _reopened(self) -> None:
+        """A program opened the port while the last one's bytes were still going out: one session goes on."""
+        self._closing = False
+        self._live = True
+        self._cancel_closing_timer()
+        self._update_io()
+
+    def _begin_close(self) -> None:
+        """The last program closed: nobody reads what arrives now; what it wrote still goes out."""
+        self._closing = True
         if self._to_pty:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         self._set_writing(False)
+        if self._live and not self.pty.has_pending():
+            self._live = False  # nothing left in the pty
+        self._maybe_finish()
+        if self._closing:
+            self._closing_timer = self._loop.call_later(CLOSING_WAIT, self._closing_expired)
+            self._update_io()
+
+    def _maybe_finish(self) -> None:
+        if self._session and not self._live and not self.pty.slave_is_open():
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        """Everything the program wrote has been read: the port is closed for the remote too."""
+        self._cancel_closing_timer()
+        self._session = self._closing = self._live = False
+        self.program_lines = None
         log.info("%s: closed by the last program", self.name)
         if self.taps:
             self.taps.emit("close")
         self.group.member_closed(self)
         self._update_io()
 
-    def _on_readable(self) -> None:
-        for _ in range(_READS_PER_WAKEUP):
-            if not self.link.writable:
-                break
+    def _closing_expired(self) -> None:
+        self._closing_timer = None
+        lost = 0
+        for _ in range(_DRAIN_READS):
             try:
                 chunk = self.pty.read(_READ_SIZE)
+            except OSError:
+                break
+            if chunk is None or chunk.closed:
+                break
+            lost += len(chunk.data)
+        self.lost_bytes += lost
+        log.warning("%s: %d byte(s) written before the close could not be sent within %g s (%s); dropped",
+                    self.name, lost, CLOSING_WAIT, self.link.stats.last_error or self.link.state.value)
+        self._live = False
+        self._finish_close()
+
+    def _cancel_closing_timer(self) -> None:
+        if self._closing_timer is not None:
+            self._closing_timer.cancel()
+            self._closing_timer = None
+
+    # -- the program's side: what it wrote
+
+    def _on_readable(self) -> None:
+        self._read_some()
+        self._update_io()
+
+    def _read_some(self, limit: int = _READ_SIZE) -> int:
+        """Read and pass on what the pty holds, a bounded number of times; how many data bytes came."""
+        got = 0
+        for _ in range(_READS_PER_WAKEUP):
+            if not self.link.writable or not self._live:
+                break
+            try:
+                chunk = self.pty.read(min(limit, _READ_SIZE) + 1)  # + the packet-mode status byte
             except OSError as exc:
                 log.error("%s: reading the pty failed: %s", self.name, exc)
                 break
             if chunk is None:
                 break
             self._handle(chunk)
-            if chunk.closed:
-                break
-        self._update_io()
+            got += len(chunk.data)
+        return got
 
     def _handle(self, chunk: PtyRead) -> None:
         if chunk.ioctl or chunk.dostop or chunk.nostop:
@@ -361,20 +271,44 @@ class Port:
             if self.taps:
                 self.taps.emit("data", dir="out", data=chunk.data.hex())
         if chunk.closed:
-            # Everything written before the last close has been read; stop until the next open,
-            # because a closed slave keeps the master in POLLHUP and would spin the loop.
-            self._live = self.pty.slave_is_open()
+            # Everything written before the last close has been read; a closed slave keeps the master
+            # in POLLHUP, which would spin the loop: stop until the next open.
+            self._live = False
+            self._maybe_finish()
+
+    async def _send_pending(self) -> None:
+        """Before an interposed change takes effect: hand every byte the program wrote before it to the
+        link, so that those bytes leave first, under the settings and lines they were written with.  While
+        the link cannot take them (connecting, back-pressure) the program's call waits, as its writes do."""
+        try:
+            left = self.pty.pending_bytes()  # what was written before the call, not what follows it
+        except OSError:
+            return
+        while self._live and self.pty.has_pending() and left > 0:
+            if self.link.writable:
+                left -= self._read_some(left)
+                self._update_io()
+                continue
+            waiter = self._loop.create_future()
+            self._writable_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._writable_waiters:
+                    self._writable_waiters.remove(waiter)
+
+    # -- settings
 
     def _refresh_settings(self) -> None:
         self.read_settings()
         self.group.member_settings(self)
 
     def read_settings(self) -> None:
-        """Take the program's termios from the pty into :attr:`settings`."""
+        """Take the program's termios (from the pty, with what it asked through the interposer)."""
         with contextlib.suppress(OSError):
             self.pty.ensure_extproc()
         try:
-            tio = self.pty.termios()
+            tio = self.view.for_wire(self.pty.termios())
         except OSError as exc:
             log.error("%s: reading termios failed: %s", self.name, exc)
             return
@@ -399,10 +333,30 @@ class Port:
             self.group.member_drained()
         self.link.purge(receive=receive, transmit=transmit)
 
-    def program_ioctl(self, op: str, value: int) -> int:
-        """A modem-line or break call of the program (vcom.lines); returns the TIOCM_* bits in force."""
-        if self.taps and op != "get":
-            self.taps.emit("break" if op.startswith("break") else "lines", op=op, value=value)
+    # -- the interposer's requests (vcom.interposer.server)
+
+    def program_termios(self) -> Termios2:
+        """What tcgetattr returns to an interposed program."""
+        return self.view.for_program(self.pty.termios())
+
+    async def program_set_termios(self, asked: Termios2, mode: str) -> None:
+        """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
+        with the bytes written before it."""
+        await self._send_pending()
+        flush = mode == "flush"
+        if flush:
+            self._flush(receive=True, transmit=False)
+        applied = self.pty.apply(asked, flush_input=flush)
+        self.view.record(asked, applied)
+        self._refresh_settings()
+
+    async def program_modem(self, op: str, value: int) -> int:
+        """TIOCMGET/SET/BIS/BIC; returns the TIOCM_* bits in force."""
+        if op == "get":
+            return self._tiocm_bits()
+        await self._send_pending()
+        if self.taps:
+            self.taps.emit("lines", op=op, value=value)
         current = self.link.lines
         dtr, rts = bool(current.dtr), bool(current.rts)
         if op == "set":
@@ -411,21 +365,36 @@ class Port:
             dtr, rts = dtr or bool(value & termios.TIOCM_DTR), rts or bool(value & termios.TIOCM_RTS)
         elif op == "bic":
             dtr, rts = dtr and not value & termios.TIOCM_DTR, rts and not value & termios.TIOCM_RTS
-        elif op in ("break_on", "break_off"):
-            self._cancel_break()
-            self.link.set_break(op == "break_on")
-        elif op == "break":
-            self._cancel_break()
-            self.link.set_break(True)
-            self._break_timer = self._loop.call_later(max(value, 1) / 1000, self._end_break)
-        if op in ("set", "bis", "bic"):
-            self.program_lines = Lines(dtr=dtr, rts=rts)
-            self.group.program_lines_changed(self)
+        self.program_lines = Lines(dtr=dtr, rts=rts)
+        self.group.program_lines_changed(self)
         return self._tiocm_bits()
 
-    def _end_break(self) -> None:
+    async def program_break(self, op: str, ms: int) -> None:
+        """TIOCSBRK/TIOCCBRK ("on"/"off") or a timed break ("pulse"), after the bytes written before it."""
+        await self._send_pending()
+        if self.taps:
+            self.taps.emit("break", op=op, ms=ms)
+        self._cancel_break()
+        if op != "pulse":
+            self.link.set_break(op == "on")
+            return
+        self.link.set_break(True)
+        done = self._loop.create_future()
+        self._break_timer = self._loop.call_later(max(ms, 1) / 1000, self._end_break, done)
+        await done  # tcsendbreak returns when the break is over, as on a UART
+
+    def icount(self) -> tuple[int, ...]:
+        """struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun."""
+        counts, errors, stats = self.modem_counter.counts, self.link.remote.line_errors, self.link.stats
+        return (counts["cts"], counts["dsr"], counts["ri"], counts["dcd"], stats.bytes_from_remote,
+                stats.bytes_to_remote, errors["framing"], errors["overrun"], errors["parity"], errors["break"],
+                0)
+
+    def _end_break(self, done: asyncio.Future[None] | None = None) -> None:
         self._break_timer = None
         self.link.set_break(False)
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _cancel_break(self) -> None:
         if self._break_timer is not None:
@@ -451,6 +420,7 @@ class Port:
             saved = self.pty.termios()
         except OSError:
             saved = None
+        self.modem_counter.cancel_all(OSError(errno.EIO, "hung up"))
         self._set_reading(False)
         self._set_writing(False)
         self._to_pty.clear()
@@ -459,9 +429,8 @@ class Port:
             self._unwatch = None
         self.pty.close(remove_link=False)
         self._live = False
-        if self._open:
-            self._open = False
-            self.group.member_closed(self)
+        if self._session:
+            self._finish_close()
         try:
             self.pty.open(replace_symlink=True)
             if saved is not None:
@@ -470,15 +439,15 @@ class Port:
         except (OSError, ValueError) as exc:
             log.error("%s: cannot recreate the port after the hang-up: %s", self.name, exc)
             return
-        self._slave_event()
+        self._slave_event(False)
 
     # -- the network's side
 
     def deliver(self, data: bytes, *, bounded: bool) -> None:
         """Network data for the program; ``bounded``: a split member drops its oldest beyond SPLIT_BUFFER."""
         if self.taps:
-            self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._open)
-        if not self._open and not self.pty.slave_is_open():
+            self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._session or self._closing)
+        if not self._session or self._closing or not self.pty.slave_is_open():
             # A real UART drops what arrives while nobody has the port open.
             self.dropped_bytes += len(data)
             return
@@ -494,10 +463,13 @@ class Port:
     def link_writable(self, writable: bool) -> None:
         if writable:
             self._refresh_settings()
+            for waiter in self._writable_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._update_io()
 
     def _on_pty_writable(self) -> None:
-        if not self._open and not self.pty.slave_is_open():
+        if self._closing or not self.pty.slave_is_open():
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         else:

@@ -1,0 +1,275 @@
+"""``vcom wrap``: run a program under seccomp user notification and answer its terminal ioctls.
+
+The program is started as a child of this process with the filter of
+:mod:`.seccomp` installed, so that every process it starts, dynamically or
+statically linked, carries it too.  This process is the supervisor: for each
+trapped ioctl it looks at the fd (a duplicate taken with ``pidfd_getfd``);
+on a vcom port (the tag in its termios) it asks the manager exactly as the
+preload library does and writes the answer into the program's memory; on
+anything else, or when the manager does not answer, it lets the call run in
+the kernel unchanged.  Each notification is its own task, so a TIOCMIWAIT
+that waits for a modem line does not hold up the program's other threads.
+
+The supervisor is a subreaper and stays as long as any process carrying the
+filter lives (the listener reports POLLHUP when the last one has gone): a
+daemon started under ``vcom wrap`` keeps it running, because its ioctls
+would fail with ENOSYS without it.  It returns the program's exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import termios
+from pathlib import Path
+
+from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE, Termios2, get_termios2
+from . import protocol, seccomp
+from .seccomp import TCSETSW2, TIOCCBRK, TIOCGICOUNT, TIOCMIWAIT, TIOCSBRK, Notification
+
+_PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
+_ANSWER_TIMEOUT = 5.0
+_SET_MODES = {termios.TCSETS: "now", termios.TCSETSW: "drain", termios.TCSETSF: "flush",
+              TCSETS2: "now", TCSETSW2: "drain", TCSETSF2: "flush"}
+_OLD_STRUCT = (termios.TCGETS, termios.TCSETS, termios.TCSETSW, termios.TCSETSF)
+_MODEM_OPS = {termios.TIOCMGET: "get", termios.TIOCMSET: "set", termios.TIOCMBIS: "bis", termios.TIOCMBIC: "bic"}
+_ICOUNT = struct.Struct("=20i")  # struct serial_icounter_struct: 11 counters and 9 reserved
+
+
+class WrapError(Exception):
+    """The program cannot be started under the supervisor; one-line reason.  ``unavailable``: seccomp
+    itself cannot be used here (LD_PRELOAD may still serve), rather than the program failing to start."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+class _Continue(Exception):
+    """Let the kernel run the call as the program made it."""
+
+
+def spawn(program: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Start ``program`` with the filter installed; (pid, listener fd).  WrapError when seccomp is not
+    available here (the caller may fall back) or the program cannot be executed."""
+    if not seccomp.supported():
+        raise WrapError(f"seccomp user notification is not supported on {os.uname().machine}", unavailable=True)
+    bpf = seccomp.filter_program()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: install the filter, hand its listener over, become the program
+        try:
+            parent_sock.close()
+            os.close(report_r)
+            try:
+                listener = seccomp.install_filter(bpf, no_new_privs=os.geteuid() != 0)
+            except OSError as exc:
+                os.write(report_w, f"filter {exc.strerror}".encode())
+                os._exit(126)
+            socket.send_fds(child_sock, [b"L"], [listener])
+            os.close(listener)
+            child_sock.close()
+            try:
+                os.execvpe(program[0], program, env)
+            except OSError as exc:
+                os.write(report_w, f"exec {exc.strerror}".encode())
+            os._exit(127)
+        except BaseException:
+            os._exit(127)
+    child_sock.close()
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as report:
+        problem = report.read().decode(errors="replace")  # EOF at the exec: it succeeded
+    listener = -1
+    with contextlib.suppress(OSError):
+        _, fds, _, _ = socket.recv_fds(parent_sock, 1, 1)
+        listener = fds[0] if fds else -1
+    parent_sock.close()
+    if problem:
+        os.waitpid(pid, 0)
+        if listener >= 0:
+            os.close(listener)
+        kind, _, reason = problem.partition(" ")
+        if kind == "filter":
+            raise WrapError(f"cannot install the seccomp filter: {reason}", unavailable=True)
+        raise WrapError(f"cannot run {program[0]}: {reason}")
+    return pid, listener
+
+
+def run(program: list[str], env: dict[str, str], socket_path: Path) -> int:
+    """Run ``program`` under the supervisor; its exit status (128 + signal when killed)."""
+    seccomp.set_child_subreaper()
+    pid, listener = spawn(program, env)
+    return asyncio.run(Supervisor(listener, pid, socket_path).serve())
+
+
+class Supervisor:
+    def __init__(self, listener: int, child: int, socket_path: Path) -> None:
+        self._listener = listener
+        self._child = child
+        self._socket = str(socket_path)
+        self._status: int | None = None
+        self._done: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        # Terminal signals reach the program from the terminal itself; the ones sent to us are passed on.
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._forward, sig)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_reader(self._listener, self._on_listener)
+        self._reap()
+        try:
+            await self._done.wait()
+        finally:
+            loop.remove_reader(self._listener)
+            os.close(self._listener)
+            for task in list(self._tasks):
+                task.cancel()
+        while self._status is None:  # the listener is done: the program has exited or is about to
+            await asyncio.sleep(0.01)
+            self._reap()
+        return self._status
+
+    def _forward(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._child, sig)
+
+    def _reap(self) -> None:
+        # As subreaper we also collect the program's orphans.
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self._child:
+                self._status = os.waitstatus_to_exitcode(status)
+                if self._status < 0:
+                    self._status = 128 - self._status
+
+    def _on_listener(self) -> None:
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        events = sum(revents for _, revents in poller.poll(0))
+        if not events & select.POLLIN:
+            if events & (select.POLLHUP | select.POLLERR):
+                assert self._done is not None
+                self._done.set()  # no process carries the filter any more
+            return
+        notification = seccomp.receive(self._listener)
+        if notification is not None:
+            task = asyncio.get_running_loop().create_task(self._handle(notification))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, n: Notification) -> None:
+        try:
+            local = seccomp.get_fd(n.pid, n.fd)
+        except OSError:
+            self._respond(n, cont=True)
+            return
+        try:
+            rdev = _vcom_port(local)
+            if rdev is None:
+                self._respond(n, cont=True)
+                return
+            value = await self._emulate(n, rdev)
+        except _Continue:
+            self._respond(n, cont=True)
+        except OSError as exc:
+            self._respond(n, error=exc.errno or errno.EIO)
+        else:
+            self._respond(n, value=value)
+        finally:
+            os.close(local)  # held until the answer: the manager checks that the asker has the port open
+
+    def _respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+        seccomp.respond(self._listener, n.id, value=value, error=error, cont=cont)
+
+    async def _emulate(self, n: Notification, rdev: int) -> int:
+        request, arg = n.request, n.arg
+        if request in (termios.TCGETS, TCGETS2):
+            view = Termios2.unpack(bytes.fromhex((await self._ask(n, "tcgets", rdev))[0]))
+            self._write(n, arg, view.pack_termios() if request == termios.TCGETS else view.pack())
+        elif request in _SET_MODES:
+            size = TERMIOS_SIZE if request in _OLD_STRUCT else TERMIOS2_SIZE
+            raw = seccomp.read_memory(n.pid, arg, size)
+            if not seccomp.still_waiting(self._listener, n.id):
+                raise _Continue  # what was read may belong to another process by now
+            await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), timeout=None)
+        elif request in _MODEM_OPS:
+            op = _MODEM_OPS[request]
+            bits = 0 if op == "get" else struct.unpack("=i", seccomp.read_memory(n.pid, arg, 4))[0]
+            answer = await self._ask(n, "modem", rdev, op, bits, timeout=_ANSWER_TIMEOUT if op == "get" else None)
+            if op == "get":
+                self._write(n, arg, struct.pack("=i", int(answer[0])))
+        elif request in (TIOCSBRK, TIOCCBRK):
+            await self._ask(n, "break", rdev, "on" if request == TIOCSBRK else "off", timeout=None)
+        elif request == termios.TCSBRK:
+            if arg != 0:
+                raise _Continue  # tcdrain(): the pty has nothing to drain
+            await self._ask(n, "break", rdev, "pulse", 250, timeout=None)
+        elif request == termios.TCSBRKP:
+            ms = min(arg * 100, protocol.MAX_BREAK_MS) if arg > 0 else 250
+            await self._ask(n, "break", rdev, "pulse", ms, timeout=None)
+        elif request == TIOCMIWAIT:
+            await self._ask(n, "miwait", rdev, arg & 0xFFFFFFFF, timeout=None)
+        elif request == TIOCGICOUNT:
+            counts = [int(v) for v in await self._ask(n, "icount", rdev)]
+            self._write(n, arg, _ICOUNT.pack(*counts[:11], *([0] * 9)))
+        else:
+            raise _Continue
+        return 0
+
+    def _write(self, n: Notification, address: int, data: bytes) -> None:
+        if not seccomp.still_waiting(self._listener, n.id):
+            raise _Continue  # the pid is no longer that program: never write into another process
+        seccomp.write_memory(n.pid, address, data)
+
+    async def _ask(self, n: Notification, verb: str, rdev: int, *args: object,
+                   timeout: float | None = _ANSWER_TIMEOUT) -> tuple[str, ...]:
+        """One request to the manager; the answer's values.  No manager or "no": the kernel has the call.
+        ``timeout`` None: a change waits as long as the manager takes (it answers once the bytes written
+        before it have left); reads of state are bounded, so a stuck manager cannot hang a program."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(self._socket, limit=protocol.MAX_LINE * 2)
+        except OSError:
+            raise _Continue from None
+        try:
+            writer.write(protocol.header("seccomp", n.pid) + protocol.request(verb, rdev, *args))
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            answer = protocol.parse_answer(line)
+        except (OSError, TimeoutError, protocol.ProtocolError):
+            raise _Continue from None
+        finally:
+            writer.close()
+        if answer.status == "no":
+            raise _Continue
+        if answer.status == "err":
+            raise OSError(answer.errno, os.strerror(answer.errno))
+        return answer.values
+
+
+def _vcom_port(fd: int) -> int | None:
+    """The device number of ``fd`` if it is a vcom port (a pty slave whose termios carries the tag)."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) not in _PTY_SLAVE_MAJORS:
+            return None
+        return st.st_rdev if get_termios2(fd).tagged else None
+    except OSError:
+        return None
