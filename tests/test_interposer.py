@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from modbus_peer import DEVICE_ID, REGISTERS, modbus_behind_ser2net
 from peers import (
     COM_PORT_OPTION,
     PYTHON,
@@ -527,25 +528,7 @@ def test_stty_sets_parity_under_wrap(vcom: Vcom, tmp_path):
 def test_modbus_rtu_with_even_parity_through_vcom(vcom: Vcom, start_peer, tmp_path):
     """A pymodbus RTU client (8E1, Modbus's default framing) reads holding registers through vcom and
     ser2net from a pymodbus RTU server on the far UART."""
-    pytest.importorskip("pymodbus")
-    if shutil.which("ser2net") is None or shutil.which("socat") is None:
-        pytest.skip("ser2net and socat are needed")
-    far, server_side = tmp_path / "far", tmp_path / "server"
-    # Two ptys wired back to back: ser2net drives one as its UART, the Modbus server the other.
-    wire = subprocess.Popen(["socat", f"pty,raw,echo=0,link={far}", f"pty,raw,echo=0,link={server_side}"],
-                            stderr=subprocess.DEVNULL)
-    server = None
-    try:
-        wait_until(lambda: far.exists() and server_side.exists(), 10, "socat's ptys")
-        ser2net = start_peer(Ser2net(tmp_path / "ser2net", os.path.realpath(far)))
-        server = subprocess.Popen([PYTHON, "-c", textwrap.dedent(f"""
-            from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
-            from pymodbus.server import StartSerialServer
-            block = ModbusSequentialDataBlock(1, [1000 + i for i in range(20)])  # register 0 = 1000
-            context = ModbusServerContext(devices={{7: ModbusDeviceContext(hr=block)}}, single=False)
-            # The far pty carries bytes only: its own framing is the pty's 8N1.
-            StartSerialServer(context=context, port={str(server_side)!r}, baudrate=19200)
-        """)], stderr=subprocess.PIPE)
+    with modbus_behind_ser2net(tmp_path, start_peer) as ser2net:
         port = tmp_path / "ttyV0"
         vcom.add(port, f"127.0.0.1:{ser2net.port}")
         seen = run_wrapped(vcom, f"""
@@ -554,20 +537,11 @@ def test_modbus_rtu_with_even_parity_through_vcom(vcom: Vcom, start_peer, tmp_pa
             client = ModbusSerialClient({str(port)!r}, baudrate=19200, bytesize=8, parity="E", stopbits=1,
                                         timeout=2, retries=5)
             assert client.connect()
-            reply = client.read_holding_registers(0, count=5, device_id=7)
+            reply = client.read_holding_registers(0, count=5, device_id={DEVICE_ID})
             print(json.dumps({{"registers": reply.registers}}))
             client.close()
         """)
-        assert seen == {"registers": [1000, 1001, 1002, 1003, 1004]}
-    finally:
-        for proc in (server, wire):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        assert seen == {"registers": REGISTERS[:5]}
 
 
 def test_wrap_reports_a_program_that_cannot_run(vcom: Vcom, tmp_path):
