@@ -551,6 +551,14 @@ def test_wrap_reports_a_program_that_cannot_run(vcom: Vcom, tmp_path):
     assert result.stderr.strip().startswith("vcom: cannot run ") and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_wrapped_program_gets_default_signal_dispositions(vcom: Vcom, mode):
+    """`yes | head -1` ends yes with SIGPIPE; a program must not inherit the launcher's ignored SIGPIPE."""
+    result = subprocess.run(wrap_command(mode, "sh", "-c", "yes | head -1"), env=vcom.env, capture_output=True,
+                            text=True, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "y\n", "")
+
+
 def test_wrap_returns_the_exit_status_and_passes_signals_on(vcom: Vcom):
     assert subprocess.run([PYTHON, "-m", "vcom", "wrap", sys.executable, "-c", "raise SystemExit(3)"],
                           env=vcom.env, timeout=30).returncode == 3

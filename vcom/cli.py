@@ -478,7 +478,7 @@ def wrap(
     """Run PROGRAM (static or dynamic, and all it starts) as on a real UART: exact data bits and parity,
     modem lines, break, TIOCMIWAIT on vcom ports."""
     from .interposer.build import BuildError, library
-    from .interposer.supervisor import WrapError, run
+    from .interposer.supervisor import WrapError, default_signals, run
 
     where = paths.resolve()
     env = dict(os.environ)
@@ -495,6 +495,7 @@ def wrap(
     except BuildError as exc:
         fail(str(exc))
     env["LD_PRELOAD"] = " ".join(filter(None, [str(lib), env.get("LD_PRELOAD", "")]))
+    default_signals()
     try:
         os.execvpe(program[0], program, env)
     except OSError as exc:

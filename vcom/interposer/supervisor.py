@@ -77,6 +77,7 @@ def spawn(program: list[str], env: dict[str, str]) -> tuple[int, int]:
             socket.send_fds(child_sock, [b"L"], [listener])
             os.close(listener)
             child_sock.close()
+            default_signals()
             try:
                 os.execvpe(program[0], program, env)
             except OSError as exc:
@@ -102,6 +103,13 @@ def spawn(program: list[str], env: dict[str, str]) -> tuple[int, int]:
             raise WrapError(f"cannot install the seccomp filter: {reason}", unavailable=True)
         raise WrapError(f"cannot run {program[0]}: {reason}")
     return pid, listener
+
+
+def default_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; a program started from it must not inherit that (it would get
+    EPIPE where it expects to be stopped by SIGPIPE, as `yes | head` relies on)."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def run(program: list[str], env: dict[str, str], socket_path: Path) -> int:

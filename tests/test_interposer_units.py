@@ -1,0 +1,190 @@
+"""The interposer's parts without a program: protocol lines, the emulated view, modem counting, the BPF filter."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import struct
+import termios
+
+import pytest
+
+from vcom.interposer import protocol, seccomp
+from vcom.interposer.protocol import ProtocolError
+from vcom.interposer.view import ModemCounter, ProgramView
+from vcom.settings import Signals
+from vcom.termio import BOTHER, EXTPROC, TAG, TCGETS2, TCSETS2, Termios2, fresh_uart_termios, with_speed
+
+# -- protocol
+
+
+def test_header_and_requests_parse():
+    assert protocol.parse_header(b"vcom1 seccomp 42\n") == protocol.Header("seccomp", 42)
+    assert protocol.parse_request(b"modem 34817 bis 6\n") == protocol.Request("modem", 34817, ("bis", "6"))
+    assert protocol.parse_request(b"tcgets 1\n").args == ()
+    assert protocol.parse_request(protocol.request("break", 5, "pulse", 250)) == protocol.Request(
+        "break", 5, ("pulse", "250"))
+
+
+@pytest.mark.parametrize("line", [
+    b"vcom2 preload 1\n", b"vcom1 other 1\n", b"vcom1 preload -1\n", b"vcom1 preload\n", b"",
+])
+def test_bad_headers_are_refused(line):
+    with pytest.raises(ProtocolError):
+        protocol.parse_header(line)
+
+
+@pytest.mark.parametrize("line", [
+    b"tcgets\n", b"tcgets 1 extra\n", b"nosuch 1\n", b"modem 1 get\n", b"modem x get 0\n", b"miwait 1\n",
+    b"tcsets 1 now " + b"00" * 200 + b"\n", "tcgets \u00e9\n".encode(), b"\xff\xfe\n", b"modem 1 get 0 0\n",
+    b"break 1\n", b"icount 99999999999999999999999 \n",
+])
+def test_bad_requests_are_refused(line):
+    with pytest.raises(ProtocolError):
+        protocol.parse_request(line)
+
+
+def test_answers():
+    assert protocol.parse_answer(protocol.ok(1, "ab")) == protocol.Answer("ok", ("1", "ab"))
+    assert protocol.parse_answer(protocol.NO).status == "no"
+    assert protocol.parse_answer(protocol.err(25)).errno == 25
+    for bad in (b"maybe\n", b"err\n", b"err x\n", b""):
+        with pytest.raises(ProtocolError):
+            protocol.parse_answer(bad)
+
+
+# -- the emulated view
+
+
+def _cs7_even(t: Termios2) -> Termios2:
+    return Termios2(t.iflag, t.oflag, (t.cflag & ~termios.CSIZE) | termios.CS7 | termios.PARENB, t.lflag & ~EXTPROC,
+                    t.line, t.cc, t.ispeed, t.ospeed)
+
+
+def _pty_kept(asked: Termios2) -> Termios2:
+    """What the pty driver keeps of ``asked``, with EXTPROC and the tag as vcom keeps them."""
+    cflag = (asked.cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8 | termios.CREAD
+    return Termios2(asked.iflag, asked.oflag, cflag, asked.lflag | EXTPROC, asked.line, asked.cc, asked.ispeed,
+                    asked.ospeed).with_tag()
+
+
+def test_the_program_reads_back_what_it_set_and_the_wire_gets_it():
+    asked = _cs7_even(with_speed(fresh_uart_termios(), 19200))
+    applied = _pty_kept(asked)
+    view = ProgramView()
+    view.record(asked, applied)
+    assert view.for_program(applied) == asked
+    wire = view.for_wire(applied)
+    assert wire.cflag & termios.CSIZE == termios.CS7 and wire.cflag & termios.PARENB
+    assert view.valid(applied)
+
+
+def test_a_change_by_a_program_that_is_not_interposed_ends_the_view():
+    asked = _cs7_even(fresh_uart_termios())
+    applied = _pty_kept(asked)
+    view = ProgramView()
+    view.record(asked, applied)
+    changed = with_speed(applied, 57600)
+    assert view.for_wire(changed) == changed  # the pty's own view: 8 bits, no parity
+    assert not view.valid(applied)  # and it stays ended
+    shown = view.for_program(changed)
+    assert bytes(shown.cc[i] for i in (17, 18)) == b"\0\0" and not shown.lflag & EXTPROC
+
+
+def test_without_an_interposed_set_the_program_sees_the_pty_without_vcom_marks():
+    current = fresh_uart_termios().with_tag()
+    current = Termios2(current.iflag, current.oflag, current.cflag, current.lflag | EXTPROC, current.line,
+                       current.cc, current.ispeed, current.ospeed)
+    shown = ProgramView().for_program(current)
+    assert not shown.tagged and not shown.lflag & EXTPROC and shown.cflag == current.cflag
+
+
+def test_old_termios_with_bother_keeps_the_rate_in_force():
+    current = with_speed(fresh_uart_termios(), 250000)
+    assert current.cflag & termios.CBAUD == BOTHER
+    raw = current.pack_termios()
+    assert Termios2.unpack_termios(raw, current).ospeed == 250000
+    standard = with_speed(current, 4800)
+    assert Termios2.unpack_termios(standard.pack_termios(), current).ospeed == 4800
+
+
+def test_the_tag():
+    t = fresh_uart_termios()
+    assert not t.tagged
+    assert t.with_tag().tagged and t.with_tag().cc[17:19] == TAG
+    assert not t.with_tag().with_tag(b"\0\0").tagged
+
+
+# -- modem counting
+
+
+def _levels(**on: bool) -> Signals:
+    return Signals(**{name: on.get(name, False) for name in ("cts", "dsr", "dcd", "ri")})
+
+
+def test_transitions_are_counted_as_a_driver_counts_them():
+    counter = ModemCounter()
+    counter.update(Signals(), _levels(cts=True))  # the first report is a level, not a change
+    assert counter.counts == {"cts": 0, "dsr": 0, "ri": 0, "dcd": 0}
+    counter.update(_levels(cts=True), _levels(dsr=True))
+    assert counter.counts == {"cts": 1, "dsr": 1, "ri": 0, "dcd": 0}
+    counter.update(_levels(dsr=True), _levels(dsr=True), state=0x08)  # DCD went and came back
+    assert counter.counts["dcd"] == 2
+    counter.update(_levels(ri=True), _levels())  # RI counts its trailing edge only
+    counter.update(_levels(), _levels(ri=True))
+    assert counter.counts["ri"] == 1
+
+
+def test_tiocmiwait_wakes_only_for_the_lines_asked():
+    async def scenario() -> list[str]:
+        counter = ModemCounter()
+        woke: list[str] = []
+        cts = asyncio.ensure_future(counter.wait(termios.TIOCM_CTS))
+        cts.add_done_callback(lambda _: woke.append("cts"))
+        dcd = asyncio.ensure_future(counter.wait(termios.TIOCM_CAR | termios.TIOCM_DSR))
+        dcd.add_done_callback(lambda _: woke.append("dcd/dsr"))
+        await asyncio.sleep(0)
+        counter.update(_levels(), _levels(dsr=True))
+        for _ in range(3):  # the waiter's future, its task, then the task's callbacks
+            await asyncio.sleep(0)
+        assert woke == ["dcd/dsr"] and counter.waiting == 1
+        counter.cancel_all(OSError(5, "gone"))
+        with pytest.raises(OSError):
+            await cts
+        return woke
+
+    assert asyncio.run(scenario()) == ["dcd/dsr", "cts"]  # cts only by the cancellation
+
+
+# -- the BPF filter, run by a small interpreter of the instructions it uses
+
+
+def _run_bpf(program: bytes, arch: int, nr: int, request: int) -> int:
+    data = struct.pack("=iIQ6Q", nr, arch, 0, 3, request, 0, 0, 0, 0)
+    pc = 0
+    acc = 0
+    while True:
+        code, jt, jf, k = struct.unpack_from("=HBBI", program, pc * 8)
+        if code == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+            pc += 1
+        elif code == 0x15:
+            pc += 1 + (jt if acc == k else jf)
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF opcode {code:#x}")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the expected numbers are x86_64's")
+def test_the_filter_stops_only_terminal_ioctls():
+    program = seccomp.filter_program()
+    notify, allow = 0x7FC00000, 0x7FFF0000
+    x86_64, i386 = 0xC000003E, 0x40000003
+    for request in (termios.TCGETS, TCSETS2, TCGETS2, termios.TIOCMGET, seccomp.TIOCMIWAIT, seccomp.TIOCSBRK):
+        assert _run_bpf(program, x86_64, 16, request) == notify
+        assert _run_bpf(program, i386, 54, request) == notify  # 32-bit programs too
+    assert _run_bpf(program, x86_64, 16, termios.FIONREAD) == allow  # another ioctl
+    assert _run_bpf(program, x86_64, 0, termios.TCGETS) == allow  # read(2) whose second argument looks alike
+    assert _run_bpf(program, x86_64, 16, termios.TCGETS | (1 << 32)) == notify  # the kernel uses 32 bits
+    assert _run_bpf(program, 0xC00000B7, 29, termios.TCGETS) == allow  # an ABI the filter does not know
