@@ -360,9 +360,23 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
         }
         return r;
     }
+    case TIOCMGET: case TIOCMSET: case TIOCMBIS: case TIOCMBIC: {
+        /* A real UART answers these itself, at no cost added; a pty (a vcom port among them) says ENOTTY. */
+        int saved = errno;
+        int r = REAL(ioctl_fn, ioctl)(fd, request, arg);
+        if (r == 0 || errno != ENOTTY)
+            return r;
+        int failed = errno;
+        errno = saved;
+        r = port_ioctl(fd, request, arg);
+        if (r == -2) {
+            errno = failed;
+            return -1;
+        }
+        return r;
+    }
     case TCSETS: case TCSETSW: case TCSETSF: case VC_TCSETS2: case VC_TCSETSW2: case VC_TCSETSF2:
-    case TIOCMGET: case TIOCMSET: case TIOCMBIS: case TIOCMBIC: case TIOCSBRK: case TIOCCBRK: case TCSBRKP:
-    case TIOCMIWAIT: case TIOCGICOUNT: {
+    case TIOCSBRK: case TIOCCBRK: case TCSBRKP: case TIOCMIWAIT: case TIOCGICOUNT: {
         int r = port_ioctl(fd, request, arg);
         return r == -2 ? REAL(ioctl_fn, ioctl)(fd, request, arg) : r;
     }
