@@ -83,7 +83,10 @@ install-group:
 
 # Removes what install-system put in place; /etc/vcom (the configuration) stays.
 # PREFIX is removed whole only if it is a venv: a PREFIX of /usr/local must survive a typo.
+# wrap-all is turned off first: a library still listed in /etc/ld.so.preload must never disappear.
 uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/vcom ]; then $(PREFIX)/bin/vcom wrap-all off; fi
+	if ! grep -qs libvcom-interposer.so $(DESTDIR)/etc/ld.so.preload; then rm -rf $(DESTDIR)/usr/local/lib/vcom; fi
 	if $(SYSTEMD_UP); then \
 	  systemctl disable --now vcom.service 2>/dev/null; systemctl stop 'vcom-share@*.service' 2>/dev/null; true; fi
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(RULESDIR)/,$(RULES)) \

@@ -314,6 +314,12 @@ def _format_status(port: dict[str, Any]) -> str:
         errors = port.get("line_errors") or {}
         counted = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
         lines.append(f"  lines: {lamps}" + (f"   line errors: {counted}" if counted else ""))
+    if port.get("open"):
+        how = ", ".join(port.get("interposed") or []) or "none"
+        exact = "exact" if port.get("settings_exact") else "data bits and parity as the pty forces them"
+        lines.append(f"  interposer: {how}   settings: {exact}")
+    if port.get("lost_bytes"):
+        lines.append(f"  lost: {port['lost_bytes']} byte(s) written before a close could not be sent")
     if port.get("pinned"):
         lines.append(f"  pinned: {', '.join(port['pinned'])} -> sent {_describe(port.get('effective_settings') or {})}")
     if port.get("com_port") is False:
