@@ -590,3 +590,50 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+STALLED_READER = """
+import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+time.sleep(float(sys.argv[1]))  # stalled: TCP holds the writer back
+got = 0
+with open(sys.argv[2], "w") as count:
+    while chunk := conn.recv(65536):
+        got += len(chunk)
+        count.seek(0)
+        count.write(f"{got:12d}")
+        count.flush()
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_drain_waits_until_the_server_has_received_everything(vcom: Vcom, tmp_path, mode):
+    counter = tmp_path / "received"
+    counter.write_text("0")
+    reader = subprocess.Popen([PYTHON, "-c", STALLED_READER, "1.5", str(counter)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_port = int(reader.stdout.readline())
+        port = tmp_path / "ttyV0"
+        vcom.add(port, f"tcp://127.0.0.1:{server_port}")
+        seen = run_wrapped(vcom, f"""
+            import fcntl, json, struct, termios, time, serial
+            s = serial.Serial({str(port)!r}, 115200)
+            data = bytes(range(256)) * 800  # 200 KiB: more than the pty and the sockets hold
+            s.write(data)
+            queued = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\\0" * 4))[0]
+            s.flush()  # tcdrain
+            received = int(open({str(counter)!r}).read() or 0)
+            left = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\\0" * 4))[0]
+            print(json.dumps({{"written": len(data), "queued": queued, "received": received, "left": left}}))
+        """, mode)
+        assert seen["received"] == seen["written"], seen  # drained means the server has it all
+        assert seen["queued"] > 0 and seen["left"] == 0, seen
+    finally:
+        reader.kill()
+        reader.wait(5)

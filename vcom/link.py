@@ -31,10 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import logging
 import os
 import random
 import socket
+import sys
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -492,6 +495,23 @@ class Link:
         """Bytes handed to the link that have not reached the socket yet."""
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
+    def in_flight(self) -> int:
+        """Bytes handed to the link that the server has not received yet: the link's buffer and what the
+        socket holds unacknowledged (SIOCOUTQ)."""
+        transport = self._transport
+        if transport is None:
+            return 0
+        return transport.get_write_buffer_size() + _socket_queue(transport)
+
+    async def drained(self) -> None:
+        """Until the server has received everything handed to the link (TCP has its acknowledgement), or
+        the connection is gone.  The kernel has no event for the last acknowledgement, so this looks again
+        at a growing interval (1 to 20 ms), and only while someone waits."""
+        delay = 0.001
+        while self.in_flight():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
     def pause_reading(self) -> None:
         self._reading_paused = True
         if self._transport is not None:
@@ -677,6 +697,17 @@ def _reason(exc: OSError) -> str:
     if exc.errno:
         return os.strerror(exc.errno)
     return str(exc)
+
+
+def _socket_queue(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ for a socket
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def _tune_socket(transport: asyncio.BaseTransport) -> None:

@@ -4,9 +4,10 @@
  *
  * Preloaded into a program (LD_PRELOAD, or /etc/ld.so.preload with
  * `vcom wrap-all on`), it catches, on vcom ports only:
- *   tcgetattr, tcsetattr, tcsendbreak, and ioctl with TCGETS, TCSETS,
- *   TCSETSW, TCSETSF, their termios2 forms, TIOCMGET/SET/BIS/BIC,
- *   TIOCSBRK, TIOCCBRK, TCSBRK(0), TCSBRKP, TIOCMIWAIT and TIOCGICOUNT,
+ *   tcgetattr, tcsetattr, tcsendbreak, tcdrain, tcflush, and ioctl with
+ *   TCGETS, TCSETS, TCSETSW, TCSETSF, their termios2 forms,
+ *   TIOCMGET/SET/BIS/BIC, TIOCSBRK, TIOCCBRK, TCSBRK, TCSBRKP, TIOCMIWAIT,
+ *   TIOCGICOUNT, TIOCOUTQ and TCFLSH,
  * and hands them to the vcom manager over its Unix socket, which answers as
  * a UART would (exact data bits and parity, modem lines, break) and forwards
  * them to the remote port.  The protocol is in vcom/interposer/protocol.py.
@@ -76,6 +77,8 @@ typedef int (*ioctl_fn)(int, unsigned long, ...);
 typedef int (*tcgetattr_fn)(int, struct termios *);
 typedef int (*tcsetattr_fn)(int, int, const struct termios *);
 typedef int (*tcsendbreak_fn)(int, int);
+typedef int (*tcdrain_fn)(int);
+typedef int (*tcflush_fn)(int, int);
 
 static void *next_symbol(void **slot, const char *name)
 {
@@ -87,7 +90,8 @@ static void *next_symbol(void **slot, const char *name)
     return fn;
 }
 
-static void *real_ioctl_p, *real_tcgetattr_p, *real_tcsetattr_p, *real_tcsendbreak_p;
+static void *real_ioctl_p, *real_tcgetattr_p, *real_tcsetattr_p, *real_tcsendbreak_p, *real_tcdrain_p,
+    *real_tcflush_p;
 #define REAL(type, name) ((type)next_symbol(&real_##name##_p, #name))
 
 static int tagged(const unsigned char *cc)
@@ -253,6 +257,25 @@ static int send_break(unsigned long long rdev, long ms)
     return simple(request, 0, out, sizeof out);
 }
 
+static int drain(unsigned long long rdev)
+{
+    char request[64], out[8];
+    snprintf(request, sizeof request, "drain %llu", rdev);
+    return simple(request, 0, out, sizeof out);
+}
+
+static int flush(unsigned long long rdev, long queue)
+{
+    static const char *const queues[] = {"in", "out", "both"}; /* TCIFLUSH, TCOFLUSH, TCIOFLUSH */
+    char request[64], out[8];
+    if (queue < 0 || queue > 2) {
+        errno = EINVAL;
+        return -1;
+    }
+    snprintf(request, sizeof request, "flush %llu %s", rdev, queues[queue]);
+    return simple(request, 5000, out, sizeof out);
+}
+
 static const char *set_mode(unsigned long request)
 {
     switch (request) {
@@ -298,7 +321,19 @@ static int port_ioctl(int fd, unsigned long request, void *arg)
         snprintf(line, sizeof line, "break %llu %s", rdev, request == TIOCSBRK ? "on" : "off");
         return simple(line, 0, out, sizeof out);
     case TCSBRK:
-        return send_break(rdev, 250);
+        return (long)arg == 0 ? send_break(rdev, 250) : drain(rdev);
+    case TCFLSH:
+        return flush(rdev, (long)arg);
+    case TIOCOUTQ:
+        if (arg == NULL) {
+            errno = EFAULT;
+            return -1;
+        }
+        snprintf(line, sizeof line, "outq %llu", rdev);
+        r = simple(line, 5000, out, sizeof out);
+        if (r == 0)
+            *(int *)arg = atoi(out);
+        return r;
     case TCSBRKP:
         return send_break(rdev, (long)arg > 0 ? (long)arg * 100 : 250);
     case TIOCMIWAIT:
@@ -376,17 +411,11 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
         return r;
     }
     case TCSETS: case TCSETSW: case TCSETSF: case VC_TCSETS2: case VC_TCSETSW2: case VC_TCSETSF2:
-    case TIOCSBRK: case TIOCCBRK: case TCSBRKP: case TIOCMIWAIT: case TIOCGICOUNT: {
+    case TIOCSBRK: case TIOCCBRK: case TCSBRK: case TCSBRKP: case TIOCMIWAIT: case TIOCGICOUNT: case TIOCOUTQ:
+    case TCFLSH: {
         int r = port_ioctl(fd, request, arg);
         return r == -2 ? REAL(ioctl_fn, ioctl)(fd, request, arg) : r;
     }
-    case TCSBRK:
-        if ((long)arg == 0) { /* a break; non-zero is tcdrain() */
-            int r = port_ioctl(fd, request, arg);
-            if (r != -2)
-                return r;
-        }
-        return REAL(ioctl_fn, ioctl)(fd, request, arg);
     }
     return REAL(ioctl_fn, ioctl)(fd, request, arg);
 }
@@ -445,4 +474,26 @@ EXPORT int tcsendbreak(int fd, int duration)
             return r;
     }
     return REAL(tcsendbreak_fn, tcsendbreak)(fd, duration);
+}
+
+EXPORT int tcdrain(int fd)
+{
+    unsigned long long rdev;
+    if (vcom_port(fd, &rdev)) {
+        int r = drain(rdev);
+        if (r != -2)
+            return r;
+    }
+    return REAL(tcdrain_fn, tcdrain)(fd);
+}
+
+EXPORT int tcflush(int fd, int queue)
+{
+    unsigned long long rdev;
+    if (vcom_port(fd, &rdev)) {
+        int r = flush(rdev, queue);
+        if (r != -2)
+            return r;
+    }
+    return REAL(tcflush_fn, tcflush)(fd, queue);
 }

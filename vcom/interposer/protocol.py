@@ -29,6 +29,12 @@ answered by one line, in order::
     icount    -                     11 numbers      TIOCGICOUNT: cts dsr rng dcd rx
                                                     tx frame overrun parity brk
                                                     buf_overrun
+    drain     -                     -               tcdrain, TCSBRK(non-zero): answers
+                                                    once the server has received all
+                                                    the program wrote
+    outq      -                     BYTES           TIOCOUTQ: written, not yet received
+                                                    by the server
+    flush     in|out|both           -               tcflush, TCFLSH
 
 ``HEX44`` is the program's view of the port as a ``struct termios2``: what
 the pty holds, with the data bits, parity and CREAD the program asked for,
@@ -50,7 +56,11 @@ VERBS = {
     "break": (1, 2),
     "miwait": (1, 1),
     "icount": (0, 0),
+    "drain": (0, 0),
+    "outq": (0, 0),
+    "flush": (1, 1),
 }
+FLUSH_QUEUES = ("in", "out", "both")
 SET_MODES = ("now", "drain", "flush")
 MODEM_OPS = ("get", "set", "bis", "bic")
 BREAK_OPS = ("on", "off", "pulse")

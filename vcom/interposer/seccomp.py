@@ -37,9 +37,11 @@ TIOCSBRK = 0x5427  # not exported by the termios module (generic <asm-generic/io
 TIOCCBRK = 0x5428
 TIOCMIWAIT = getattr(termios, "TIOCMIWAIT", 0x545C)
 TIOCGICOUNT = getattr(termios, "TIOCGICOUNT", 0x545D)
-TRAPPED = (termios.TCGETS, termios.TCSETS, termios.TCSETSW, termios.TCSETSF, TCGETS2, TCSETS2, TCSETSW2,
-           TCSETSF2, termios.TIOCMGET, termios.TIOCMSET, termios.TIOCMBIS, termios.TIOCMBIC, TIOCSBRK,
-           TIOCCBRK, termios.TCSBRK, termios.TCSBRKP, TIOCMIWAIT, TIOCGICOUNT)
+TRAPPED = (
+    termios.TCGETS, termios.TCSETS, termios.TCSETSW, termios.TCSETSF, TCGETS2, TCSETS2, TCSETSW2, TCSETSF2,
+    termios.TIOCMGET, termios.TIOCMSET, termios.TIOCMBIS, termios.TIOCMBIC, TIOCSBRK, TIOCCBRK, termios.TCSBRK,
+    termios.TCSBRKP, TIOCMIWAIT, TIOCGICOUNT, termios.TIOCOUTQ, termios.TCFLSH,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,16 @@ class InterposerServer:
                 return protocol.ok()
             case "icount":
                 return protocol.ok(*port.icount())
+            case "drain":
+                await port.program_drain()
+                return protocol.ok()
+            case "outq":
+                return protocol.ok(port.program_outq())
+            case "flush":
+                if args[0] not in protocol.FLUSH_QUEUES:
+                    return protocol.err(errno.EINVAL)
+                port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
+                return protocol.ok()
         return protocol.err(errno.EINVAL)
 
     def _refused(self, name: str, pid: int) -> None:

@@ -228,9 +228,17 @@ class Supervisor:
         elif request in (TIOCSBRK, TIOCCBRK):
             await self._ask(n, "break", rdev, "on" if request == TIOCSBRK else "off", timeout=None)
         elif request == termios.TCSBRK:
-            if arg != 0:
-                raise _Continue  # tcdrain(): the pty has nothing to drain
-            await self._ask(n, "break", rdev, "pulse", 250, timeout=None)
+            if arg != 0:  # tcdrain()
+                await self._ask(n, "drain", rdev, timeout=None)
+            else:
+                await self._ask(n, "break", rdev, "pulse", 250, timeout=None)
+        elif request == termios.TCFLSH:
+            if arg not in (termios.TCIFLUSH, termios.TCOFLUSH, termios.TCIOFLUSH):
+                raise OSError(errno.EINVAL, "bad queue")
+            await self._ask(n, "flush", rdev, ("in", "out", "both")[arg])
+        elif request == termios.TIOCOUTQ:
+            queued = int((await self._ask(n, "outq", rdev))[0])
+            self._write(n, arg, struct.pack("=i", queued))
         elif request == termios.TCSBRKP:
             ms = min(arg * 100, protocol.MAX_BREAK_MS) if arg > 0 else 250
             await self._ask(n, "break", rdev, "pulse", ms, timeout=None)

@@ -31,6 +31,9 @@ _READ_SIZE = 65536
 CLOSING_WAIT = 30.0
 # Reads of a closed slave's leftovers when they are dropped (bounded: nobody can write more).
 _DRAIN_READS = 64
+# The most an interposed change waits to send before it takes effect: far more than a pty holds (the
+# kernel queues about 18 KiB), so it only bounds a writer that keeps writing while the change waits.
+_PENDING_LIMIT = 1 << 20
 
 # watch(path, callback(opened)) -> unwatch; ``opened``: an IN_OPEN was among the events.
 WatchFn = Callable[[str, Callable[[bool], None]], Callable[[], None]]
@@ -244,14 +247,14 @@ class Port:
         self._read_some()
         self._update_io()
 
-    def _read_some(self, limit: int = _READ_SIZE) -> int:
+    def _read_some(self) -> int:
         """Read and pass on what the pty holds, a bounded number of times; how many data bytes came."""
         got = 0
         for _ in range(_READS_PER_WAKEUP):
             if not self.link.writable or not self._live:
                 break
             try:
-                chunk = self.pty.read(min(limit, _READ_SIZE) + 1)  # + the packet-mode status byte
+                chunk = self.pty.read(_READ_SIZE)
             except OSError as exc:
                 log.error("%s: reading the pty failed: %s", self.name, exc)
                 break
@@ -265,6 +268,10 @@ class Port:
         if chunk.ioctl or chunk.dostop or chunk.nostop:
             self._refresh_settings()
         if chunk.flush_read or chunk.flush_write:
+            if chunk.flush_read:
+                # What vcom wrote between the program's tcflush and now came from before the flush too.
+                with contextlib.suppress(OSError):
+                    self.pty.discard_output()
             self._flush(receive=chunk.flush_read, transmit=chunk.flush_write)
         if chunk.data:
             self.link.send(chunk.data)
@@ -279,14 +286,13 @@ class Port:
     async def _send_pending(self) -> None:
         """Before an interposed change takes effect: hand every byte the program wrote before it to the
         link, so that those bytes leave first, under the settings and lines they were written with.  While
-        the link cannot take them (connecting, back-pressure) the program's call waits, as its writes do."""
-        try:
-            left = self.pty.pending_bytes()  # what was written before the call, not what follows it
-        except OSError:
-            return
-        while self._live and self.pty.has_pending() and left > 0:
+        the link cannot take them (connecting, back-pressure) the program's call waits, as its writes do.
+        Bounded: a writer in another thread that never stops cannot hold the change back for ever."""
+        left = _PENDING_LIMIT
+        while self._live and left > 0 and self.pty.has_pending():
             if self.link.writable:
-                left -= self._read_some(left)
+                read = self._read_some()
+                left -= max(read, 1)
                 self._update_io()
                 continue
             waiter = self._loop.create_future()
@@ -342,10 +348,13 @@ class Port:
     async def program_set_termios(self, asked: Termios2, mode: str) -> None:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
         with the bytes written before it."""
-        await self._send_pending()
+        if mode == "now":
+            await self._send_pending()
+        else:
+            await self.program_drain()  # TCSADRAIN and TCSAFLUSH: after all written has been received
         flush = mode == "flush"
         if flush:
-            self._flush(receive=True, transmit=False)
+            self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
         applied = self.pty.apply(asked, flush_input=flush)
         self.view.record(asked, applied)
         self._refresh_settings()
@@ -382,6 +391,30 @@ class Port:
         done = self._loop.create_future()
         self._break_timer = self._loop.call_later(max(ms, 1) / 1000, self._end_break, done)
         await done  # tcsendbreak returns when the break is over, as on a UART
+
+    async def program_drain(self) -> None:
+        """tcdrain: until everything the program wrote before it has been received by the server."""
+        await self._send_pending()
+        await self.link.drained()
+
+    def program_outq(self) -> int:
+        """TIOCOUTQ: bytes the program wrote that the server has not received yet.  Of what is still in
+        the pty the kernel reports the line discipline's part only (up to 4 KiB; FIONREAD), so the count
+        is exact once vcom has read the pty, and a lower bound while the connection cannot take data."""
+        try:
+            pending = self.pty.pending_bytes()
+        except OSError:
+            pending = 0
+        return pending + self.link.in_flight()
+
+    def program_flush(self, *, receive: bool, transmit: bool) -> None:
+        """tcflush through the interposer: done here, at once, so that the program's next read cannot
+        see what vcom wrote before it."""
+        if receive:
+            self.pty.discard_output()  # what vcom wrote that the program has not read
+        if transmit:
+            termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
+        self._flush(receive=receive, transmit=transmit)
 
     def icount(self) -> tuple[int, ...]:
         """struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun."""
