@@ -1,63 +1,94 @@
-"""The ``vcom`` command: typer commands that talk to the manager.
+"""The ``vcom`` command: typer commands that talk to the manager, or read the config file when no
+manager runs (``list``, ``status``, ``remove``, ``unshare``).
 
-Every user error is one line on stderr and a non-zero exit: click's usage
-errors are caught and shortened, and everything the manager refuses comes
-back as one line too.  Arguments are checked here first, so that a typo
-fails before a manager is started or anything is created.
+Every user error is one line on stderr, in vcom's words, naming the option as it was typed, and a
+non-zero exit: click's usage errors are caught and reworded, values are checked here (not by the
+argument parser, whose wording is its own), and everything the manager refuses comes back as one line
+too.  Arguments are checked before a manager is started or anything is created.
+
+Start-up time matters (provisioning scripts call ``vcom add`` a thousand times): this module imports
+only what every command needs; each command imports the rest itself.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import json
-import logging
 import os
-import signal
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from . import control, paths
-from .config import ConfigError, PortConfig, parse_mode
-from .pty import PortPathError, check_port_path
-from .share import ShareConfig, ShareError
-from .target import TargetError, parse_target, split_host_port
+
+if TYPE_CHECKING:
+    from .config import ConfigError, PortConfig, ShareConfig
+    from .configfile import Loaded
 
 app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Virtual serial ports that reach remote serial device servers (RFC 2217, raw TCP).",
+    help="Virtual serial ports on Linux that reach serial device servers over RFC 2217, raw TCP or UDP "
+         "(vcom add), and the server side: a local serial device, or a simulated one, served to network "
+         "clients over the same protocols (vcom share).",
+    epilog="The config file is $VCOM_HOME/vcom.toml when VCOM_HOME is set; otherwise /etc/vcom/vcom.toml "
+           "for root and $XDG_CONFIG_HOME/vcom/vcom.toml (~/.config/vcom/vcom.toml) for other users. "
+           "'vcom COMMAND --help' shows the options of a command.",
 )
 
 _MANAGER_START_TIMEOUT = 15.0
+EXIT_NOT_RUNNING = 3  # `vcom status` with no manager, as `systemctl status` of a stopped unit
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the unit's RestartPreventExitStatus= names it
+
+# Settings (config keys) as the command line spells them.
+_OPTION_NAMES = {"device": "DEVICE", "target": "TARGET", "listen_host": "--listen", "listen_port": "--listen"}
+_WHOLE = ("baud", "data_bits", "client_buffer", "max_clients")
+_SECONDS = ("linger", "retry_max")
 
 
-class Connect(str, enum.Enum):
-    ON_OPEN = "on-open"
-    ALWAYS = "always"
+def option_name(key: str | None) -> str:
+    if key is None:
+        return ""
+    return _OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
 def complete_devices(incomplete: str) -> list[str]:
     """Shell completion of port and share devices, from the config file (no manager needed)."""
-    from .config import load
+    from .configfile import load
 
     try:
         loaded = load(paths.resolve().config)
-    except OSError:
+    except (OSError, ValueError):
         return []
     names = [p.device for p in loaded.ports] + [s.device for s in loaded.shares]
     return [name for name in names if name.startswith(incomplete)]
 
 
+def _choices(*values: str):  # noqa: ANN202 - a completion callback for typer
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     print(f"vcom: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+# What was typed for each option, so that a refusal shows it as typed ("-1", not "-1.0").
+_typed: dict[str, str] = {}
+
+
+def fail_option(exc: ConfigError) -> NoReturn:
+    """A refused setting, named as on the command line (``--retry-max``, not ``retry_max``)."""
+    if exc.key in _typed:
+        fail(f"{option_name(exc.key)} {_typed[exc.key]} {exc.reason}")
+    fail(exc.named(option_name(exc.key)) if exc.key else str(exc))
 
 
 def _ask(cmd: str, **args: Any) -> dict[str, Any]:
@@ -71,201 +102,332 @@ def _ask(cmd: str, **args: Any) -> dict[str, Any]:
     return answer
 
 
-class ParityChoice(str, enum.Enum):
-    NONE = "none"
-    EVEN = "even"
-    ODD = "odd"
-    MARK = "mark"
-    SPACE = "space"
+def _whole(option: str, text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        fail(f"{option} {text!r} must be a whole number")
 
 
-class StopChoice(str, enum.Enum):
-    ONE = "1"
-    ONE_POINT_FIVE = "1.5"
-    TWO = "2"
+def _number(option: str, text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        fail(f"{option} {text!r} must be a number")
+    if value != value or value in (float("inf"), float("-inf")):
+        fail(f"{option} {text!r} must be a finite number")
+    return value
+
+
+def _load_config(where: paths.Paths) -> Loaded:
+    from .configfile import ConfigSyntaxError, load
+
+    try:
+        return load(where.config)
+    except ConfigSyntaxError as exc:
+        fail(str(exc))
+
+
+# -- ports ---------------------------------------------------------------------------------------
 
 
 @app.command()
 def add(
-    device: Annotated[str, typer.Argument(help="Path of the virtual port to create, e.g. /dev/ttyV0")],
+    device: Annotated[str | None, typer.Argument(
+        metavar="DEVICE", show_default=False, help="Path of the virtual port to create, e.g. /dev/ttyV0")] = None,
     target: Annotated[str | None, typer.Argument(
-        help="host:port, rfc2217://, tcp:// or udp://host:port, [v6addr]:port (optional with --split-of)")] = None,
-    baud: Annotated[int, typer.Option(min=1, max=20_000_000, help="Speed of the freshly created port")] = 9600,
-    connect: Annotated[Connect, typer.Option(help="Connect when a program opens the port, or always")] = (
-        Connect.ON_OPEN),
-    linger: Annotated[float, typer.Option(min=0, max=86400, help="Seconds connected after the last close")] = 2.0,
-    owner: Annotated[str | None, typer.Option(help="Owner of the port (default: root when run as root)")] = None,
-    group: Annotated[str | None, typer.Option(help="Group of the port (default: dialout when run as root)")] = None,
-    mode: Annotated[str, typer.Option(help="Permissions of the port, octal")] = "0660",
-    retry_max: Annotated[float, typer.Option(min=0.1, max=86400, help="Longest wait between reconnects, s")] = 15.0,
-    split_of: Annotated[str | None, typer.Option(
-        help="Share the connection of this existing port: both get the remote's data")] = None,
-    data_bits: Annotated[int | None, typer.Option(min=5, max=8, help="Pin data bits (the pty cannot carry them)")] = (
+        metavar="TARGET", show_default=False,
+        help="host:port or rfc2217://host:port (RFC 2217), tcp://host:port (raw TCP), udp://host:port (UDP); "
+             "IPv6 as [addr]:port.  May be left out with --split-of")] = None,
+    baud: Annotated[str | None, typer.Option(metavar="N", show_default=False,
+                                             help="Speed of the freshly created port [default: 9600]")] = None,
+    connect: Annotated[str | None, typer.Option(
+        metavar="on-open|always", show_default=False, autocompletion=_choices("on-open", "always"),
+        help="Connect when a program opens the port, or keep connected [default: on-open]")] = None,
+    linger: Annotated[str | None, typer.Option(
+        metavar="S", show_default=False, help="With on-open: seconds connected after the last close [default: 2]")] = (
         None),
-    parity: Annotated[ParityChoice | None, typer.Option(help="Pin parity (the pty cannot carry it)")] = None,
-    stop_bits: Annotated[StopChoice | None, typer.Option(help="Pin stop bits")] = None,
-    pin_baud: Annotated[bool, typer.Option(help="Pin --baud: the program's speed changes are not sent")] = False,
-    hangup_on_dcd: Annotated[bool, typer.Option(help="Hang the program up when the remote drops DCD and "
-                                                     "its termios has CLOCAL off")] = True,
+    owner: Annotated[str | None, typer.Option(metavar="USER", show_default=False,
+                                              help="Owner of the port [default: root when run as root]")] = None,
+    group: Annotated[str | None, typer.Option(metavar="GROUP", show_default=False,
+                                              help="Group of the port [default: dialout when run as root]")] = None,
+    mode: Annotated[str | None, typer.Option(metavar="MODE", show_default=False,
+                                             help="Permissions of the port, octal [default: 0660]")] = None,
+    retry_max: Annotated[str | None, typer.Option(
+        metavar="S", show_default=False, help="Longest wait between reconnect attempts, seconds [default: 15]")] = None,
+    split_of: Annotated[str | None, typer.Option(
+        metavar="PORT", show_default=False,
+        help="Share the connection of this existing port: both get the remote's data")] = None,
+    data_bits: Annotated[str | None, typer.Option(
+        metavar="5|6|7|8", show_default=False, help="Pin data bits (the pty cannot carry them)")] = None,
+    parity: Annotated[str | None, typer.Option(
+        metavar="none|even|odd|mark|space", show_default=False,
+        autocompletion=_choices("none", "even", "odd", "mark", "space"),
+        help="Pin parity (the pty cannot carry it)")] = None,
+    stop_bits: Annotated[str | None, typer.Option(
+        metavar="1|1.5|2", show_default=False, autocompletion=_choices("1", "1.5", "2"), help="Pin stop bits")] = None,
+    pin_baud: Annotated[bool | None, typer.Option(
+        "--pin-baud/--no-pin-baud", show_default=False,
+        help="Pin --baud: the program's speed changes are not sent [default: no]")] = None,
+    hangup_on_dcd: Annotated[bool | None, typer.Option(
+        "--hangup-on-dcd/--no-hangup-on-dcd", show_default=False,
+        help="Hang the program up when the remote drops DCD and its termios has CLOCAL off [default: on]")] = None,
+    from_file: Annotated[str | None, typer.Option(
+        "--from", metavar="FILE", show_default=False,
+        help="Create every [[port]] table of this TOML file ('-': standard input) in one go; options given "
+             "here are the defaults of its entries")] = None,
 ) -> None:
-    """Create a virtual serial port that reaches TARGET."""
-    device = os.path.abspath(device)
-    try:
-        if split_of:
-            split_of = os.path.abspath(split_of)
-            if target is None:
-                target = _ask("status", device=split_of)["port"]["target"]
-        if target is None:
-            fail("missing TARGET (host:port); only --split-of ports may leave it out", 2)
-        target = str(parse_target(target))
-        if os.geteuid() == 0:
-            owner = owner or "root"
-            group = group or "dialout"
-        port = PortConfig(device=device, target=target, baud=baud, connect=connect.value, linger=linger,
-                          owner=owner, group=group, mode=parse_mode(mode), retry_max=retry_max,
-                          split_of=split_of, data_bits=data_bits, parity=parity.value if parity else None,
-                          stop_bits=stop_bits.value if stop_bits else None, pin_baud=pin_baud,
-                          hangup_on_dcd=hangup_on_dcd)
-        check_port_path(device, replace_symlink=False)
-    except (TargetError, ConfigError, PortPathError) as exc:
-        fail(str(exc))
-    _ensure_manager()
-    _ask("add", port=port.to_json())
-    print(f"{device} -> {target}")
-
-
-class Protocol(str, enum.Enum):
-    RFC2217 = "rfc2217"
-    TCP = "tcp"
-    UDP = "udp"
-
-
-class SlowClient(str, enum.Enum):
-    DROP = "drop"
-    DISCONNECT = "disconnect"
-
-
-class Control(str, enum.Enum):
-    ALL = "all"
-    FIRST = "first"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
-    text = text.strip()
-    if ":" in text or text.startswith("["):
-        try:
-            host, port_text = split_host_port(text)
-        except TargetError as exc:
-            raise ShareError(f"listen address {text!r}: {exc}") from None
+    """Create a virtual serial port that reaches TARGET (starts a manager if none runs)."""
+    options = _port_options(baud=baud, connect=connect, linger=linger, owner=owner, group=group, mode=mode,
+                            retry_max=retry_max, split_of=split_of, data_bits=data_bits, parity=parity,
+                            stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd)
+    if from_file is not None:
+        if device is not None or target is not None:
+            fail("--from takes the ports from the file: give no DEVICE or TARGET with it", 2)
+        ports = _ports_from_file(from_file, options)
     else:
-        host, port_text = "", text
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ShareError(f"listen address {text!r}: port must be a number between 1 and 65535")
-    return host or "127.0.0.1", int(port_text)
-
-
-@app.command()
-def share(
-    device: Annotated[str, typer.Argument(help="Local serial device (/dev/ttyUSB0, any tty) or sim:echo|gps|modem")],
-    listen: Annotated[str, typer.Option(help="[HOST]:PORT to listen on; loopback unless a host is named")] = (
-        "127.0.0.1:4001"),
-    protocol: Annotated[Protocol, typer.Option(help="rfc2217, raw tcp or udp")] = Protocol.RFC2217,
-    slow_client: Annotated[SlowClient, typer.Option(help="A client that cannot keep up loses its oldest data, "
-                                                         "or is disconnected")] = SlowClient.DROP,
-    client_buffer: Annotated[int, typer.Option(help="Bytes queued per client before the slow-client policy acts")] = (
-        65536),
-    control: Annotated[Control, typer.Option(help="Who may change settings and signals: all clients, or the "
-                                                   "longest-connected one")] = Control.ALL,
-    max_clients: Annotated[int, typer.Option(help="Clients at once; one more is refused")] = 32,
-    foreground: Annotated[bool, typer.Option(help="Serve in this process, without a manager (vcom-share@.service)")] = (
-        False),
-) -> None:
-    """Serve a local serial device to network clients (kept in the config, started with the manager)."""
-    if not device.lower().startswith("sim:"):
-        device = os.path.abspath(device)
-    try:
-        host, port = parse_listen(listen)
-        config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol.value,
-                             slow_client=slow_client.value, client_buffer=client_buffer, control=control.value,
-                             max_clients=max_clients)
-    except ShareError as exc:
-        fail(str(exc))
-    if foreground:
-        _share_in_foreground(config)
-        return
+        if device is None:
+            fail("missing DEVICE: vcom add DEVICE TARGET [options] (or vcom add --from FILE)", 2)
+        ports = [_port(device, target, options)]
+    for port in ports:
+        _check_port_path(port.device)
     _ensure_manager()
-    answer = _ask("share", share=config.to_json())
-    print(f"{device} shared as {protocol.value} on {answer['share']['listen']}")
+    if from_file is None:
+        _ask("add", port=ports[0].to_json())
+    else:
+        _ask("add", ports=[port.to_json() for port in ports])
+    for port in ports:
+        print(f"{port.device} -> {port.target}")
 
 
-def _share_in_foreground(config: ShareConfig) -> None:
-    from .sdnotify import notify
-    from .share import Share
+def _port_options(**given: Any) -> dict[str, Any]:
+    """The options given on the command line, converted; absent ones are left out."""
+    options: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            _typed[key] = value
+        if key in _WHOLE:
+            value = _whole(option_name(key), value)
+        elif key in _SECONDS:
+            value = _number(option_name(key), value)
+        elif key == "split_of":
+            value = os.path.abspath(value)
+        options[key] = value
+    if os.geteuid() == 0:
+        options.setdefault("owner", "root")
+        options.setdefault("group", "dialout")
+    return options
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = Share(config)
-        await server.start()
-        notify(f"READY=1\nSTATUS=serving {config.device} on {server.listen}")
+def _port(device: str, target: str | None, options: dict[str, Any],
+          batch: dict[str, PortConfig] | None = None) -> PortConfig:
+    from .config import ConfigError, PortConfig
+
+    values = {**options, "device": os.path.abspath(device)}
+    if target is None and values.get("split_of"):
+        target = _target_of(values["split_of"], batch or {})
+    if target is None:
+        fail("missing TARGET (host:port); only --split-of ports may leave it out", 2)
+    values["target"] = target
+    try:
+        port = PortConfig.from_json(values)
+    except ConfigError as exc:
+        fail_option(exc)
+    # Kept in the file as vcom writes it: rfc2217://host:port rather than host:port.
+    return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
+
+
+def _target_of(primary: str, batch: dict[str, PortConfig]) -> str:
+    if primary in batch:
+        return batch[primary].target
+    return str(_ask("status", device=primary)["port"]["target"])
+
+
+def _ports_from_file(name: str, options: dict[str, Any]) -> list[PortConfig]:
+    from .config import ConfigError
+    from .configfile import ConfigSyntaxError, header_lines, parse_toml
+
+    source = Path("<stdin>" if name == "-" else name)
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        data = parse_toml(source, text)
+    except ConfigSyntaxError as exc:
+        fail(str(exc))
+    except UnicodeDecodeError:
+        fail(f"{name}: not UTF-8 text")
+    except OSError as exc:
+        fail(f"cannot read {name}: {(exc.strerror or str(exc)).lower()}")
+    entries = data.get("port")
+    others = sorted(set(data) - {"port"})
+    if others or not isinstance(entries, list) or not entries:
+        fail(f"{name}: expected [[port]] tables only (as in the config file), one per port")
+    lines = header_lines(text, data)["port"]
+    batch: dict[str, PortConfig] = {}
+    for index, entry in enumerate(entries, 1):
+        where = f"{name}:{lines[index - 1]}" if lines else name
+        if not isinstance(entry, dict) or not isinstance(entry.get("device"), str):
+            fail(f"{where}: [[port]] #{index}: needs a device = \"/dev/...\"")
+        values = {**options, **entry}
+        if isinstance(values.get("split_of"), str):
+            values["split_of"] = os.path.abspath(values["split_of"])
+        device = values.pop("device")
+        target = values.pop("target", None)
         try:
-            await stop.wait()
-        finally:
-            notify("STOPPING=1")
-            await server.close()
+            port = _port_quietly(device, target, values, batch)
+        except ConfigError as exc:
+            fail(f"{where}: [[port]] #{index} ({device}): {exc}")
+        if port.device in batch:
+            fail(f"{where}: [[port]] #{index}: {port.device} is given twice")
+        batch[port.device] = port
+    return list(batch.values())
+
+
+def _port_quietly(device: str, target: object, values: dict[str, Any], batch: dict[str, PortConfig]) -> PortConfig:
+    """Like _port, but a refused entry raises ConfigError (named by its key, as in a file)."""
+    from .config import ConfigError, PortConfig
+
+    values = {**values, "device": os.path.abspath(device)}
+    if target is None and isinstance(values.get("split_of"), str):
+        target = _target_of(values["split_of"], batch)
+    if target is None:
+        raise ConfigError("needs a target (only split_of ports may leave it out)")
+    port = PortConfig.from_json({**values, "target": target})
+    return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
+
+
+def _check_port_path(device: str) -> None:
+    from .portpath import PortPathError, check_port_path
 
     try:
-        asyncio.run(serve())
-    except ShareError as exc:
+        check_port_path(device, replace_symlink=False)
+    except PortPathError as exc:
+        if _is_configured("port", device):
+            fail(f"{device} is already a vcom port (vcom remove {device} first)")
         fail(str(exc))
 
 
-@app.command()
-def unshare(device: Annotated[str, typer.Argument(help="The shared device", autocompletion=complete_devices)]) -> None:
-    """Stop sharing a device."""
-    _ask("unshare", device=device if device.lower().startswith("sim:") else os.path.abspath(device))
+def _is_configured(table: str, device: str) -> bool:
+    from .configfile import ConfigSyntaxError, load
+
+    try:
+        loaded = load(paths.resolve().config)
+    except ConfigSyntaxError:
+        return False
+    return any(p.device == device for p in (loaded.ports if table == "port" else loaded.shares))
 
 
 @app.command()
-def remove(device: Annotated[str, typer.Argument(help="Path of the virtual port",
+def remove(device: Annotated[str, typer.Argument(metavar="DEVICE", help="Path of the virtual port",
                                                  autocompletion=complete_devices)]) -> None:
-    """Remove a virtual port."""
-    _ask("remove", device=os.path.abspath(device))
+    """Remove a virtual port (its symlink goes, its connection closes, its entry leaves the config)."""
+    _remove_or_edit("port", os.path.abspath(device))
+
+
+@app.command()
+def unshare(device: Annotated[str, typer.Argument(metavar="DEVICE", help="The shared device, or sim:NAME",
+                                                  autocompletion=complete_devices)]) -> None:
+    """Stop sharing a device (and take it out of the config)."""
+    _remove_or_edit("share", device.lower() if device.lower().startswith("sim:") else os.path.abspath(device))
+
+
+def _remove_or_edit(table: str, device: str) -> None:
+    """Ask the manager; with none running, edit the config file alone."""
+    where = paths.resolve()
+    cmd = "remove" if table == "port" else "unshare"
+    try:
+        answer = control.request(where.socket, cmd, device=device)
+    except control.NotRunning:
+        _edit_without_manager(where, table, device)
+        return
+    except control.ControlError as exc:
+        fail(str(exc))
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "the manager refused the request")))
+
+
+def _edit_without_manager(where: paths.Paths, table: str, device: str) -> None:
+    from .configfile import ConfigFile, ConfigSyntaxError
+
+    config = ConfigFile(where.config)
+    try:
+        loaded = config.load()
+        splits = [p.device for p in loaded.ports if p.split_of == device] if table == "port" else []
+        if splits:
+            fail(f"{device} has split ports ({', '.join(splits)}); remove them first")
+        removed = config.remove(table, device)
+    except ConfigSyntaxError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{where.config}: {(exc.strerror or str(exc)).lower()}")
+    if not removed:
+        fail(f"{device} is not a vcom {'port' if table == 'port' else 'share'} (no manager is running; "
+             f"{where.config} has no entry for it)")
+    if table == "port" and os.path.islink(device) and os.readlink(device).startswith("/dev/pts/"):
+        # Left by a manager that died; with none running nobody serves it.
+        os.unlink(device)
+    print(f"{device}: removed from {where.config} (no manager is running)")
 
 
 @app.command("list")
-def list_ports(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
-    """List the configured ports."""
-    answer = _ask("list")
-    if as_json:
-        print(json.dumps({"ports": answer["ports"], "shares": answer["shares"]}, indent=2))
+def list_ports(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    paths_only: Annotated[bool, typer.Option(
+        "--paths", help="Only the path of every configured port, one per line (for scripts that look for "
+                        "ports: pyserial's list_ports cannot see ptys)")] = False,
+) -> None:
+    """List the configured ports and shares, from the config file (no manager needed)."""
+    where = paths.resolve()
+    loaded = _load_config(where)
+    if paths_only:
+        for port in loaded.ports:
+            print(port.device)
         return
-    for port in answer["ports"]:
-        split = f" split-of={port['split_of']}" if port.get("split_of") else ""
-        print(f"{port['device']}  {port['target']}  baud={port['baud']} connect={port['connect']}{split}")
-    for item in answer["shares"]:
-        print(f"share {item['device']}  {item['protocol']} on {item['listen_host']}:{item['listen_port']}")
+    pid = _manager_pid(where)
+    if as_json:
+        print(json.dumps({"config": str(where.config), "manager": {"running": pid is not None, "pid": pid},
+                          "ports": [p.to_json() for p in loaded.ports],
+                          "shares": [s.to_json() for s in loaded.shares],
+                          "problems": [p.to_json() for p in loaded.problems]}, indent=2))
+        return
+    for port in loaded.ports:
+        split = f" split-of={port.split_of}" if port.split_of else ""
+        print(f"{port.device}  {port.target}  baud={port.baud} connect={port.connect}{split}")
+    for item in loaded.shares:
+        print(f"share {item.device}  {item.protocol} on {item.listen}")
+    for problem in loaded.problems:
+        print(f"unusable entry, skipped: {problem}")
+    manager = f"running (pid {pid})" if pid is not None else "not running"
+    print(f"config {where.config}; manager {manager}")
+
+
+def _manager_pid(where: paths.Paths) -> int | None:
+    try:
+        answer = control.request(where.socket, "ping", timeout=5)
+    except control.ControlError:
+        return None
+    return int(answer["pid"]) if answer.get("ok") and isinstance(answer.get("pid"), int) else None
 
 
 @app.command()
 def status(
-    device: Annotated[str | None, typer.Argument(help="One port (default: all)", autocompletion=complete_devices)] = (
-        None),
+    device: Annotated[str | None, typer.Argument(
+        metavar="[DEVICE]", show_default=False, help="One port or share (default: all)",
+        autocompletion=complete_devices)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     watch: Annotated[bool, typer.Option(help="Live full-screen view of every port (q quits, s sorts, / filters)")] = (
         False),
-    interval: Annotated[float, typer.Option(min=0.1, help="Refresh interval of --watch, seconds")] = 1.0,
+    interval: Annotated[str, typer.Option(metavar="S", help="Refresh interval of --watch, seconds")] = "1",
 ) -> None:
-    """Show state, remote, settings in force, traffic and errors of the ports."""
+    """Show state, remote, settings in force, traffic and errors of the ports (exit 3: no manager runs)."""
+    where = paths.resolve()
     if watch:
         from . import dashboard
 
-        where = paths.resolve()
+        seconds = _number("--interval", interval)
+        if seconds < 0.1:
+            fail(f"--interval {interval!r} must be at least 0.1 seconds")
 
         def fetch() -> dict[str, Any]:
             answer = control.request(where.socket, "status", timeout=5)  # ControlError: shown, retried
@@ -273,15 +435,22 @@ def status(
                 raise control.ControlError(str(answer.get("error")))
             return answer
 
-        dashboard.run(fetch, interval=interval)
+        dashboard.run(fetch, interval=seconds)
         return
     if device and not device.lower().startswith("sim:"):
         device = os.path.abspath(device)
-    answer = _ask("status", device=device)
+    try:
+        answer = control.request(where.socket, "status", device=device)
+    except control.NotRunning as exc:
+        _status_without_manager(where, str(exc), as_json)
+    except control.ControlError as exc:
+        fail(str(exc))
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "the manager refused the request")))
     if device:
         data: Any = answer.get("port") or answer.get("share")
     else:
-        data = {"ports": answer["ports"], "shares": answer["shares"]}
+        data = {"ports": answer["ports"], "shares": answer["shares"], "problems": answer.get("problems", [])}
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -292,6 +461,29 @@ def status(
         print(_format_status(port))
     for item in data["shares"]:
         print(_format_share(item))
+    for problem in data["problems"]:
+        print(f"unusable entry, skipped: {problem.get('message')}")
+
+
+def _status_without_manager(where: paths.Paths, reason: str, as_json: bool) -> NoReturn:
+    loaded = _load_config(where)
+    stale = [p.device for p in loaded.ports if os.path.islink(p.device)]
+    if as_json:
+        print(json.dumps({"manager": {"running": False}, "config": str(where.config),
+                          "ports": [{**p.to_json(), "state": "not running"} for p in loaded.ports],
+                          "shares": [{**s.to_json(), "device_state": "not running"} for s in loaded.shares],
+                          "problems": [p.to_json() for p in loaded.problems],
+                          "stale_links": stale}, indent=2))
+        raise SystemExit(EXIT_NOT_RUNNING)
+    counted = f"{len(loaded.ports)} port(s) and {len(loaded.shares)} share(s)"
+    lines = [f"vcom: {reason}; {where.config} configures {counted} (vcom list shows them). "
+             "Start the manager with 'vcom run' or 'systemctl start vcom'."]
+    if stale:
+        lines.append(f"vcom: {', '.join(stale)} still lead to the pty of a manager that stopped without "
+                     "cleaning up; the next start of the manager replaces them")
+    lines += [f"vcom: unusable entry, skipped: {problem}" for problem in loaded.problems]
+    print("\n".join(lines), file=sys.stderr)
+    raise SystemExit(EXIT_NOT_RUNNING)
 
 
 def _format_status(port: dict[str, Any]) -> str:
@@ -305,7 +497,7 @@ def _format_status(port: dict[str, Any]) -> str:
         + (f"   server: {port['signature']}" if port.get("signature") else ""),
         f"  bytes to remote {port.get('bytes_to_remote', 0)}, from remote {port.get('bytes_from_remote', 0)}, "
         f"dropped {port.get('dropped_bytes', 0)}, connects {port.get('connects', 0)}, "
-        f"reconnects {port.get('reconnects', 0)}",
+        f"reconnects after a loss {port.get('reconnects', 0)}",
     ]
     signals = port.get("signals") or {}
     if signals:
@@ -354,15 +546,119 @@ def _describe(s: dict[str, Any]) -> str:
     return f"{get('baud')} {frame}{flow}"
 
 
+# -- shares --------------------------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
+    from .config import ShareError
+    from .target import TargetError, split_host_port
+
+    text = text.strip()
+    if ":" in text or text.startswith("["):
+        try:
+            host, port_text = split_host_port(text)
+        except TargetError as exc:
+            raise ShareError(f"--listen {text!r}: {exc}") from None
+    else:
+        host, port_text = "", text
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ShareError(f"--listen {text!r}: the port must be a number between 1 and 65535")
+    return host or "127.0.0.1", int(port_text)
+
+
+@app.command()
+def share(
+    device: Annotated[str, typer.Argument(
+        metavar="DEVICE", help="Local serial device (/dev/ttyUSB0, any tty) or sim:echo, sim:gps, sim:modem")],
+    listen: Annotated[str, typer.Option(
+        metavar="[HOST]:PORT", help="Where to listen: PORT or :PORT (loopback), HOST:PORT, [V6ADDR]:PORT "
+                                    "([::]:PORT for every address)")] = "127.0.0.1:4001",
+    protocol: Annotated[str, typer.Option(metavar="rfc2217|tcp|udp", autocompletion=_choices("rfc2217", "tcp", "udp"),
+                                          help="RFC 2217 server, raw TCP or UDP")] = "rfc2217",
+    slow_client: Annotated[str, typer.Option(
+        metavar="drop|disconnect", autocompletion=_choices("drop", "disconnect"),
+        help="A client that cannot keep up loses its oldest data, or is disconnected")] = "drop",
+    client_buffer: Annotated[str, typer.Option(
+        metavar="N", help="Bytes queued per client before the slow-client policy acts")] = "65536",
+    control: Annotated[str, typer.Option(
+        metavar="all|first", autocompletion=_choices("all", "first"),
+        help="Who may change settings and signals: every client, or only the longest-connected one")] = "all",
+    max_clients: Annotated[str, typer.Option(metavar="N", help="Clients at once; one more is refused")] = "32",
+    foreground: Annotated[bool, typer.Option(
+        help="Serve in this process until SIGTERM, without a manager and without the config file "
+             "(what vcom-share@.service runs)")] = False,
+) -> None:
+    """Serve a local serial device to network clients (kept in the config, started with the manager)."""
+    from .config import ShareConfig, ShareError
+
+    if not device.lower().startswith("sim:"):
+        device = os.path.abspath(device)
+    _typed.update(client_buffer=client_buffer, max_clients=max_clients)
+    buffer = _whole("--client-buffer", client_buffer)
+    clients = _whole("--max-clients", max_clients)
+    try:
+        host, port = parse_listen(listen)
+        config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol,
+                             slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients)
+    except ShareError as exc:
+        fail_option(exc)
+    if foreground:
+        _share_in_foreground(config)
+        return
+    _ensure_manager()
+    answer = _ask("share", share=config.to_json())
+    print(f"{device} shared as {protocol} on {answer['share']['listen']}")
+
+
+def _share_in_foreground(config: ShareConfig) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from .config import ShareError
+    from .sdnotify import notify
+    from .share import Share
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = Share(config)
+        await server.start()
+        notify(f"READY=1\nSTATUS=serving {config.device} on {server.listen}")
+        try:
+            await stop.wait()
+        finally:
+            notify("STOPPING=1")
+            await server.close()
+
+    try:
+        asyncio.run(serve())
+    except ShareError as exc:
+        fail(str(exc))
+
+
+# -- watching ------------------------------------------------------------------------------------
+
+
 @app.command()
 def monitor(
-    device: Annotated[str, typer.Argument(help="The vcom port to watch", autocompletion=complete_devices)],
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="The vcom port to watch",
+                                          autocompletion=complete_devices)],
     raw: Annotated[bool, typer.Option(help="One JSON object per event, for piping")] = False,
-    output: Annotated[Path | None, typer.Option(help="Record to this file instead of the terminal")] = None,
+    output: Annotated[str | None, typer.Option(metavar="FILE", show_default=False,
+                                               help="Append to this file instead of the terminal")] = None,
 ) -> None:
     """Show a port's traffic (hex and ASCII, both ways) with settings, signal, purge and break events in order."""
     where = paths.resolve()
-    out = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        out = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - closed below
+    except OSError as exc:
+        fail(f"--output {output}: {(exc.strerror or str(exc)).lower()}")
     try:
         for event in control.stream(where.socket, "monitor", device=os.path.abspath(device)):
             lines = [json.dumps(event)] if raw else format_event(event)
@@ -403,24 +699,23 @@ def format_event(event: dict[str, Any]) -> list[str]:
     return [f"{stamp}  * {kind}" + (f" {details}" if details else "")]
 
 
-class LogFormat(str, enum.Enum):
-    TEXT = "text"
-    JSON = "json"
+# -- the manager ---------------------------------------------------------------------------------
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+def _setup_logging(level: int, json_lines: bool) -> None:
+    import logging
 
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+                     "logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                entry["exception"] = self.formatException(record.exc_info)
+            return json.dumps(entry)
 
-def _setup_logging(level: int, log_format: LogFormat) -> None:
     handler = logging.StreamHandler()
-    if log_format is LogFormat.JSON:
-        handler.setFormatter(_JsonFormatter())
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
@@ -428,17 +723,27 @@ def _setup_logging(level: int, log_format: LogFormat) -> None:
 
 @app.command()
 def run(
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
-    log_format: Annotated[LogFormat, typer.Option(help="text, or json (one object per line, for journald and log "
-                                                       "shippers)")] = LogFormat.TEXT,
-    metrics: Annotated[str | None, typer.Option(help="Serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9817")] = (
-        None),
+    log_level: Annotated[str, typer.Option(metavar="LEVEL", autocompletion=_choices("debug", "info", "warning",
+                                                                                    "error"),
+                                           help="debug, info, warning or error")] = "info",
+    log_format: Annotated[str, typer.Option(metavar="text|json", autocompletion=_choices("text", "json"),
+                                            help="text, or json (one object per line, for journald and log "
+                                                 "shippers)")] = "text",
+    metrics: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", show_default=False, help="Serve Prometheus metrics there, e.g. 127.0.0.1:9817")] = None,
 ) -> None:
-    """Run the manager in the foreground (for systemd and debugging)."""
-    level = getattr(logging, log_level.upper(), None)
+    """Run the manager in the foreground (for systemd and debugging); exit 78 on an unreadable config."""
+    import asyncio
+    import logging
+
+    level = getattr(logging, log_level.upper(), None) if log_level.lower() in ("debug", "info", "warning",
+                                                                              "error") else None
     if not isinstance(level, int):
-        fail(f"unknown log level {log_level!r} (use debug, info, warning or error)")
-    _setup_logging(level, log_format)
+        fail(f"--log-level {log_level!r} must be debug, info, warning or error")
+    if log_format not in ("text", "json"):
+        fail(f"--log-format {log_format!r} must be text or json")
+    _setup_logging(level, log_format == "json")
+    from .configfile import ConfigSyntaxError
     from .manager import Manager, ManagerError
 
     where = paths.resolve()
@@ -448,23 +753,33 @@ def run(
         try:
             parse_addr(metrics)
         except MetricsError as exc:
-            fail(str(exc))
+            fail(f"--metrics {metrics!r}: {exc}")
     try:
         asyncio.run(Manager(where, metrics=metrics).run())
+    except ConfigSyntaxError as exc:
+        fail(str(exc), EXIT_CONFIG)
     except (ManagerError, ValueError, OSError) as exc:
         fail(str(exc))
 
 
 @app.command()
 def demo(
-    seconds: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds (default: Ctrl-C)")] = (
-        None),
+    seconds: Annotated[str | None, typer.Option(metavar="S", show_default=False,
+                                                help="Stop after this many seconds (default: Ctrl-C)")] = None,
 ) -> None:
     """Run the whole chain on this machine: simulated GPS, built-in server, virtual port, a reading program."""
+    import asyncio
+    import logging
+
     from . import demo as demo_module
 
+    limit = None
+    if seconds is not None:
+        limit = _number("--seconds", seconds)
+        if limit < 0.1:
+            fail(f"--seconds {seconds!r} must be at least 0.1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    code = asyncio.run(demo_module.run(seconds))
+    code = asyncio.run(demo_module.run(limit))
     if code:
         fail("no position came through the virtual port", code)
 
@@ -516,6 +831,8 @@ def shutdown() -> None:
 
 def _ensure_manager() -> None:
     """Start a background manager unless one answers, and wait until it does."""
+    import subprocess
+
     where = paths.resolve()
     try:
         where.check()
@@ -523,6 +840,7 @@ def _ensure_manager() -> None:
         fail(str(exc))
     if control.manager_running(where.socket):
         return
+    _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
     with open(where.log, "ab") as log_file:
         proc = subprocess.Popen(
@@ -545,12 +863,48 @@ def _last_line(path: Path) -> str:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "no log"
-    return lines[-1] if lines else "no log"
+    return lines[-1].removeprefix("vcom: ") if lines else "no log"
+
+
+# -- usage errors --------------------------------------------------------------------------------
+
+
+def usage_message(exc: Exception) -> str:
+    """A usage error of the argument parser, in vcom's words."""
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "vcom"
+    help_hint = f"'{command} --help' lists {'the commands' if command == 'vcom' else 'its options'}"
+    text = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    if "NoSuchOption" in kinds:
+        name = getattr(exc, "option_name", "?")
+        similar = sorted(getattr(exc, "possibilities", None) or [])
+        maybe = f"; did you mean {' or '.join(similar)}?" if similar else ""
+        return f"unknown option {name}{maybe} ({help_hint})"
+    if "MissingParameter" in kinds:
+        param = getattr(exc, "param", None)
+        opts = getattr(param, "opts", None) or []
+        name = opts[0] if opts and opts[0].startswith("-") else (getattr(param, "metavar", None) or
+                                                                 str(getattr(param, "name", "?")).upper())
+        return f"missing {name} ({help_hint})"
+    if "BadOptionUsage" in kinds and "requires an argument" in text:
+        return f"{getattr(exc, 'option_name', '?')} needs a value"
+    match = re.search(r"unexpected extra argument(?:s|\(s\))? \((.*)\)", text)
+    if match:
+        return f"unexpected argument(s) {match.group(1)} ({help_hint})"
+    match = re.search(r"No such command '(.*)'", text)
+    if match:
+        return f"unknown command {match.group(1)!r} ({help_hint})"
+    if "BadParameter" in kinds:
+        param = getattr(exc, "param", None)
+        opts = getattr(param, "opts", None) or [str(getattr(param, "name", "?"))]
+        return f"{opts[0]}: not a valid value ({help_hint})"
+    return f"{text[:1].lower()}{text[1:]} ({help_hint})"
 
 
 def main() -> None:
     # click's exceptions are reached through typer (which may vendor its own click): usage errors carry
-    # format_message() and exit_code; they are shortened to one line instead of a usage box.
+    # format_message() and exit_code; they are reworded to one line instead of a usage box.
     try:
         code = app(prog_name="vcom", standalone_mode=False)
     except Exception as exc:
@@ -559,7 +913,7 @@ def main() -> None:
             exc.show()  # type: ignore[attr-defined]
             raise SystemExit(2) from None
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            fail(" ".join(exc.format_message().split()), exc.exit_code)
+            fail(usage_message(exc), exc.exit_code)
         if name == "Abort":
             fail("aborted", 130)
         raise
