@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
 app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts are plain: "[HOST]:PORT" and "[default: 9600]" are not markup
     pretty_exceptions_enable=False,
     help="Virtual serial ports on Linux that reach serial device servers over RFC 2217, raw TCP or UDP "
          "(vcom add), and the server side: a local serial device, or a simulated one, served to network "
          "clients over the same protocols (vcom share).",
     epilog="The config file is $VCOM_HOME/vcom.toml when VCOM_HOME is set; otherwise /etc/vcom/vcom.toml "
-           "for root and $XDG_CONFIG_HOME/vcom/vcom.toml (~/.config/vcom/vcom.toml) for other users. "
+           "for root and $XDG_CONFIG_HOME/vcom/vcom.toml (~/.config/vcom/vcom.toml) for other users; the "
+           "control socket, pid file and background log are in /run/vcom for root, else "
+           "$XDG_RUNTIME_DIR/vcom, or ~/.local/state/vcom without XDG_RUNTIME_DIR. "
            "'vcom COMMAND --help' shows the options of a command.",
 )
 
@@ -87,7 +91,7 @@ _typed: dict[str, str] = {}
 def fail_option(exc: ConfigError) -> NoReturn:
     """A refused setting, named as on the command line (``--retry-max``, not ``retry_max``)."""
     if exc.key in _typed:
-        fail(f"{option_name(exc.key)} {_typed[exc.key]} {exc.reason}")
+        fail(f"{option_name(exc.key)} {shlex.quote(_typed[exc.key])} {exc.reason}")
     fail(exc.named(option_name(exc.key)) if exc.key else str(exc))
 
 
@@ -102,20 +106,26 @@ def _ask(cmd: str, **args: Any) -> dict[str, Any]:
     return answer
 
 
+def _required(value: str | None, name: str, usage: str) -> str:
+    if value is None:
+        fail(f"missing {name}: {usage}", 2)
+    return value
+
+
 def _whole(option: str, text: str) -> int:
     try:
         return int(text.strip(), 10)
     except ValueError:
-        fail(f"{option} {text!r} must be a whole number")
+        fail(f"{option} {shlex.quote(text)} must be a whole number")
 
 
 def _number(option: str, text: str) -> float:
     try:
         value = float(text.strip())
     except ValueError:
-        fail(f"{option} {text!r} must be a number")
+        fail(f"{option} {shlex.quote(text)} must be a number")
     if value != value or value in (float("inf"), float("-inf")):
-        fail(f"{option} {text!r} must be a finite number")
+        fail(f"{option} {shlex.quote(text)} must be a finite number")
     return value
 
 
@@ -131,7 +141,7 @@ def _load_config(where: paths.Paths) -> Loaded:
 # -- ports ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(short_help="Create a virtual port that reaches a device server (RFC 2217, TCP, UDP)")
 def add(
     device: Annotated[str | None, typer.Argument(
         metavar="DEVICE", show_default=False, help="Path of the virtual port to create, e.g. /dev/ttyV0")] = None,
@@ -318,17 +328,20 @@ def _is_configured(table: str, device: str) -> bool:
     return any(p.device == device for p in (loaded.ports if table == "port" else loaded.shares))
 
 
-@app.command()
-def remove(device: Annotated[str, typer.Argument(metavar="DEVICE", help="Path of the virtual port",
-                                                 autocompletion=complete_devices)]) -> None:
+@app.command(short_help="Remove a virtual port")
+def remove(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False,
+                                                        help="Path of the virtual port",
+                                                        autocompletion=complete_devices)] = None) -> None:
     """Remove a virtual port (its symlink goes, its connection closes, its entry leaves the config)."""
-    _remove_or_edit("port", os.path.abspath(device))
+    _remove_or_edit("port", os.path.abspath(_required(device, "DEVICE", "vcom remove DEVICE")))
 
 
-@app.command()
-def unshare(device: Annotated[str, typer.Argument(metavar="DEVICE", help="The shared device, or sim:NAME",
-                                                  autocompletion=complete_devices)]) -> None:
+@app.command(short_help="Stop sharing a device")
+def unshare(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False,
+                                                         help="The shared device, or sim:NAME",
+                                                         autocompletion=complete_devices)] = None) -> None:
     """Stop sharing a device (and take it out of the config)."""
+    device = _required(device, "DEVICE", "vcom unshare DEVICE")
     _remove_or_edit("share", device.lower() if device.lower().startswith("sim:") else os.path.abspath(device))
 
 
@@ -370,7 +383,7 @@ def _edit_without_manager(where: paths.Paths, table: str, device: str) -> None:
     print(f"{device}: removed from {where.config} (no manager is running)")
 
 
-@app.command("list")
+@app.command("list", short_help="The configured ports and shares (no manager needed); --paths for scripts")
 def list_ports(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     paths_only: Annotated[bool, typer.Option(
@@ -410,7 +423,7 @@ def _manager_pid(where: paths.Paths) -> int | None:
     return int(answer["pid"]) if answer.get("ok") and isinstance(answer.get("pid"), int) else None
 
 
-@app.command()
+@app.command(short_help="State, settings in force, traffic and errors; --watch: live view")
 def status(
     device: Annotated[str | None, typer.Argument(
         metavar="[DEVICE]", show_default=False, help="One port or share (default: all)",
@@ -427,7 +440,7 @@ def status(
 
         seconds = _number("--interval", interval)
         if seconds < 0.1:
-            fail(f"--interval {interval!r} must be at least 0.1 seconds")
+            fail(f"--interval {shlex.quote(interval)} must be at least 0.1 seconds")
 
         def fetch() -> dict[str, Any]:
             answer = control.request(where.socket, "status", timeout=5)  # ControlError: shown, retried
@@ -559,18 +572,19 @@ def parse_listen(text: str) -> tuple[str, int]:
         try:
             host, port_text = split_host_port(text)
         except TargetError as exc:
-            raise ShareError(f"--listen {text!r}: {exc}") from None
+            raise ShareError(f"--listen {shlex.quote(text)}: {exc}") from None
     else:
         host, port_text = "", text
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ShareError(f"--listen {text!r}: the port must be a number between 1 and 65535")
+        raise ShareError(f"--listen {shlex.quote(text)}: the port must be a number between 1 and 65535")
     return host or "127.0.0.1", int(port_text)
 
 
-@app.command()
+@app.command(short_help="Serve a local serial device (or sim:echo|gps|modem) to network clients")
 def share(
-    device: Annotated[str, typer.Argument(
-        metavar="DEVICE", help="Local serial device (/dev/ttyUSB0, any tty) or sim:echo, sim:gps, sim:modem")],
+    device: Annotated[str | None, typer.Argument(
+        metavar="DEVICE", show_default=False,
+        help="Local serial device (/dev/ttyUSB0, any tty) or sim:echo, sim:gps, sim:modem")] = None,
     listen: Annotated[str, typer.Option(
         metavar="[HOST]:PORT", help="Where to listen: PORT or :PORT (loopback), HOST:PORT, [V6ADDR]:PORT "
                                     "([::]:PORT for every address)")] = "127.0.0.1:4001",
@@ -592,6 +606,8 @@ def share(
     """Serve a local serial device to network clients (kept in the config, started with the manager)."""
     from .config import ShareConfig, ShareError
 
+    device = _required(device, "DEVICE", "vcom share DEVICE [options]")
+    _typed.update(protocol=protocol, slow_client=slow_client, control=control)
     if not device.lower().startswith("sim:"):
         device = os.path.abspath(device)
     _typed.update(client_buffer=client_buffer, max_clients=max_clients)
@@ -645,15 +661,16 @@ def _share_in_foreground(config: ShareConfig) -> None:
 # -- watching ------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(short_help="A port's traffic both ways, with settings and signal events")
 def monitor(
-    device: Annotated[str, typer.Argument(metavar="DEVICE", help="The vcom port to watch",
-                                          autocompletion=complete_devices)],
+    device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False, help="The vcom port to watch",
+                                                 autocompletion=complete_devices)] = None,
     raw: Annotated[bool, typer.Option(help="One JSON object per event, for piping")] = False,
     output: Annotated[str | None, typer.Option(metavar="FILE", show_default=False,
                                                help="Append to this file instead of the terminal")] = None,
 ) -> None:
     """Show a port's traffic (hex and ASCII, both ways) with settings, signal, purge and break events in order."""
+    device = _required(device, "DEVICE", "vcom monitor DEVICE")
     where = paths.resolve()
     try:
         out = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - closed below
@@ -721,7 +738,7 @@ def _setup_logging(level: int, json_lines: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-@app.command()
+@app.command(short_help="The manager in the foreground (systemd, debugging)")
 def run(
     log_level: Annotated[str, typer.Option(metavar="LEVEL", autocompletion=_choices("debug", "info", "warning",
                                                                                     "error"),
@@ -739,9 +756,9 @@ def run(
     level = getattr(logging, log_level.upper(), None) if log_level.lower() in ("debug", "info", "warning",
                                                                               "error") else None
     if not isinstance(level, int):
-        fail(f"--log-level {log_level!r} must be debug, info, warning or error")
+        fail(f"--log-level {shlex.quote(log_level)} must be debug, info, warning or error")
     if log_format not in ("text", "json"):
-        fail(f"--log-format {log_format!r} must be text or json")
+        fail(f"--log-format {shlex.quote(log_format)} must be text or json")
     _setup_logging(level, log_format == "json")
     from .configfile import ConfigSyntaxError
     from .manager import Manager, ManagerError
@@ -753,7 +770,7 @@ def run(
         try:
             parse_addr(metrics)
         except MetricsError as exc:
-            fail(f"--metrics {metrics!r}: {exc}")
+            fail(f"--metrics {shlex.quote(metrics)}: {exc}")
     try:
         asyncio.run(Manager(where, metrics=metrics).run())
     except ConfigSyntaxError as exc:
@@ -762,7 +779,7 @@ def run(
         fail(str(exc))
 
 
-@app.command()
+@app.command(short_help="The whole chain on this machine: simulated GPS, server, port, reader")
 def demo(
     seconds: Annotated[str | None, typer.Option(metavar="S", show_default=False,
                                                 help="Stop after this many seconds (default: Ctrl-C)")] = None,
@@ -777,7 +794,7 @@ def demo(
     if seconds is not None:
         limit = _number("--seconds", seconds)
         if limit < 0.1:
-            fail(f"--seconds {seconds!r} must be at least 0.1")
+            fail(f"--seconds {shlex.quote(seconds)} must be at least 0.1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     code = asyncio.run(demo_module.run(limit))
     if code:
@@ -818,7 +835,7 @@ def preload_path() -> None:
     print(f"VCOM_LINES_SOCKET={where.lines}")
 
 
-@app.command()
+@app.command(short_help="Stop the running manager (its ports go until it runs again)")
 def shutdown() -> None:
     """Stop the running manager; its ports are removed until it starts again."""
     where = paths.resolve()
@@ -842,10 +859,14 @@ def _ensure_manager() -> None:
         return
     _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
+    # `python -m vcom` must find the package where this command found it (the installed launcher
+    # puts its own library directory on sys.path; a child would not inherit that).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     with open(where.log, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vcom", "run"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
             start_new_session=True, close_fds=True,
         )
     deadline = time.monotonic() + _MANAGER_START_TIMEOUT

@@ -277,8 +277,9 @@ class ConfigFile:
         if result is False:
             return False
         new_text = tomlkit.dumps(doc)
+        loaded = parse(self.path, new_text)  # what is written must read back: never write a broken file
         _replace(self.path, new_text)
-        self._known(parse(self.path, new_text))
+        self._known(loaded)
         return True if result is None else result
 
 
@@ -303,8 +304,9 @@ def _append_tables(doc: Any, table: str, entries: list[dict[str, object]]) -> No
 
     if table not in doc:
         doc.add(table, tomlkit.aot())
+    inline = not isinstance(doc[table], tomlkit.items.AoT)  # `port = [{...}]`: keep the user's form
     for entry in entries:
-        values = tomlkit.table()
+        values = tomlkit.inline_table() if inline else tomlkit.table()
         for key, value in entry.items():
             if value is not None:
                 values.add(key, value)
