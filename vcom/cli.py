@@ -923,9 +923,27 @@ def usage_message(exc: Exception) -> str:
     return f"{text[:1].lower()}{text[1:]} ({help_hint})"
 
 
+@app.callback()
+def _root() -> None:
+    # A callback keeps `vcom COMMAND` a command group even when _only_the_command_asked_for() leaves
+    # a single command registered.
+    pass
+
+
+def _only_the_command_asked_for(argv: list[str]) -> None:
+    """typer builds the parser of every command on each call (a sixth of a `vcom add`): keep only the
+    command named on the command line, when it names one."""
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    for info in app.registered_commands:
+        if name is not None and (info.name or info.callback.__name__.replace("_", "-")) == name:  # type: ignore
+            app.registered_commands = [info]
+            return
+
+
 def main() -> None:
     # click's exceptions are reached through typer (which may vendor its own click): usage errors carry
     # format_message() and exit_code; they are reworded to one line instead of a usage box.
+    _only_the_command_asked_for(sys.argv[1:])
     try:
         code = app(prog_name="vcom", standalone_mode=False)
     except Exception as exc:
