@@ -270,3 +270,31 @@ def test_editor_falls_back_to_a_full_edit_for_inline_arrays(tmp_path: Path) -> N
     text = path.read_text()
     assert text.startswith("# inline\n")
     assert [p.device for p in load(path).ports] == ["/dev/a", "/dev/b"]
+
+
+def test_editor_removes_one_table_with_its_comment(tmp_path: Path) -> None:
+    path = tmp_path / "vcom.toml"
+    text = ('# file comment\n\n# about a\n[[port]]\ndevice = "/dev/a"\ntarget = "h:1"\n\n'
+            '# about b\n[[port]]\ndevice = "/dev/b"  # keep this\ntarget = "h:2"\n\n'
+            '[[share]]\ndevice = "sim:echo"\n')
+    path.write_text(text)
+    config = ConfigFile(path)
+    config.load()
+    assert config.remove("port", "/dev/a")
+    assert path.read_text() == ('# file comment\n\n# about b\n[[port]]\ndevice = "/dev/b"  # keep this\n'
+                                'target = "h:2"\n\n[[share]]\ndevice = "sim:echo"\n')
+    assert config.remove("share", "SIM:echo")
+    assert not config.remove("port", "/dev/none")
+    assert [p.device for p in load(path).ports] == ["/dev/b"] and load(path).shares == []
+
+
+def test_editor_removal_is_exact_when_a_value_line_looks_like_a_header(tmp_path: Path) -> None:
+    """A multi-line array whose lines start with '[' would fool a line cut: the result is checked,
+    and tomlkit does the edit instead."""
+    path = tmp_path / "vcom.toml"
+    path.write_text('[[port]]\ndevice = "/dev/a"\ntarget = "h:1"\nnotes = [\n["x"],\n]\n\n'
+                    '[[port]]\ndevice = "/dev/b"\ntarget = "h:2"\n')
+    config = ConfigFile(path)
+    config.load()
+    assert config.remove("port", "/dev/a")
+    assert tomllib.loads(path.read_text()) == {"port": [{"device": "/dev/b", "target": "h:2"}]}
