@@ -347,10 +347,11 @@ def render_tables(table: str, entries: list[dict[str, object]]) -> str:
 
 def _append_tables(doc: Any, table: str, entries: list[dict[str, object]]) -> None:
     import tomlkit
+    from tomlkit.items import AoT
 
     if table not in doc:
         doc.add(table, tomlkit.aot())
-    inline = not isinstance(doc[table], tomlkit.items.AoT)  # `port = [{...}]`: keep the user's form
+    inline = not isinstance(doc[table], AoT)  # `port = [{...}]`: keep the user's form
     for entry in entries:
         values = tomlkit.inline_table() if inline else tomlkit.table()
         for key, value in entry.items():

@@ -214,7 +214,7 @@ class Manager:
             try:
                 return await handler(request)
             except (ConfigError, PortPathError, ManagerError, ShareError) as exc:
-                return {"ok": False, "error": str(exc), **({"key": exc.key} if isinstance(exc, ConfigError) else {})}
+                return {"ok": False, "error": str(exc)}
             except OSError as exc:  # the config file could not be written
                 return {"ok": False, "error": f"{self.paths.config}: {exc.strerror or exc}"}
 
@@ -311,6 +311,8 @@ class Manager:
     async def _cmd_unshare(self, request: dict[str, Any]) -> dict[str, Any]:
         device = _share_key(request.get("device"))
         if device not in self._share_configs:
+            if self._file.remove("share", device):  # an entry vcom could not use: the user wants it gone
+                return {"ok": True}
             raise ManagerError(f"{device} is not shared")
         self._file.remove("share", device)
         share = self.shares.pop(device, None)
