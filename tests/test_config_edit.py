@@ -298,3 +298,17 @@ def test_editor_removal_is_exact_when_a_value_line_looks_like_a_header(tmp_path:
     config.load()
     assert config.remove("port", "/dev/a")
     assert tomllib.loads(path.read_text()) == {"port": [{"device": "/dev/b", "target": "h:2"}]}
+
+
+def test_link_of_an_entry_made_unusable_after_a_crash_goes_at_the_next_start(vcom: Vcom, tmp_path: Path) -> None:
+    port = tmp_path / "ttyA"
+    vcom.add(port, f"tcp://127.0.0.1:{free_port()}")
+    for pid in vcom.manager_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not vcom.manager_pids(), 10, "the manager gone")
+    path = vcom.home / "vcom.toml"
+    path.write_text(path.read_text().replace("baud = 9600", 'baud = "9600"'))
+    assert os.path.islink(port)
+    vcom.add(tmp_path / "ttyB", f"tcp://127.0.0.1:{free_port()}")  # starts the manager
+    assert not os.path.lexists(port)
+    assert 'baud = "9600"' in path.read_text()  # the entry itself stays for the user to fix

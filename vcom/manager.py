@@ -147,6 +147,9 @@ class Manager:
     def _start_configured(self, loaded: configfile.Loaded) -> None:
         for problem in loaded.problems:
             log.error("%s (skipped; left in the file)", problem)
+            link = problem.device if problem.table == "port" and problem.device else None
+            if link and os.path.islink(link) and os.readlink(link).startswith("/dev/pts/"):
+                os.unlink(link)  # left by a crash, leading nowhere or to another program's pty
         self._share_configs = {cfg.device: cfg for cfg in loaded.shares}
         for cfg in sorted(loaded.ports, key=lambda c: c.split_of is not None):
             self._configs[cfg.device] = cfg
