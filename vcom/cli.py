@@ -933,7 +933,7 @@ def _root() -> None:
 def _only_the_command_asked_for(argv: list[str]) -> None:
     """typer builds the parser of every command on each call (a sixth of a `vcom add`): keep only the
     command named on the command line, when it names one."""
-    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    name = argv[0] if argv and not argv[0].startswith("-") else None
     for info in app.registered_commands:
         if name is not None and (info.name or info.callback.__name__.replace("_", "-")) == name:  # type: ignore
             app.registered_commands = [info]

@@ -87,6 +87,12 @@ what does not fit in its receive buffer.
 When the device goes away (USB unplug), every client is disconnected, new
 connections are closed at once, and the share tries to reopen the device
 every ``REOPEN_INTERVAL`` seconds.
+
+Modules: :mod:`.server` (the share: device, listener, clients, data both
+ways), :mod:`.clients` (what is kept per client; TCP clients),
+:mod:`.commands` (RFC 2217 commands), :mod:`.udp` (UDP clients by address),
+:mod:`.limits` (sizes and times).  The configuration, :class:`ShareConfig`,
+is in :mod:`vcom.config`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Everything runs on the caller's asyncio loop through two injectable
 callables, ``clock`` and ``call_later``, which default to the running loop's.
 Tests inject a simulated clock and step time deterministically, so pacing is
 checked by counting characters per simulated second, not by wall time.
+
+Modules: :mod:`.line` (line rate, timers, the pacer), :mod:`.uart` (the
+common UART), :mod:`.echo`, :mod:`.gps`, :mod:`.modem`.
 """
 
 from __future__ import annotations
