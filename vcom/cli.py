@@ -231,28 +231,28 @@ def _port_options(**given: Any) -> dict[str, Any]:
     return options
 
 
-def _port(device: str, target: str | None, options: dict[str, Any],
-          batch: dict[str, PortConfig] | None = None) -> PortConfig:
-    from .config import ConfigError, PortConfig
+def _port(device: str, target: str | None, options: dict[str, Any]) -> PortConfig:
+    """The port the command line asks for; a refusal names the option as typed."""
+    from .config import ConfigError
 
-    values = {**options, "device": os.path.abspath(device)}
-    if target is None and values.get("split_of"):
-        target = _target_of(values["split_of"], batch or {})
-    if target is None:
+    if target is None and not options.get("split_of"):
         fail("missing TARGET (host:port); only --split-of ports may leave it out", 2)
-    values["target"] = target
     try:
-        port = PortConfig.from_json(values)
+        return _port_quietly(device, target, options, {})
     except ConfigError as exc:
         fail_option(exc)
-    # Kept in the file as vcom writes it: rfc2217://host:port rather than host:port.
-    return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
 
 
 def _target_of(primary: str, batch: dict[str, PortConfig]) -> str:
+    """The target of the port a split port shares: from the same batch, or from the config file."""
+    from .config import ConfigError
+
     if primary in batch:
         return batch[primary].target
-    return str(_ask("status", device=primary)["port"]["target"])
+    for port in _load_config(paths.resolve()).ports:
+        if port.device == primary:
+            return port.target
+    raise ConfigError("is not a vcom port", "split_of", primary)
 
 
 def _ports_from_file(name: str, options: dict[str, Any]) -> list[PortConfig]:
@@ -295,7 +295,7 @@ def _ports_from_file(name: str, options: dict[str, Any]) -> list[PortConfig]:
 
 
 def _port_quietly(device: str, target: object, values: dict[str, Any], batch: dict[str, PortConfig]) -> PortConfig:
-    """Like _port, but a refused entry raises ConfigError (named by its key, as in a file)."""
+    """The port ``values`` define; ConfigError (naming the setting by its key) if it cannot be used."""
     from .config import ConfigError, PortConfig
 
     values = {**values, "device": os.path.abspath(device)}
@@ -304,6 +304,7 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
     if target is None:
         raise ConfigError("needs a target (only split_of ports may leave it out)")
     port = PortConfig.from_json({**values, "target": target})
+    # Kept in the file as vcom writes it: rfc2217://host:port rather than host:port.
     return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
 
 
