@@ -312,3 +312,18 @@ def test_link_of_an_entry_made_unusable_after_a_crash_goes_at_the_next_start(vco
     vcom.add(tmp_path / "ttyB", f"tcp://127.0.0.1:{free_port()}")  # starts the manager
     assert not os.path.lexists(port)
     assert 'baud = "9600"' in path.read_text()  # the entry itself stays for the user to fix
+
+
+def test_editor_keeps_a_linked_file_linked_and_its_mode(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere.toml"
+    real.write_text('[[port]]\ndevice = "/dev/a"\ntarget = "h:1"\n\n[[port]]\ndevice = "/dev/b"\ntarget = "h:2"\n')
+    real.chmod(0o640)
+    path = tmp_path / "vcom.toml"
+    path.symlink_to(real)
+    config = ConfigFile(path)
+    config.load()
+    assert config.remove("port", "/dev/a")
+    config.append("port", [{"device": "/dev/c", "target": "h:3"}])
+    assert path.is_symlink() and os.readlink(path) == str(real)
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert [p.device for p in load(path).ports] == ["/dev/b", "/dev/c"]

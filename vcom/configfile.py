@@ -379,7 +379,9 @@ def _ends_with_newline(fd: int, size: int) -> bool:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write the whole file anew, atomically, keeping its owner and mode."""
+    """Write the whole file anew, atomically, keeping its owner and mode (and the symlink, if the user
+    keeps the file elsewhere and links to it)."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".vcom.", suffix=".toml", dir=path.parent)
     try:
