@@ -215,8 +215,9 @@ class ConfigFile:
         self._refresh()
         for device in devices:
             if _device_key(table, device) in self._devices[table]:
-                raise ConfigError(f"{self.path} already has a [[{table}]] entry for {device} that vcom cannot "
-                                  f"use (vcom list shows why); fix or delete it first")
+                raise ConfigError(f"{self.path} already has a [[{table}]] entry for {device} that the manager "
+                                  "does not run: one vcom cannot use, or one added by hand while the manager "
+                                  "ran (vcom list shows which); fix or delete it first")
 
     def append(self, table: str, entries: list[dict[str, object]]) -> None:
         """Add ``entries`` as [[table]] tables at the end of the file, in one write."""
