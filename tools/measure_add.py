@@ -1,15 +1,18 @@
 """How long adding a port takes, early and late: `python tools/measure_add.py [COUNT] [VCOM]`.
 
-Starts a private manager (a temporary VCOM_HOME), adds COUNT ports (default 1000) through the
-control socket, then times `VCOM add` (default: the vcom next to this interpreter) for a few more
-ports at that size, and one `vcom add --from` of 100 ports.  Prints the mean time of the first and
-last 20 adds over the socket and of the command calls.  Every port reaches a closed local TCP port and
-connects only when opened, so nothing goes on the network.  Everything is removed at the end.
+Starts a private manager (a temporary VCOM_HOME), times `VCOM add` (default: the vcom next to this
+interpreter) with no port configured, adds COUNT ports (default 1000) through the control socket,
+times `VCOM add` again at that size, and one `vcom add --from` of 100 ports.  Prints medians (of the
+first and last 50 adds over the socket, of 10 command calls each, wall-clock and CPU time of the
+command), because other work on the machine makes single figures jump.  Every port reaches a closed
+local TCP port and connects only when opened, so nothing goes on the network.  Everything is removed
+at the end.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -29,10 +32,20 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def timed_cli(vcom: str, env: dict[str, str], *args: str) -> float:
+def timed_cli(vcom: str, env: dict[str, str], *args: str) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([vcom, *args], env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def medians(samples: list[tuple[float, float]]) -> str:
+    wall = statistics.median(s[0] for s in samples) * 1000
+    cpu = statistics.median(s[1] for s in samples) * 1000
+    return f"{wall:.0f} ms wall, {cpu:.0f} ms CPU"
 
 
 def main() -> None:
@@ -49,7 +62,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("the manager did not start")
             time.sleep(0.05)
-        cli_early = [timed_cli(vcom, env, "add", str(home / f"early{i}"), target) for i in range(5)]
+        cli_early = [timed_cli(vcom, env, "add", str(home / f"early{i}"), target) for i in range(10)]
         socket_times = []
         for i in range(count):
             port = PortConfig(device=str(home / f"tty{i}"), target=target)
@@ -58,16 +71,16 @@ def main() -> None:
             socket_times.append(time.perf_counter() - start)
             if not answer.get("ok"):
                 raise SystemExit(f"add #{i}: {answer.get('error')}")
-        cli_late = [timed_cli(vcom, env, "add", str(home / f"late{i}"), target) for i in range(5)]
+        cli_late = [timed_cli(vcom, env, "add", str(home / f"late{i}"), target) for i in range(10)]
         batch = home / "batch.toml"
         batch.write_text("".join(f'[[port]]\ndevice = "{home}/b{i}"\ntarget = "{target}"\n\n' for i in range(100)))
         bulk = timed_cli(vcom, env, "add", "--from", str(batch))
         ms = 1000.0
-        print(f"adds over the control socket: ports 1-20 mean {statistics.mean(socket_times[:20]) * ms:.1f} ms, "
-              f"ports {count - 19}-{count} mean {statistics.mean(socket_times[-20:]) * ms:.1f} ms")
-        print(f"'vcom add' (whole command): with 0 ports {statistics.median(cli_early) * ms:.0f} ms, "
-              f"with {count} ports {statistics.median(cli_late) * ms:.0f} ms (median of 5)")
-        print(f"'vcom add --from' with 100 ports in one call: {bulk * ms:.0f} ms")
+        print(f"adds over the control socket: median of ports 1-50 {statistics.median(socket_times[:50]) * ms:.1f} "
+              f"ms, of ports {count - 49}-{count} {statistics.median(socket_times[-50:]) * ms:.1f} ms")
+        print(f"'vcom add' (whole command), median of 10: with 10 ports {medians(cli_early)}; "
+              f"with {count + 10} ports {medians(cli_late)}")
+        print(f"'vcom add --from' with 100 ports in one call: {bulk[0] * ms:.0f} ms wall, {bulk[1] * ms:.0f} ms CPU")
     finally:
         subprocess.run([vcom, "shutdown"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60)
