@@ -58,15 +58,17 @@ install: install-system
 install-system: install-app install-units install-rules install-group
 	@echo "installed; start the manager with: systemctl enable --now vcom.service"
 
-# Built from a copy of the sources, so that setuptools leaves no build/ here.  pip's own launchers
-# (bin/) and direct_url.json name the build machine's interpreter and directory: they are dropped, and
-# the byte code is compiled with the final paths in it.
+# Built from a copy of the sources, so that setuptools leaves no build/ here, with the pip of a
+# throw-away venv (Debian's python3 has no pip of its own; python3-venv brings one).  pip's own
+# launchers (bin/), direct_url.json and RECORD name the build machine's interpreter and directories:
+# they are dropped, and the byte code is compiled with the final paths in it.
 install-app:
 	rm -rf $(DESTDIR)$(LIB)
-	src=$$(mktemp -d) && cp -r pyproject.toml README.md vcom "$$src"/ && \
-	  $(PYTHON) -m pip install -q --disable-pip-version-check --no-compile --no-warn-script-location \
-	    --target $(DESTDIR)$(LIB) "$$src"; \
-	  rc=$$?; rm -rf "$$src"; exit $$rc
+	tmp=$$(mktemp -d) && mkdir "$$tmp/src" && cp -r pyproject.toml README.md vcom "$$tmp/src"/ && \
+	  $(PYTHON) -m venv "$$tmp/venv" && \
+	  "$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
+	    --no-warn-script-location --target $(DESTDIR)$(LIB) "$$tmp/src"; \
+	  rc=$$?; rm -rf "$$tmp"; exit $$rc
 	rm -rf $(DESTDIR)$(LIB)/bin
 	find $(DESTDIR)$(LIB) -name direct_url.json -delete
 	find $(DESTDIR)$(LIB) -name RECORD -delete
