@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev iproute2 util-linux systemd udev mount \
           picocom mbpoll
 
-.PHONY: venv install test lint demo peers clean install-system uninstall install-venv install-units install-rules install-group
+.PHONY: venv install test lint demo peers clean install-system uninstall install-app install-units install-rules install-group
 
 # The development environment: .venv with vcom (editable) and the test tools.
 venv: $(VENV)/.installed
@@ -37,32 +37,48 @@ test: venv peers
 lint: venv
 	$(VENV)/bin/ruff check vcom tests
 
-# System-wide install, as root: a venv in $(PREFIX), `vcom` on the PATH, the systemd
-# units and udev rules, group vcom (may use the control socket).  DESTDIR stages
-# everything under another root (then no group is made and no daemon is told).
-PREFIX   ?= /opt/vcom
-BINDIR   ?= /usr/local/bin
-UNITDIR  ?= /etc/systemd/system
-RULESDIR ?= /etc/udev/rules.d
+# System-wide install, as root: vcom and its libraries in $(PREFIX)/lib/vcom, a launcher at
+# $(PREFIX)/bin/vcom run by the system's $(TARGET_PYTHON), `vcom` on the PATH, the systemd units and
+# udev rules, group vcom (may use the control socket).  DESTDIR stages everything under another root
+# (then no group is made and no daemon is told); the staged tree names no staging or build path, so it
+# can be packaged or copied into place as it is.
+PREFIX        ?= /opt/vcom
+BINDIR        ?= /usr/local/bin
+UNITDIR       ?= /etc/systemd/system
+RULESDIR      ?= /etc/udev/rules.d
+TARGET_PYTHON ?= /usr/bin/python3
 UNITS    := vcom.service vcom-share@.service
 RULES    := 90-vcom-share.rules 91-vcom-net.rules
+LIB      := $(PREFIX)/lib/vcom
 # The daemons are told only on the real root, and only when they run.
 SYSTEMD_UP = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
 UDEVD_UP   = [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null && udevadm control --ping 2>/dev/null
 
 install: install-system
 
-install-system: install-venv install-units install-rules install-group
+install-system: install-app install-units install-rules install-group
 	@echo "installed; start the manager with: systemctl enable --now vcom.service"
 
-# Built from a copy of the sources, so that setuptools leaves no build/ here.
-install-venv:
-	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
-	src=$$(mktemp -d) && cp -r pyproject.toml README.md vcom "$$src"/ && \
-	  $(DESTDIR)$(PREFIX)/bin/python -m pip install -q --disable-pip-version-check --upgrade "$$src"; \
-	  rc=$$?; rm -rf "$$src"; exit $$rc
-	install -d $(DESTDIR)$(BINDIR)
-	ln -sfn $(PREFIX)/bin/vcom $(DESTDIR)$(BINDIR)/vcom
+# Built from a copy of the sources, so that setuptools leaves no build/ here, with the pip of a
+# throw-away venv (Debian's python3 has no pip of its own; python3-venv brings one).  pip's own
+# launchers (bin/), direct_url.json and RECORD name the build machine's interpreter and directories:
+# they are dropped, and the byte code is compiled with the final paths in it.
+install-app:
+	rm -rf $(DESTDIR)$(LIB)
+	tmp=$$(mktemp -d) && mkdir "$$tmp/src" && cp -r pyproject.toml README.md vcom "$$tmp/src"/ && \
+	  $(PYTHON) -m venv "$$tmp/venv" && \
+	  "$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
+	    --no-warn-script-location --target $(DESTDIR)$(LIB) "$$tmp/src"; \
+	  rc=$$?; rm -rf "$$tmp"; exit $$rc
+	rm -rf $(DESTDIR)$(LIB)/bin
+	find $(DESTDIR)$(LIB) -name direct_url.json -delete
+	find $(DESTDIR)$(LIB) -name RECORD -delete
+	$(PYTHON) -m compileall -q $(if $(DESTDIR),-s $(DESTDIR) -p /) $(DESTDIR)$(LIB) >/dev/null
+	install -d $(DESTDIR)$(PREFIX)/bin
+	sed 's|@PYTHON@|$(TARGET_PYTHON)|' vcom/launcher.in > $(DESTDIR)$(PREFIX)/bin/vcom
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/vcom
+	if [ "$(PREFIX)/bin" != "$(BINDIR)" ]; then \
+	  install -d $(DESTDIR)$(BINDIR) && ln -sfn $(PREFIX)/bin/vcom $(DESTDIR)$(BINDIR)/vcom; fi
 
 # The units name the real PREFIX (not DESTDIR): that is where they will run it.
 install-units:
@@ -81,12 +97,14 @@ install-rules:
 install-group:
 	if [ -z "$(DESTDIR)" ] && ! getent group vcom >/dev/null; then groupadd --system vcom; fi
 
-# Removes what install-system put in place; /etc/vcom (the configuration) stays.
-# PREFIX is removed whole only if it is a venv: a PREFIX of /usr/local must survive a typo.
-# wrap-all is turned off first: a library still listed in /etc/ld.so.preload must never disappear.
+# Removes what install-system put in place; /etc/vcom (the configuration) stays.  Only vcom's own
+# files go: $(PREFIX) itself only if nothing else is left in it (a PREFIX of /usr/local survives).
+# wrap-all is turned off first, and the interposer library goes only if no longer listed in
+# /etc/ld.so.preload: a listed library that disappears would break every program start.
 uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/vcom ]; then $(PREFIX)/bin/vcom wrap-all off; fi
-	if ! grep -qs libvcom-interposer.so $(DESTDIR)/etc/ld.so.preload; then rm -rf $(DESTDIR)/usr/local/lib/vcom; fi
+	if ! grep -qs libvcom-interposer.so $(DESTDIR)/etc/ld.so.preload; then \
+	  rm -f $(DESTDIR)/usr/local/lib/libvcom-interposer.so; fi
 	if $(SYSTEMD_UP); then \
 	  systemctl disable --now vcom.service 2>/dev/null; systemctl stop 'vcom-share@*.service' 2>/dev/null; true; fi
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(RULESDIR)/,$(RULES)) \
@@ -94,7 +112,9 @@ uninstall:
 	if $(SYSTEMD_UP); then systemctl daemon-reload; fi
 	if $(UDEVD_UP); then udevadm control --reload; fi
 	if [ -L $(DESTDIR)$(BINDIR)/vcom ]; then rm -f $(DESTDIR)$(BINDIR)/vcom; fi
-	if [ -f $(DESTDIR)$(PREFIX)/pyvenv.cfg ]; then rm -rf $(DESTDIR)$(PREFIX); fi
+	if grep -qs '^# vcom launcher' $(DESTDIR)$(PREFIX)/bin/vcom; then rm -f $(DESTDIR)$(PREFIX)/bin/vcom; fi
+	rm -rf $(DESTDIR)$(LIB)
+	-rmdir $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX) 2>/dev/null
 	rm -rf $(DESTDIR)/var/cache/vcom
 	if [ -z "$(DESTDIR)" ] && getent group vcom >/dev/null; then groupdel vcom; fi
 

@@ -3,8 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from vcom.config import ConfigError, PortConfig, load, parse_mode, render, save
+from vcom.config import ConfigError, PortConfig, parse_mode
+from vcom.configfile import HEADER, ConfigFile, ConfigSyntaxError, load
 from vcom.share import ShareConfig
+
+
+def save(path: Path, ports: list[PortConfig], shares: list[ShareConfig] | None = None) -> None:
+    config = ConfigFile(path)
+    config.append("port", [p.to_json() for p in ports])
+    config.append("share", [s.to_json() for s in shares or []])
 
 
 def test_round_trip_through_the_file(tmp_path: Path) -> None:
@@ -42,8 +49,8 @@ def test_a_broken_entry_does_not_hide_the_others(tmp_path: Path) -> None:
 def test_not_toml_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "vcom.toml"
     path.write_text("[[port]\n")
-    loaded = load(path)
-    assert loaded.ports == [] and len(loaded.errors) == 1 and "not valid TOML" in loaded.errors[0]
+    with pytest.raises(ConfigSyntaxError, match="not valid TOML"):
+        load(path)
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
@@ -91,5 +98,7 @@ def test_modes() -> None:
             parse_mode(bad)
 
 
-def test_render_is_commented_for_people() -> None:
-    assert render([]).startswith("# vcom virtual ports and shares")
+def test_render_is_commented_for_people(tmp_path: Path) -> None:
+    save(tmp_path / "vcom.toml", [PortConfig(device="/dev/a", target="h:1")])
+    assert HEADER.startswith("# vcom virtual ports and shares")
+    assert (tmp_path / "vcom.toml").read_text().startswith(HEADER)

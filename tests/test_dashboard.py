@@ -160,7 +160,7 @@ def test_unknown_values_show_as_unknown() -> None:
     dashboard = Dashboard()
     dashboard.update({"ports": [{"device": "/dev/ttyV9", "signals": None, "state": None}]}, now=0.0)
     (row,) = rows(screen(dashboard, width=160))
-    assert row.split() == ["/dev/ttyV9", "?", "?", "?", "?", "?", "?", "?", "?", "?", "-", "-", "0", "?"]
+    assert row.split() == ["/dev/ttyV9", "?", "?", "?", "?", "?", "?", "?", "?", "?", "-", "-", "0", "?", "?"]
 
 
 def test_header_totals_and_shares_table() -> None:

@@ -42,7 +42,7 @@ def start_manager(vcom: Vcom) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=vcom.env, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=log)
     log.close()
-    wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
+    wait_until(lambda: vcom.cli("status").returncode == 0, 15, "manager answering")
     return proc
 
 
@@ -133,7 +133,7 @@ def test_control_socket_refuses_users_outside_root_and_group_vcom():
         assert reply["ok"] is False
         assert "permission denied" in reply["error"] and "vcom" in reply["error"]
         assert "ports" not in reply
-        assert vcom.cli("list").returncode == 0  # root still gets in
+        assert vcom.cli("status").returncode == 0  # root still gets in
     finally:
         vcom.close()
         shutil.rmtree(home, ignore_errors=True)

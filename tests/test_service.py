@@ -175,7 +175,7 @@ def test_json_logs_are_one_object_per_line(vcom: Vcom, tmp_path):
     manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--log-format", "json"], env=vcom.env,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
+        wait_until(lambda: vcom.cli("status").returncode == 0, 15, "manager answering")
     finally:
         manager.send_signal(signal.SIGTERM)
         _, err = manager.communicate(timeout=15)

@@ -32,7 +32,6 @@ import pytest
 import serial
 from peers import PtyDevice, free_port, read_exact, wait_until, write_all
 
-from vcom import share as share_module
 from vcom.device import Device
 from vcom.serialdev import READ_CHUNK, TX_BUFFER, SerialDevice
 from vcom.share import (
@@ -41,6 +40,7 @@ from vcom.share import (
     ShareConfig,
     ShareError,
 )
+from vcom.share import limits as share_module
 
 TIMEOUT = 10.0
 

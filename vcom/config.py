@@ -1,34 +1,60 @@
-"""Port and share definitions and the human-editable TOML file that keeps them.
+"""Port and share definitions: what one ``[[port]]`` or ``[[share]]`` table of the config file, or one
+``vcom add`` / ``vcom share`` command, asks for, checked completely before anything is created.
 
-The file holds ``[[port]]`` tables, one per virtual port, with the names of
-the ``vcom add`` options, and ``[[share]]`` tables, one per shared local
-device, with the names of :class:`vcom.share.ShareConfig`.  It is read with :mod:`tomllib` and written
-by hand (the format is flat: strings, numbers, booleans), atomically, so a
-crash never leaves half a file.  A broken entry is reported and skipped: one
-bad port never keeps the others from starting.
+Every refusal is a :class:`ConfigError` that knows which setting it is about, so that the file's
+messages name the key (``retry_max``) and the command's name the option as typed (``--retry-max``).
+Reading and editing the file is :mod:`vcom.configfile`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
-import tomllib
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+import ipaddress
+import re
+from dataclasses import dataclass, fields
+from typing import Any
 
 from .settings import Parity, StopBits
-from .share import ShareConfig, ShareError
-from .target import Target, parse_target
-
-log = logging.getLogger(__name__)
+from .target import Target, TargetError, join_host_port, parse_target
 
 CONNECT_POLICIES = ("on-open", "always")
 
+PROTOCOLS = ("rfc2217", "tcp", "udp")
+SLOW_CLIENT_POLICIES = ("drop", "disconnect")
+CONTROL_POLICIES = ("all", "first")
+MIN_CLIENT_BUFFER = 1024
+MAX_CLIENT_BUFFER = 64 * 1024 * 1024
+MAX_CLIENTS = 1024
+
+_NO_VALUE = object()
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
 
 class ConfigError(ValueError):
-    """A port definition that cannot be used, with a one-line reason."""
+    """A definition that cannot be used: one line, and the setting it is about (``key``) if there is one."""
+
+    def __init__(self, reason: str, key: str | None = None, value: object = _NO_VALUE, *,
+                 label: str | None = None) -> None:
+        self.reason = reason
+        self.key = key
+        self.value = value
+        super().__init__(self.named(label or key) if key else reason)
+
+    def named(self, name: str) -> str:
+        """The message with the setting called ``name`` (a TOML key, or an option as typed)."""
+        if self.value is _NO_VALUE:
+            return f"{name} {self.reason}"
+        return f"{name} {_show(self.value)} {self.reason}"
+
+
+class ShareError(ConfigError):
+    """A share that cannot be configured or started, with a one-line reason."""
+
+
+def _show(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# -- ports ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,131 +103,138 @@ class PortConfig:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> PortConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_json(cls, data: dict[str, Any]) -> PortConfig:
+        unknown = _unknown(data, cls)
         if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
-        values = dict(data)
-        if "device" not in values or "target" not in values:
+            raise ConfigError(f"unknown setting(s) {unknown}")
+        if "device" not in data or "target" not in data:
             raise ConfigError("a port needs both 'device' and 'target'")
+        values = dict(data)
         if isinstance(values.get("mode"), str):
             values["mode"] = parse_mode(str(values["mode"]))
-        try:
-            return cls(**values)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+        return cls(**values)
 
 
 def parse_mode(text: str) -> int:
     try:
         mode = int(text, 8)
     except ValueError:
-        raise ConfigError(f"mode {text!r} is not an octal number such as 0660") from None
+        raise ConfigError("is not an octal number such as 0660", "mode", text) from None
     if not 0 <= mode <= 0o777:
-        raise ConfigError(f"mode {text!r} is out of range 0000-0777")
+        raise ConfigError("is out of range 0000-0777", "mode", text)
     return mode
 
 
 def validate(port: PortConfig) -> None:
     if not isinstance(port.device, str) or not port.device.startswith("/"):
-        raise ConfigError(f"device {port.device!r} must be an absolute path")
+        raise ConfigError("must be an absolute path", "device", port.device)
+    if not isinstance(port.target, str):
+        raise ConfigError("must be a string such as \"host:port\"", "target", port.target)
     try:
         parse_target(port.target)
-    except ValueError as exc:
+    except TargetError as exc:
         raise ConfigError(str(exc)) from None
-    if not isinstance(port.baud, int) or isinstance(port.baud, bool) or not 1 <= port.baud <= 20_000_000:
-        raise ConfigError(f"baud {port.baud!r} must be a whole number between 1 and 20000000")
+    _check_number("baud", port.baud, 1, 20_000_000, whole=True, what="a whole number between 1 and 20000000")
     if port.connect not in CONNECT_POLICIES:
-        raise ConfigError(f"connect policy {port.connect!r} must be one of {', '.join(CONNECT_POLICIES)}")
+        raise ConfigError(f"must be one of {', '.join(CONNECT_POLICIES)}", "connect", port.connect)
     for name in ("linger", "retry_max"):
+        _check_number(name, getattr(port, name), 0, 86400, whole=False,
+                      what="a number of seconds between 0 and 86400")
+    for name in ("owner", "group"):
         value = getattr(port, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or value > 86400:
-            raise ConfigError(f"{name} {value!r} must be a number of seconds between 0 and 86400")
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError("must be a user or group name", name, value)
     if port.split_of is not None and (not isinstance(port.split_of, str) or not port.split_of.startswith("/")):
-        raise ConfigError(f"split_of {port.split_of!r} must be the absolute path of another port")
+        raise ConfigError("must be the absolute path of another port", "split_of", port.split_of)
     if port.split_of == port.device:
         raise ConfigError(f"{port.device} cannot be split from itself")
-    if port.data_bits is not None and port.data_bits not in (5, 6, 7, 8):
-        raise ConfigError(f"data bits {port.data_bits!r} must be 5, 6, 7 or 8")
+    if port.data_bits is not None and (port.data_bits not in (5, 6, 7, 8) or isinstance(port.data_bits, bool)):
+        raise ConfigError("must be 5, 6, 7 or 8", "data_bits", port.data_bits)
     if port.parity is not None and port.parity not in {p.value for p in Parity}:
-        raise ConfigError(f"parity {port.parity!r} must be one of {', '.join(p.value for p in Parity)}")
+        raise ConfigError(f"must be one of {', '.join(p.value for p in Parity)}", "parity", port.parity)
     if port.stop_bits is not None and port.stop_bits not in {s.value for s in StopBits}:
-        raise ConfigError(f"stop bits {port.stop_bits!r} must be one of {', '.join(s.value for s in StopBits)}")
+        raise ConfigError(f"must be one of {', '.join(s.value for s in StopBits)}", "stop_bits", port.stop_bits)
     for name in ("pin_baud", "hangup_on_dcd"):
         if not isinstance(getattr(port, name), bool):
-            raise ConfigError(f"{name} must be true or false")
-    if not isinstance(port.mode, int) or not 0 <= port.mode <= 0o777:
-        raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
+            raise ConfigError("must be true or false", name, getattr(port, name))
+    if not isinstance(port.mode, int) or isinstance(port.mode, bool) or not 0 <= port.mode <= 0o777:
+        raise ConfigError("is out of range 0000-0777", "mode", port.mode)
 
 
-@dataclass(slots=True)
-class Loaded:
-    ports: list[PortConfig] = field(default_factory=list)
-    shares: list[ShareConfig] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # one line per entry that was skipped
+# -- shares --------------------------------------------------------------------------------------
 
 
-def load(path: Path) -> Loaded:
-    """Read the config file: the usable ports and shares, and one error line per unusable entry."""
+@dataclass(frozen=True, slots=True)
+class ShareConfig:
+    device: str  # "/dev/ttyUSB0" or "sim:echo"
+    listen_host: str = "127.0.0.1"  # loopback unless the user names another address
+    listen_port: int = 0  # 0: the kernel picks one; the bound port is Share.port
+    protocol: str = "rfc2217"  # "rfc2217" | "tcp" | "udp"
+    slow_client: str = "drop"  # "drop" the slow client's oldest queued data, or "disconnect" it
+    client_buffer: int = 65536  # bytes queued per client before the slow-client policy acts
+    control: str = "all"  # who may change settings and signals: "all" or "first"
+    max_clients: int = 32  # one more is closed at once and counted
+
+    def __post_init__(self) -> None:
+        validate_share(self)
+
+    @property
+    def listen(self) -> str:
+        return join_host_port(self.listen_host, self.listen_port)
+
+    def to_json(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShareConfig:
+        unknown = _unknown(data, cls)
+        if unknown:
+            raise ShareError(f"unknown share setting(s) {unknown}")
+        if "device" not in data:
+            raise ShareError("a share needs a 'device'")
+        return cls(**data)
+
+
+def validate_share(config: ShareConfig) -> None:
+    device = config.device
+    if not isinstance(device, str) or not (device.startswith("/") or device.lower().startswith("sim:")):
+        raise ShareError("must be an absolute path such as /dev/ttyUSB0 or sim:echo", "device", device)
+    if not isinstance(config.listen_host, str) or not _valid_host(config.listen_host):
+        raise ShareError("is not an IP address or host name", "listen_host", config.listen_host,
+                         label="listen address")
+    _check_number("listen_port", config.listen_port, 0, 65535, whole=True,
+                  what="a port number between 0 and 65535", error=ShareError)
+    for name, choices in (
+        ("protocol", PROTOCOLS),
+        ("slow_client", SLOW_CLIENT_POLICIES),
+        ("control", CONTROL_POLICIES),
+    ):
+        value = getattr(config, name)
+        if value not in choices:
+            raise ShareError(f"must be one of {', '.join(choices)}", name, value)
+    _check_number("client_buffer", config.client_buffer, MIN_CLIENT_BUFFER, MAX_CLIENT_BUFFER, whole=True,
+                  what=f"a number of bytes between {MIN_CLIENT_BUFFER} and {MAX_CLIENT_BUFFER}", error=ShareError)
+    _check_number("max_clients", config.max_clients, 1, MAX_CLIENTS, whole=True,
+                  what=f"a whole number between 1 and {MAX_CLIENTS}", error=ShareError)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _unknown(data: dict[str, Any], cls: type) -> str:
+    return ", ".join(sorted(set(data) - {f.name for f in fields(cls)}))
+
+
+def _check_number(name: str, value: object, low: float, high: float, *, whole: bool, what: str,
+                  error: type[ConfigError] = ConfigError) -> None:
+    kinds = (int,) if whole else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not low <= value <= high:
+        raise error(f"must be {what}", name, value)
+
+
+def _valid_host(host: str) -> bool:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Loaded()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return Loaded(errors=[f"{path}: not valid TOML: {exc}"])
-    loaded = Loaded()
-    for table, build, into in (("port", PortConfig.from_json, loaded.ports),
-                               ("share", ShareConfig.from_json, loaded.shares)):
-        entries = data.get(table, [])
-        if not isinstance(entries, list):
-            loaded.errors.append(f"{path}: '{table}' must be an array of tables ([[{table}]])")
-            continue
-        for index, entry in enumerate(entries, 1):
-            try:
-                if not isinstance(entry, dict):
-                    raise ConfigError("not a table")
-                into.append(build(entry))  # type: ignore[arg-type]
-            except (ConfigError, ShareError) as exc:
-                loaded.errors.append(f"{path}: {table} #{index}: {exc}")
-    return loaded
-
-
-def save(path: Path, ports: list[PortConfig], shares: list[ShareConfig] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vcom.", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render(ports, shares or []))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def render(ports: list[PortConfig], shares: list[ShareConfig] | None = None) -> str:
-    lines = [
-        "# vcom virtual ports and shares. Edit while the manager is stopped, or use the vcom command.",
-        "# Each [[port]] takes the names of the `vcom add` options, each [[share]] those of `vcom share`.",
-    ]
-    tables: list[tuple[str, dict[str, object]]] = [("port", p.to_json()) for p in ports]
-    tables += [("share", s.to_json()) for s in shares or []]
-    for table, values in tables:
-        lines.append("")
-        lines.append(f"[[{table}]]")
-        for key, value in values.items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # JSON string escapes (\", \\, \n, \uXXXX) are all valid TOML basic-string escapes.
-    return json.dumps(str(value), ensure_ascii=False)
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+    return True

@@ -104,7 +104,8 @@ class PortView:
     acknowledged: bool  # True: the remote confirmed ``settings``; False: only what the program asked for
     signals: tuple[bool | None, ...]  # in SIGNAL_NAMES order
     errors: int  # line errors reported by the remote (overrun, parity, framing, break)
-    reconnects: int | None
+    connects: int | None  # connections made (each open of an on-open port makes one)
+    reconnects: int | None  # of those, the ones made after a connection was lost
     last_error: str | None
     traffic: _Traffic
     search: str  # lower-case device, target and state, for the filter
@@ -133,6 +134,7 @@ def _port_view(port: Mapping[str, Any], traffic: _Traffic) -> PortView:
         acknowledged=remote is not None,
         signals=tuple(_bool_or_none(signals.get(name)) for name in SIGNAL_NAMES),
         errors=sum(v for v in errors.values() if isinstance(v, int)),
+        connects=port.get("connects"),
         reconnects=port.get("reconnects"),
         last_error=_text_or_none(port.get("last_error")),
         traffic=traffic,
@@ -401,7 +403,7 @@ class _Column:
 
 
 # Columns whose width never changes; each is followed by a one-space divider.
-_FIXED = {"state": 10, "in": 10, "out": 10, "err": 5, "rc": 4}
+_FIXED = {"state": 10, "in": 10, "out": 10, "err": 5, "conn": 5, "rc": 4}
 # Columns that share what is left: (name, narrowest useful width, widest wanted).  Room goes to them in this
 # order, so on a narrow terminal the last error and the sparkline give way first; the last error gets a
 # readable start before the sparkline and the rest of its text after it.
@@ -448,6 +450,7 @@ def _plan_columns(width: int, rows: list[PortView]) -> list[_Column]:
         _Column("out", "out", _FIXED["out"], "right"),
         _Column("activity", "activity", widths["activity"]),
         _Column("err", "err", _FIXED["err"], "right"),
+        _Column("conn", "conn", _FIXED["conn"], "right"),
         _Column("rc", "rc", _FIXED["rc"], "right"),
         _Column("last error", "last error", widths["last error"]),
     ]
@@ -480,7 +483,8 @@ _CELLS: dict[str, Callable[[PortView, int], RenderableType]] = {
     "out": lambda p, w: human_rate(p.traffic.rate_out),
     "activity": lambda p, w: Text(sparkline(p.traffic.history, w), style="cyan"),
     "err": lambda p, w: Text(str(p.errors), style="red" if p.errors else "dim"),
-    "rc": lambda p, w: "?" if p.reconnects is None else str(p.reconnects),
+    "conn": lambda p, w: "?" if p.connects is None else str(p.connects),
+    "rc": lambda p, w: "?" if p.reconnects is None else Text(str(p.reconnects), style="yellow" if p.reconnects else ""),
     "last error": lambda p, w: Text(p.last_error or "", style="red"),
 }
 

@@ -544,11 +544,13 @@ class Link:
 
     async def _run(self) -> None:
         attempt = 0
+        after_loss = False  # a connection of this run was lost: the next one is a reconnect
         loop = asyncio.get_running_loop()
         try:
             while True:
                 started = loop.time()
-                reached = await self._connect_once()
+                reached = await self._connect_once(after_loss)
+                after_loss = after_loss or reached
                 if reached and loop.time() - started >= _HEALTHY_AFTER:
                     attempt = 0
                 delay = self._backoff.delay(attempt)
@@ -560,8 +562,8 @@ class Link:
         finally:
             self._drop_transport()
 
-    async def _connect_once(self) -> bool:
-        """One connection's life; returns whether the server was reached."""
+    async def _connect_once(self, after_loss: bool = False) -> bool:
+        """One connection's life; returns whether the server was reached (and then lost)."""
         loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING)
         try:
@@ -572,9 +574,9 @@ class Link:
             return False
         except OSError as exc:
             self._drop_transport()
-            self._error(f"connect to {self.target}: {_reason(exc)}")
+            self._error(f"connect to {self.target}: {_reason(exc, self.target.host)}")
             return False
-        if self.stats.connects:
+        if after_loss:  # a connect on open, or after a deliberate disconnect, is not a reconnect
             self.stats.reconnects += 1
         self.stats.connects += 1
         log.info("%s: connected to %s", self.name, self.target)
@@ -692,7 +694,12 @@ class Link:
         self.stats.last_error = message
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: OSError, host: str) -> str:
+    # getaddrinfo's codes are negative and os.strerror() knows none of them ("Unknown error -2").
+    if isinstance(exc, socket.gaierror):
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
+            return f"cannot resolve host {host}"
+        return f"cannot resolve host {host} ({str(exc.strerror or exc).lower()})"
     # asyncio's "Connect call failed (addr)" hides the errno's own words ("Connection refused").
     if exc.errno:
         return os.strerror(exc.errno)

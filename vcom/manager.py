@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from . import config as configfile
-from . import control
+from . import configfile, control, controlserver
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .interposer.server import InterposerServer
@@ -96,12 +95,14 @@ class Manager:
         self._watcher: SlaveWatcher | None = None
         self._lock = asyncio.Lock()
         self._by_rdev: dict[int, Port] = {}
+        self._file = configfile.ConfigFile(paths.config)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.paths.check()
         if control.manager_running(self.paths.socket):
             raise ManagerError(f"a vcom manager already runs on {self.paths.socket}")
+        loaded = self._file.load()  # ConfigSyntaxError: a file that cannot be read stops the start (not 0 ports)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._watcher = SlaveWatcher(loop)
@@ -110,9 +111,9 @@ class Manager:
         metrics = None
         udev = None
         try:
-            self._start_configured()
+            self._start_configured(loaded)
             await self._start_configured_shares()
-            server = await control.serve(self.paths.socket, self.handle)
+            server = await controlserver.serve(self.paths.socket, self.handle)
             interposer = InterposerServer(self.paths.interposer, self._port_by_rdev)
             await interposer.start()
             if self._metrics_addr:
@@ -147,10 +148,12 @@ class Manager:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-    def _start_configured(self) -> None:
-        loaded = configfile.load(self.paths.config)
-        for error in loaded.errors:
-            log.error("%s (skipped)", error)
+    def _start_configured(self, loaded: configfile.Loaded) -> None:
+        for problem in loaded.problems:
+            log.error("%s (skipped; left in the file)", problem)
+            link = problem.device if problem.table == "port" and problem.device else None
+            if link and os.path.islink(link) and os.readlink(link).startswith("/dev/pts/"):
+                os.unlink(link)  # left by a crash, leading nowhere or to another program's pty
         self._share_configs = {cfg.device: cfg for cfg in loaded.shares}
         for cfg in sorted(loaded.ports, key=lambda c: c.split_of is not None):
             self._configs[cfg.device] = cfg
@@ -186,7 +189,8 @@ class Manager:
     def snapshot(self) -> dict[str, Any]:
         """What `vcom status --json` shows without a device; also what the metrics endpoint reads."""
         return {"ports": [self._status(d) for d in self._configs],
-                "shares": [self._share_status(d) for d in self._share_configs]}
+                "shares": [self._share_status(d) for d in self._share_configs],
+                "problems": [p.to_json() for p in self._file.problems]}
 
     def _link_up(self, ifname: str) -> None:
         # A network came up: ports waiting out their back-off try at once.
@@ -220,16 +224,58 @@ class Manager:
                 return await handler(request)
             except (ConfigError, PortPathError, ManagerError, ShareError) as exc:
                 return {"ok": False, "error": str(exc)}
+            except OSError as exc:  # the config file could not be written
+                return {"ok": False, "error": f"{self.paths.config}: {exc.strerror or exc}"}
 
     async def _cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid()}
 
     async def _cmd_add(self, request: dict[str, Any]) -> dict[str, Any]:
-        cfg = PortConfig.from_json(request.get("port") or {})
+        """One port (``port``) or several (``ports``), all or none, saved with one edit of the file."""
+        many = request.get("ports")
+        raw = many if isinstance(many, list) else [request.get("port") or {}]
+        configs: list[PortConfig] = []
+        for index, entry in enumerate(raw, 1):
+            try:
+                configs.append(PortConfig.from_json(entry if isinstance(entry, dict) else {}))
+            except ConfigError as exc:
+                if len(raw) == 1:
+                    raise
+                raise ConfigError(f"port #{index}: {exc}", exc.key, exc.value) from None
+        batch: dict[str, PortConfig] = {}
+        for cfg in configs:
+            if cfg.device in batch:
+                raise ManagerError(f"{cfg.device} is given twice")
+            self._check_new_port(cfg, batch)
+            batch[cfg.device] = cfg
+        self._file.check_new("port", list(batch))
+        started: list[str] = []
+        try:
+            for cfg in sorted(batch.values(), key=lambda c: c.split_of is not None):
+                try:
+                    self._start_port(cfg, replace_symlink=False)
+                except OSError as exc:
+                    raise ManagerError(f"cannot create {cfg.device}: {exc.strerror or exc}") from None
+                self._configs[cfg.device] = cfg
+                started.append(cfg.device)
+            self._file.append("port", [cfg.to_json() for cfg in configs])
+        except BaseException:
+            for device in reversed(started):  # all or none: the file did not get them either
+                self._configs.pop(device, None)
+                port = self.ports.pop(device, None)
+                if port is not None:
+                    await port.close()
+            raise
+        answer: dict[str, Any] = {"ok": True, "port": self.ports[configs[0].device].status()}
+        if isinstance(many, list):
+            answer["ports"] = [self.ports[cfg.device].status() for cfg in configs]
+        return answer
+
+    def _check_new_port(self, cfg: PortConfig, batch: dict[str, PortConfig]) -> None:
         if cfg.device in self._configs:
-            raise ManagerError(f"{cfg.device} is already a vcom port (remove it first)")
+            raise ManagerError(f"{cfg.device} is already a vcom port (vcom remove {cfg.device} first)")
         if cfg.split_of:
-            primary = self._configs.get(cfg.split_of)
+            primary = self._configs.get(cfg.split_of) or batch.get(cfg.split_of)
             if primary is None:
                 raise ManagerError(f"--split-of {cfg.split_of}: not a vcom port")
             if primary.split_of:
@@ -238,53 +284,56 @@ class Manager:
             if primary.parsed_target != cfg.parsed_target:
                 raise ManagerError(f"--split-of {cfg.split_of}: it reaches {primary.target}, not {cfg.target}")
         check_port_path(cfg.device, replace_symlink=False)
-        try:
-            self._start_port(cfg, replace_symlink=False)
-        except OSError as exc:
-            raise ManagerError(f"cannot create {cfg.device}: {exc.strerror or exc}") from None
-        self._configs[cfg.device] = cfg
-        self._save()
-        return {"ok": True, "port": self.ports[cfg.device].status()}
 
     async def _cmd_remove(self, request: dict[str, Any]) -> dict[str, Any]:
         device = _absolute(request.get("device"))
         if device not in self._configs:
+            if self._file.remove("port", device):  # an entry vcom could not use: the user wants it gone
+                return {"ok": True}
             raise ManagerError(f"{device} is not a vcom port")
         splits = [c.device for c in self._configs.values() if c.split_of == device]
         if splits:
             raise ManagerError(f"{device} has split ports ({', '.join(splits)}); remove them first")
+        self._file.remove("port", device)  # first: a file vcom may not write keeps the port too
         port = self.ports.pop(device, None)
         if port is not None:
             await port.close()
         del self._configs[device]
-        self._save()
         return {"ok": True}
 
     async def _cmd_share(self, request: dict[str, Any]) -> dict[str, Any]:
         cfg = ShareConfig.from_json(request.get("share") or {})
         if cfg.device in self._share_configs:
-            raise ManagerError(f"{cfg.device} is already shared (unshare it first)")
+            raise ManagerError(f"{cfg.device} is already shared (vcom unshare {cfg.device} first)")
+        self._file.check_new("share", [cfg.device])
         share = Share(cfg)
         await share.start()
+        try:
+            self._file.append("share", [cfg.to_json()])
+        except BaseException:
+            await share.close()
+            raise
         self.shares[cfg.device] = share
         self._share_configs[cfg.device] = cfg
-        self._save()
         return {"ok": True, "share": share.status()}
 
     async def _cmd_unshare(self, request: dict[str, Any]) -> dict[str, Any]:
         device = _share_key(request.get("device"))
         if device not in self._share_configs:
+            if self._file.remove("share", device):  # an entry vcom could not use: the user wants it gone
+                return {"ok": True}
             raise ManagerError(f"{device} is not shared")
+        self._file.remove("share", device)
         share = self.shares.pop(device, None)
         if share is not None:
             await share.close()
         del self._share_configs[device]
-        self._save()
         return {"ok": True}
 
     async def _cmd_list(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "ports": [cfg.to_json() for cfg in self._configs.values()],
-                "shares": [cfg.to_json() for cfg in self._share_configs.values()]}
+                "shares": [cfg.to_json() for cfg in self._share_configs.values()],
+                "problems": [p.to_json() for p in self._file.problems]}
 
     async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
         device = request.get("device")
@@ -295,6 +344,9 @@ class Manager:
             key = _share_key(device)
             if key in self._share_configs:
                 return {"ok": True, "share": self._share_status(key)}
+            for problem in self._file.problems:
+                if problem.device and key in (_share_key(problem.device), path):
+                    raise ManagerError(f"{device} is not a usable vcom {problem.table}: {problem}")
             raise ManagerError(f"{device} is not a vcom port or share")
         return {"ok": True, **self.snapshot()}
 
@@ -334,9 +386,6 @@ class Manager:
         cfg = self._configs[device]
         return {"device": device, "target": cfg.target, "state": "failed", "open": False,
                 "last_error": "the port could not be created; see the manager's log"}
-
-    def _save(self) -> None:
-        configfile.save(self.paths.config, list(self._configs.values()), list(self._share_configs.values()))
 
 
 def _absolute(device: object) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from .build import library
 
 PRELOAD_FILE = Path("/etc/ld.so.preload")
-LIBRARY = Path(os.environ.get("VCOM_LIBDIR") or "/usr/local/lib/vcom") / "libvcom-interposer.so"
+LIBRARY = Path(os.environ.get("VCOM_LIBDIR") or "/usr/local/lib") / "libvcom-interposer.so"
 
 
 class WrapAllError(Exception):
