@@ -65,8 +65,12 @@ def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: 
     manager = start_manager(vcom)
     try:
         assert os.path.islink(a) and os.path.islink(b)
-        manager.send_signal(signal.SIGKILL)  # a crash: no clean-up, the symlinks now point at dead ptys
+        inner = int((vcom.home / "vcom.pid").read_text())
+        # The whole service is killed (the keeper, and with it the manager): no clean-up, the symlinks
+        # now point at dead ptys.
+        manager.send_signal(signal.SIGKILL)
         manager.wait(timeout=10)
+        wait_until(lambda: not os.path.exists(f"/proc/{inner}"), 10, "the manager to die with its keeper")
         assert os.path.lexists(a)
     finally:
         if manager.poll() is None:

@@ -662,10 +662,19 @@ def run(
                                                  "shippers)")] = "text",
     metrics: Annotated[str | None, typer.Option(
         metavar="HOST:PORT", show_default=False, help="Serve Prometheus metrics there, e.g. 127.0.0.1:9817")] = None,
+    keeper: Annotated[bool, typer.Option(help="Run the manager under the keeper, which keeps the ports (and the "
+                                              "programs' descriptors) alive and starts a new manager if it "
+                                              "dies or stalls; --no-keeper: the ports end with the manager")] = True,
 ) -> None:
     """Run the manager in the foreground (for systemd and debugging); exit 78 on an unreadable config."""
     import asyncio
     import logging
+
+    if keeper and "VCOM_KEEPER_FD" not in os.environ:
+        # The keeper is a lean interpreter of its own: it imports nothing of this command's.
+        manager = [sys.executable, "-m", "vcom", "run", "--no-keeper", "--log-level", log_level,
+                   "--log-format", log_format, *(["--metrics", metrics] if metrics else [])]
+        os.execve(sys.executable, [sys.executable, "-m", "vcom.keeper", "--", *manager], _python_env())
 
     level = getattr(logging, log_level.upper(), None) if log_level.lower() in ("debug", "info", "warning",
                                                                               "error") else None
@@ -799,6 +808,13 @@ def shutdown() -> None:
         time.sleep(0.05)
 
 
+def _python_env() -> dict[str, str]:
+    """This environment, where `python -m vcom` finds the package where this command found it (the
+    installed launcher puts its own library directory on sys.path; a child would not inherit that)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+
+
 def _ensure_manager() -> None:
     """Start a background manager unless one answers, and wait until it does."""
     import subprocess
@@ -812,10 +828,7 @@ def _ensure_manager() -> None:
         return
     _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
-    # `python -m vcom` must find the package where this command found it (the installed launcher
-    # puts its own library directory on sys.path; a child would not inherit that).
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    env = _python_env()
     with open(where.log, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vcom", "run"],

@@ -22,13 +22,13 @@ from typing import Any
 
 from . import configfile, control, controlserver
 from .config import ConfigError, PortConfig
+from .handover import Handover
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .interposer.server import InterposerServer
 from .metrics import start_metrics
 from .paths import Paths
 from .port import LinkGroup, Port
 from .pty import PortPathError, check_port_path
-from .sdnotify import notify
 from .share import Share, ShareConfig, ShareError
 from .udevwatch import UdevWatcher
 
@@ -96,6 +96,10 @@ class Manager:
         self._lock = asyncio.Lock()
         self._by_rdev: dict[int, Port] = {}
         self._file = configfile.ConfigFile(paths.config)
+        self._handover: Handover | None = None
+        # How the manager ends: "teardown" removes every port; "handover" leaves the ptys and their symlinks
+        # to the next manager (SIGTERM while a keeper or systemd keeps the descriptors).
+        self._ending = "teardown"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,8 +107,9 @@ class Manager:
         if control.manager_running(self.paths.socket):
             raise ManagerError(f"a vcom manager already runs on {self.paths.socket}")
         loaded = self._file.load()  # ConfigSyntaxError: a file that cannot be read stops the start (not 0 ports)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        handover = self._handover = Handover()
+        loop.add_signal_handler(signal.SIGTERM, self._stop_for, "handover" if handover.keeps_ports else "teardown")
+        loop.add_signal_handler(signal.SIGINT, self._stop_for, "teardown")
         self._watcher = SlaveWatcher(loop)
         server = None
         interposer = None
@@ -112,6 +117,7 @@ class Manager:
         udev = None
         try:
             self._start_configured(loaded)
+            handover.release_unclaimed()
             await self._start_configured_shares()
             server = await controlserver.serve(self.paths.socket, self.handle)
             interposer = InterposerServer(self.paths.interposer, self._port_by_rdev)
@@ -122,11 +128,14 @@ class Manager:
             udev.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
-            notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
+            handover.notifier.notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
+            handover.start_watchdog(loop)
             await self._stop.wait()
         finally:
-            notify("STOPPING=1")
-            log.info("manager stopping")
+            keep = self._ending == "handover"
+            handover.stop_watchdog()
+            handover.notifier.notify("STOPPING=1")
+            log.info("manager stopping%s", "; the ports stay for the next manager" if keep else "")
             if udev is not None:
                 udev.close()
             if metrics is not None:
@@ -136,7 +145,7 @@ class Manager:
             if server is not None:
                 await server.close()
             for port in list(self.ports.values()):
-                await port.close()
+                await port.close(keep=keep)
             self.ports.clear()
             for share in list(self.shares.values()):
                 await share.close()
@@ -147,6 +156,10 @@ class Manager:
                     path.unlink()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+    def _stop_for(self, ending: str) -> None:
+        self._ending = ending
+        self._stop.set()
 
     def _start_configured(self, loaded: configfile.Loaded) -> None:
         for problem in loaded.problems:
@@ -181,8 +194,12 @@ class Manager:
             group = primary.group
         else:
             group = LinkGroup(cfg)
-        port = Port(cfg, group, self._watcher.watch)
-        port.start(replace_symlink=replace_symlink)
+        port = Port(cfg, group, self._watcher.watch, host=self._handover)
+        adopt = None
+        if self._handover is not None:
+            self._handover.restore_view(port)
+            adopt = self._handover.take(cfg.device)
+        port.start(replace_symlink=replace_symlink, adopt=adopt)
         self.ports[cfg.device] = port
         return port
 
@@ -376,7 +393,7 @@ class Manager:
         return {"ok": True, "stream": events()}
 
     async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._stop.set()
+        self._stop_for("teardown")
         return {"ok": True}
 
     def _status(self, device: str) -> dict[str, Any]:

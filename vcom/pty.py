@@ -76,6 +76,8 @@ TIOCPKT_START = 0x08
 TIOCPKT_NOSTOP = 0x10
 TIOCPKT_DOSTOP = 0x20
 TIOCPKT_IOCTL = 0x40
+# The pty number of a master: _IOR('T', 0x30, unsigned int); not exported by the termios module.
+TIOCGPTN = 0x80045430
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,50 @@ class VirtualPty:
         self.slave_rdev = slave_rdev
         self.extproc_locked = locked
         self._own_flush_pending = False
+
+    def adopt(self, master: int, *, lock_extproc: bool = True) -> bool:
+        """Take over the master of a pty an earlier manager made (handed back by the keeper or systemd's
+        store): the program on it keeps its descriptor and its termios.  The symlink is made to lead to
+        this pty again if it does not.  False (``master`` closed) when it is not a usable pty master."""
+        if self.master_fd >= 0:
+            raise RuntimeError(f"{self.link_path} is already open")
+        try:
+            number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+            slave_path = f"/dev/pts/{number}"
+            slave_rdev = os.stat(slave_path).st_rdev
+            t = get_termios2(master)
+        except OSError:
+            os.close(master)
+            return False
+        os.set_blocking(master, False)
+        os.set_inheritable(master, False)
+        if not (t.lflag & EXTPROC and t.tagged):
+            set_termios2(master, replace(t, lflag=t.lflag | EXTPROC).with_tag())
+        locked = lock_extproc and lock_lflag_bits(master, EXTPROC, TAG_SLOTS)
+        # Packet mode is a property of the open file, kept across managers; set it again in case.
+        fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
+        with contextlib.suppress(OSError):
+            if os.readlink(self.link_path) == slave_path:
+                self._adopted(master, slave_path, slave_rdev, locked)
+                return True
+        try:
+            check_port_path(self.link_path, replace_symlink=True)
+            _place_symlink(slave_path, self.link_path)
+        except BaseException:
+            os.close(master)
+            raise
+        self._adopted(master, slave_path, slave_rdev, locked)
+        return True
+
+    def _adopted(self, master: int, slave_path: str, slave_rdev: int, locked: bool) -> None:
+        self.master_fd = master
+        self.slave_path = slave_path
+        self.slave_rdev = slave_rdev
+        self.extproc_locked = locked
+        self._own_flush_pending = False
+        speed = speed_of(self.termios())
+        if speed:
+            self._last_baud = speed
 
     def _configure(self, master: int, *, lock_extproc: bool) -> bool:
         """Non-blocking, fresh UART termios with EXTPROC and the vcom tag,

@@ -8,7 +8,7 @@ import errno
 import logging
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .. import termio
 from ..config import PortConfig
@@ -39,9 +39,21 @@ _PENDING_LIMIT = 1 << 20
 WatchFn = Callable[[str, Callable[[bool], None]], Callable[[], None]]
 
 
+class PortHost(Protocol):
+    """What a port tells the manager beyond its group: its pty master, to be kept alive if the manager
+    dies (the keeper, or systemd's store), and the program's termios, to survive that too."""
+
+    def keep(self, port: Port) -> None: ...
+
+    def forget(self, port: Port) -> None: ...
+
+    def view_changed(self, port: Port) -> None: ...
+
+
 class Port:
-    def __init__(self, config: PortConfig, group: LinkGroup, watch: WatchFn) -> None:
+    def __init__(self, config: PortConfig, group: LinkGroup, watch: WatchFn, host: PortHost | None = None) -> None:
         self.config = config
+        self.host = host
         self.name = config.device
         self.group = group
         self.link = group.link
@@ -96,22 +108,30 @@ class Port:
 
     # -- life cycle
 
-    def start(self, *, replace_symlink: bool = False) -> None:
-        self.pty.open(replace_symlink=replace_symlink)
+    def start(self, *, replace_symlink: bool = False, adopt: int | None = None) -> None:
+        """Create the pty and its symlink, or take over ``adopt``, the master an earlier manager left (the
+        programs on it keep their descriptors)."""
+        adopted = adopt is not None and self.pty.adopt(adopt)
+        if not adopted:
+            self.pty.open(replace_symlink=replace_symlink)
         try:
             self._unwatch = self._watch(self.pty.slave_path, self._slave_event)
         except BaseException:
             self.pty.close()
             raise
         self.group.join(self)
+        if self.host is not None:
+            self.host.keep(self)
         self._refresh_settings()
         if self.group.config.connect == "always":
             self.link.start()
         self._slave_event(False)
-        log.info("%s: ready (pty %s, remote %s, connect %s)", self.name, self.pty.slave_path,
-                 self.link.target, self.group.config.connect)
+        log.info("%s: %s (pty %s, remote %s, connect %s)", self.name, "taken over" if adopted else "ready",
+                 self.pty.slave_path, self.link.target, self.group.config.connect)
 
-    async def close(self) -> None:
+    async def close(self, *, keep: bool = False) -> None:
+        """Remove the port; with ``keep`` (the manager hands over to a new one) the pty and its symlink stay
+        for the next manager, kept alive by the keeper or systemd's store."""
         self._cancel_break()
         self._cancel_closing_timer()
         self.modem_counter.cancel_all(OSError(errno.EIO, "the port was removed"))
@@ -122,7 +142,9 @@ class Port:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
-        self.pty.close()
+        if not keep and self.host is not None:
+            self.host.forget(self)
+        self.pty.close(remove_link=not keep)
 
     def status(self) -> dict[str, Any]:
         source = self.group.settings_source()
@@ -357,6 +379,8 @@ class Port:
             self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
         applied = self.pty.apply(asked, flush_input=flush)
         self.view.record(asked, applied)
+        if self.host is not None:
+            self.host.view_changed(self)
         self._refresh_settings()
 
     async def program_modem(self, op: str, value: int) -> int:
@@ -472,6 +496,8 @@ class Port:
         except (OSError, ValueError) as exc:
             log.error("%s: cannot recreate the port after the hang-up: %s", self.name, exc)
             return
+        if self.host is not None:
+            self.host.keep(self)  # the new pty replaces the old one in the store
         self._slave_event(False)
 
     # -- the network's side
