@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
-PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev iproute2 util-linux systemd udev mount
+PEERS  := ser2net socat sredird cyclades-serial-client python3-serial tmux gcc libc6-dev iproute2 util-linux systemd udev mount
 
 .PHONY: venv install test lint demo peers clean install-system uninstall install-venv install-units install-rules install-group
 

@@ -99,8 +99,13 @@ def parse_mode(text: str) -> int:
     except ValueError:
         raise ConfigError(f"mode {text!r} is not an octal number such as 0660") from None
     if not 0 <= mode <= 0o777:
-        raise ConfigError(f"mode {text!r} is out of range 0000-0777")
+        raise ConfigError(f"mode {_octal(mode)} is out of range 0000-0777")
     return mode
+
+
+def _octal(mode: int) -> str:
+    """A mode as people write it (01777, not 1023)."""
+    return f"{'-' if mode < 0 else ''}0{abs(mode):o}"
 
 
 def validate(port: PortConfig) -> None:
@@ -131,8 +136,10 @@ def validate(port: PortConfig) -> None:
     for name in ("pin_baud", "hangup_on_dcd"):
         if not isinstance(getattr(port, name), bool):
             raise ConfigError(f"{name} must be true or false")
-    if not isinstance(port.mode, int) or not 0 <= port.mode <= 0o777:
-        raise ConfigError(f"mode {port.mode!r} is out of range 0000-0777")
+    if not isinstance(port.mode, int) or isinstance(port.mode, bool):
+        raise ConfigError(f"mode {port.mode!r} must be an octal number such as 0660")
+    if not 0 <= port.mode <= 0o777:
+        raise ConfigError(f"mode {_octal(port.mode)} is out of range 0000-0777")
 
 
 @dataclass(slots=True)
