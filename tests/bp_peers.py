@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers import PYTHON, PeerProcess, free_port
+from peers import PYTHON, PeerProcess
 
 # A prime block length, so block boundaries never line up with the 4/16/64 KiB
 # chunks of the layers in between: a lost or repeated chunk always shows.
@@ -85,12 +85,8 @@ class PatternChecker:
 class _StatusServer(PeerProcess):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.port = free_port()
         self.status_path = workdir / f"{self.name}.json"
         self.status_path.unlink(missing_ok=True)
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def status(self) -> dict[str, Any]:
         try:

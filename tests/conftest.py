@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program
+from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program, refusing_port
 
 P = TypeVar("P", bound=PeerProcess)
 
@@ -86,6 +86,13 @@ def vcom(tmp_path: Path) -> Iterator[Vcom]:
         yield driver
     finally:
         driver.close()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where nobody listens and nobody can start to while the test runs."""
+    with refusing_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,31 +76,75 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    """A TCP port on 127.0.0.1 that nobody listens on right now.
+
+    Racy (another process may take it before the caller binds it): servers
+    here bind port 0 and report the port they got (:func:`bound_addresses`),
+    and a target that must refuse is :func:`refusing_port`.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-_TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+@contextlib.contextmanager
+def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port that refuses every connection while the ``with`` block runs.
 
-
-def is_listening(port: int) -> bool:
-    """Whether some socket listens on ``port``, read from /proc/net/tcp{,6}.
-
-    Checking the kernel table instead of connecting matters: ser2net opens its
-    device and pyserial's server starts a session on every connection, so a
-    probe connection would disturb the peer it checks.
+    The socket is bound but never listens: the kernel answers a SYN with a
+    reset, and as long as it is held no other process can take the port.
     """
-    wanted = f"{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        yield sock.getsockname()[1]
+
+
+_TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+_UDP_UNCONNECTED = "07"  # TCP_CLOSE: how /proc/net/udp shows a bound, unconnected socket
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (little-endian words, as /proc/net shows them) as ("127.0.0.1", 8080)."""
+    hex_host, hex_port = text.split(":")
+    raw = bytes.fromhex(hex_host)
+    # The kernel prints each 32-bit word in host byte order.
+    host_bytes = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(host_bytes) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, host_bytes), int(hex_port, 16)
+
+
+def bound_addresses(pid: int, kind: str = "tcp") -> list[tuple[str, int]]:
+    """The (host, port) of every listening TCP socket (``kind="udp"``: bound UDP socket) that ``pid`` holds.
+
+    Read from /proc, in the order of the sockets' creation as far as the fd
+    numbers tell it.  A peer binds port 0 and the test learns the port here,
+    without connecting (a probe connection would start a session on ser2net
+    or pyserial's server) and without a window in which another process
+    could take a port picked in advance.
+    """
+    inodes = _socket_inodes(pid)
+    state = _TCP_LISTEN if kind == "tcp" else _UDP_UNCONNECTED
+    found: list[tuple[str, int]] = []
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
-                if fields[1].rsplit(":", 1)[1] == wanted and fields[3] == _TCP_LISTEN:
-                    return True
-    return False
+                if fields[3] == state and fields[9] in inodes:
+                    found.append(_proc_address(fields[1]))
+    return found
 
 
 # ---------------------------------------------------------------------------
@@ -387,33 +431,46 @@ def poke(fd: int) -> bytes:
 
 
 class PeerProcess:
-    """A server process started and stopped by a test, its output kept in a log file."""
+    """A server process started and stopped by a test, its output kept in a log file.
+
+    A server binds port 0 the first time and :meth:`bound` learns the port it
+    got from /proc; ``start()`` after ``kill()`` passes that same port again,
+    as a respawned device server comes back where it was.
+    """
 
     name = "peer"
+    listeners = 1  # listening sockets the server opens
+    kind = "tcp"  # or "udp": a bound datagram socket counts as listening
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0  # 0 until the first start: the kernel picks it
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def ports(self) -> list[int]:
-        raise NotImplementedError
+        return [self.port]
+
+    def bound(self, addresses: list[tuple[str, int]]) -> None:
+        """Learn the port(s) the server got; ``addresses`` are its listening sockets."""
+        self.port = addresses[0][1]
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        wait_until(self._ready, timeout, f"{self.name} listening on {self.ports()}")
+        self.bound(wait_until(self._ready, timeout, f"{self.name} listening"))
 
-    def _ready(self) -> bool:
+    def _ready(self) -> list[tuple[str, int]] | None:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return all(is_listening(port) for port in self.ports())
+        addresses = bound_addresses(self.proc.pid, self.kind)
+        return addresses if len(addresses) >= self.listeners else None
 
     def kill(self) -> None:
         """SIGKILL: the abrupt death of a server (no goodbye on the wire)."""
@@ -447,27 +504,41 @@ class Ser2net(PeerProcess):
 
     The raw accepter may serve another device so that one server can back two
     vcom ports at once.  ``kill()`` then ``start()`` restarts it on the SAME
-    ports, as a crashed and respawned device server would.
+    ports, as a crashed and respawned device server would.  The raw accepter
+    listens on another loopback address (``.raw_host``), so that the two
+    ports, both bound as port 0, are told apart by address.
     """
 
     name = "ser2net"
+    listeners = 2
+    host = "127.0.0.1"
+    raw_host = "127.0.0.2"
 
     def __init__(self, workdir: Path, device: str, raw_device: str | None = None) -> None:
         super().__init__(workdir)
         self.device = device
         self.raw_device = raw_device or device
-        self.port = free_port()
-        self.raw_port = free_port()
+        self.raw_port = 0
         self.config_path = workdir / "ser2net.yaml"
         self.pid_path = workdir / "ser2net.pid"
         self.config_path.write_text(self._config())
+
+    @property
+    def target(self) -> str:
+        """The RFC 2217 accepter as a vcom target."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def raw_target(self) -> str:
+        """The raw TCP accepter as a vcom target."""
+        return f"tcp://{self.raw_host}:{self.raw_port}"
 
     def _config(self) -> str:
         # kickolduser: a reconnecting client replaces a session ser2net still
         # believes alive.  "local" = CLOCAL: no modem lines on a pty.
         connections = [
-            ("rfc2217", f"telnet(rfc2217),tcp,127.0.0.1,{self.port}", self.device),
-            ("raw", f"tcp,127.0.0.1,{self.raw_port}", self.raw_device),
+            ("rfc2217", f"telnet(rfc2217),tcp,{self.host},{self.port}", self.device),
+            ("raw", f"tcp,{self.raw_host},{self.raw_port}", self.raw_device),
         ]
         parts = ["%YAML 1.1", "---"]
         for name, accepter, device in connections:
@@ -484,6 +555,12 @@ class Ser2net(PeerProcess):
     def command(self) -> list[str]:
         return ["ser2net", "-n", "-d", "-u", "-P", str(self.pid_path), "-c", str(self.config_path)]
 
+    def bound(self, addresses: list[tuple[str, int]]) -> None:
+        ports = dict(addresses)
+        self.port = ports[self.host]
+        self.raw_port = ports.get(self.raw_host, self.raw_port)
+        self.config_path.write_text(self._config())  # a restart comes back on the same ports
+
     def ports(self) -> list[int]:
         return [self.port, self.raw_port]
 
@@ -496,13 +573,9 @@ class PyserialServer(PeerProcess):
     def __init__(self, workdir: Path, device: str) -> None:
         super().__init__(workdir)
         self.device = device
-        self.port = free_port()
 
     def command(self) -> list[str]:
         return [PYTHON, str(HERE / "pyserial_server.py"), "--port", str(self.port), "-v", self.device]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
 
 class WireProxy(PeerProcess):
@@ -517,7 +590,6 @@ class WireProxy(PeerProcess):
     def __init__(self, workdir: Path, target_port: int) -> None:
         super().__init__(workdir)
         self.target_port = target_port
-        self.port = free_port()
         self.record_path = workdir / "wire.jsonl"
         self.record_path.unlink(missing_ok=True)
 
@@ -530,9 +602,6 @@ class WireProxy(PeerProcess):
             str(self.target_port),
             str(self.record_path),
         ]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def records(self) -> list[dict[str, Any]]:
         try:
@@ -561,7 +630,7 @@ class WireProxy(PeerProcess):
 
 
 class HostileServer(PeerProcess):
-    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections."""
+    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections and keeps what it got."""
 
     name = "hostile"
     MODES = ("close", "garbage", "silent")
@@ -571,8 +640,8 @@ class HostileServer(PeerProcess):
         self.name = f"hostile-{mode}"
         super().__init__(workdir)
         self.mode = mode
-        self.port = free_port()
         self.accept_log = workdir / f"hostile-{mode}.accepts"
+        self.received_path = workdir / f"hostile-{mode}.received"
 
     def command(self) -> list[str]:
         return [
@@ -582,16 +651,21 @@ class HostileServer(PeerProcess):
             self.mode,
             str(self.port),
             str(self.accept_log),
+            str(self.received_path),
         ]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def connections(self) -> int:
         try:
             return len(self.accept_log.read_text().splitlines())
         except FileNotFoundError:
             return 0
+
+    def received(self) -> bytes:
+        """Every byte the server read, from all connections in turn."""
+        try:
+            return self.received_path.read_bytes()
+        except FileNotFoundError:
+            return b""
 
 
 # ---------------------------------------------------------------------------
@@ -744,6 +818,13 @@ class Vcom:
         result = self.ok("add", str(device), target, *options)
         assert os.path.islink(device), f"`vcom add` returned 0 but {device} is not a symlink"
         return result
+
+    def share(self, device: str | os.PathLike[str], *options: str, host: str = "127.0.0.1") -> int:
+        """``vcom share DEVICE --listen HOST:0 OPTIONS``: the port the share bound."""
+        listen = f"[{host}]:0" if ":" in host else f"{host}:0"
+        result = self.ok("share", str(device), "--listen", listen, *options)
+        # "DEVICE shared as PROTOCOL on HOST:PORT"
+        return int(result.stdout.strip().rsplit(":", 1)[1])
 
     def status(self, device: str | os.PathLike[str] | None = None) -> Any:
         args = ["status", str(device), "--json"] if device is not None else ["status", "--json"]
@@ -899,7 +980,7 @@ def _garbage(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 2048)) + rng.choice(_BROKEN_IAC)
 
 
-def run_hostile(mode: str, port: int, accept_log: str) -> None:
+def run_hostile(mode: str, port: int, accept_log: str, received: str) -> None:
     """close: accept and close at once; garbage: random bytes and broken IAC, never negotiates;
     silent: accept, swallow input, never send a byte."""
     server = _listen(port)
@@ -924,6 +1005,9 @@ def run_hostile(mode: str, port: int, accept_log: str) -> None:
             if not data:
                 clients.remove(sock)
                 sock.close()
+                continue
+            with open(received, "ab") as out:
+                out.write(data)
         if mode == "garbage":
             for client in clients:
                 # Never block: what the client does not take is dropped.
@@ -942,12 +1026,13 @@ def main(argv: Sequence[str]) -> None:
     hostile.add_argument("mode", choices=HostileServer.MODES)
     hostile.add_argument("port", type=int)
     hostile.add_argument("accept_log")
+    hostile.add_argument("received")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.what == "proxy":
         run_proxy(args.listen_port, args.target_port, args.record)
     else:
-        run_hostile(args.mode, args.port, args.accept_log)
+        run_hostile(args.mode, args.port, args.accept_log, args.received)
 
 
 if __name__ == "__main__":

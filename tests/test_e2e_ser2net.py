@@ -121,7 +121,7 @@ def test_one_mebibyte_each_way_at_once(vcom: Vcom, ser2net: Ser2net, device: Pty
 
 def test_raw_tcp_target_is_byte_exact(vcom: Vcom, ser2net: Ser2net, device: PtyDevice, open_port, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"tcp://127.0.0.1:{ser2net.raw_port}")
+    vcom.add(port, ser2net.raw_target)
     fd = open_port(port)
     handshake(fd, device)
     to_device, to_program = os.urandom(256 * 1024), os.urandom(256 * 1024)

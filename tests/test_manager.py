@@ -17,24 +17,22 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from peers import PtyDevice, Ser2net, Vcom, free_port, handshake, wait_until
+from peers import PtyDevice, Ser2net, Vcom, handshake, wait_until
 
 
 class PlainTelnetSer2net(Ser2net):
     """ser2net with a telnet accepter that does not offer RFC 2217: it refuses COM-PORT-OPTION."""
 
     name = "ser2net-telnet"
+    listeners = 1
 
     def _config(self) -> str:
         return "\n".join([
             "%YAML 1.1", "---", "connection: &plain",
-            f"    accepter: telnet,tcp,127.0.0.1,{self.port}",
+            f"    accepter: telnet,tcp,{self.host},{self.port}",
             "    options:", "      kickolduser: true",
             f"    connector: serialdev,{self.device},115200n81,local", "",
         ])
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
 
 def start_manager(vcom: Vcom) -> subprocess.Popen[bytes]:
@@ -47,10 +45,10 @@ def start_manager(vcom: Vcom) -> subprocess.Popen[bytes]:
 
 
 def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: Ser2net, device: PtyDevice,
-                                                          open_port, tmp_path):
+                                                          open_port, refused_port, tmp_path):
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"
     vcom.add(a, f"127.0.0.1:{ser2net.port}", "--baud", "19200", "--linger", "0.5")
-    unreachable = free_port()  # b must not compete with a for ser2net's one device
+    unreachable = refused_port  # b must not compete with a for ser2net's one device
     vcom.add(b, f"tcp://127.0.0.1:{unreachable}", "--connect", "always", "--mode", "0600")
     config = tomllib.loads((vcom.home / "vcom.toml").read_text())
     assert [p["device"] for p in config["port"]] == [str(a), str(b)]
@@ -119,14 +117,14 @@ def test_a_server_refusing_rfc2217_gets_one_warning_and_plain_data(vcom: Vcom, d
     assert log.count("refused COM-PORT-OPTION") == 1, log
 
 
-def test_control_socket_refuses_users_outside_root_and_group_vcom():
+def test_control_socket_refuses_users_outside_root_and_group_vcom(refused_port):
     # A home every user can reach (pytest's own tmp dirs are private), so that the manager's
     # credential check, not the file system, is what turns the other user away.
     home = Path(tempfile.mkdtemp(prefix="vcom-perm-", dir="/tmp"))
     os.chmod(home, 0o755)
     vcom = Vcom(home / "h")
     try:
-        vcom.ok("add", str(home / "ttyV0"), f"127.0.0.1:{free_port()}")
+        vcom.ok("add", str(home / "ttyV0"), f"127.0.0.1:{refused_port}")
         os.chmod(vcom.home, 0o755)
         os.chmod(vcom.home / "vcom.sock", 0o666)
         reply = json.loads(_ask_as_nobody(vcom.home / "vcom.sock", b'{"cmd": "list"}\n'))

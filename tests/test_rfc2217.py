@@ -27,6 +27,7 @@ import serial
 import serial.rfc2217 as pyserial_rfc2217
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import bound_addresses
 
 from vcom.rfc2217 import (
     BINARY,
@@ -889,12 +890,6 @@ def test_server_against_pyserial_client() -> None:
 # -- real serial servers --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def pty_device() -> Iterator[tuple[int, str]]:
     """A pty whose slave a server opens as its serial device; the master is the device's far end."""
@@ -923,13 +918,14 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def connect(port: int, proc: subprocess.Popen) -> socket.socket:
+def connect(proc: subprocess.Popen) -> socket.socket:
+    """Connect to the one port the server bound (it was given port 0)."""
     for _ in range(200):
         assert proc.poll() is None, "server exited"
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=5)
-        except ConnectionRefusedError:
-            time.sleep(0.025)
+        listening = bound_addresses(proc.pid)
+        if listening:
+            return socket.create_connection(listening[0], timeout=5)
+        time.sleep(0.025)
     raise AssertionError("server never listened")
 
 
@@ -965,13 +961,12 @@ def ser2net_session(pty_device, tmp_path: Path) -> Iterator[tuple[socket.socket,
     if shutil.which("ser2net") is None:
         pytest.skip("ser2net is not installed")
     master, path = pty_device
-    port = free_port()
     config = tmp_path / "ser2net.yaml"
     config.write_text(textwrap.dedent(f"""\
         %YAML 1.1
         ---
         connection: &dev0
-            accepter: telnet(rfc2217),tcp,127.0.0.1,{port}
+            accepter: telnet(rfc2217),tcp,127.0.0.1,0
             options:
               kickolduser: true
             connector: serialdev,{path},9600n81,local
@@ -979,7 +974,7 @@ def ser2net_session(pty_device, tmp_path: Path) -> Iterator[tuple[socket.socket,
     proc = start_server(["ser2net", "-n", "-d", "-u", "-P", str(tmp_path / "pid"), "-c", str(config)],
                         tmp_path / "ser2net.err")  # fmt: skip
     try:
-        with connect(port, proc) as sock:
+        with connect(proc) as sock:
             yield sock, master
     finally:
         stop_server(proc)
@@ -1012,12 +1007,11 @@ def sredird_session(pty_device, tmp_path: Path) -> Iterator[tuple[socket.socket,
     if shutil.which("sredird") is None or shutil.which("socat") is None:
         pytest.skip("sredird or socat is not installed")
     master, path = pty_device
-    port = free_port()
-    listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"
+    listen = "TCP-LISTEN:0,bind=127.0.0.1,reuseaddr"
     serve = f"EXEC:sredird 7 {path} {tmp_path / 'lock'},nofork"
     proc = start_server(["socat", listen, serve], tmp_path / "socat.err")
     try:
-        with connect(port, proc) as sock:
+        with connect(proc) as sock:
             yield sock, master
     finally:
         stop_server(proc)

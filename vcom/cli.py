@@ -151,7 +151,10 @@ class Control(str, enum.Enum):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback.
+
+    Port 0 lets the kernel pick a free port; the answer names the one bound.
+    """
     text = text.strip()
     if ":" in text or text.startswith("["):
         try:
@@ -160,8 +163,8 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ShareError(f"listen address {text!r}: {exc}") from None
     else:
         host, port_text = "", text
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ShareError(f"listen address {text!r}: port must be a number between 1 and 65535")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ShareError(f"listen address {text!r}: port must be a number between 0 (any free port) and 65535")
     return host or "127.0.0.1", int(port_text)
 
 
