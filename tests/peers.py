@@ -137,7 +137,8 @@ def bound_addresses(pid: int, kind: str = "tcp") -> list[tuple[str, int]]:
     inodes = _socket_inodes(pid)
     state = _TCP_LISTEN if kind == "tcp" else _UDP_UNCONNECTED
     found: list[tuple[str, int]] = []
-    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+    # The tables of the process's own network namespace (a peer may run in one a test made).
+    for table in (f"/proc/{pid}/net/{kind}", f"/proc/{pid}/net/{kind}6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
             for line in lines:
