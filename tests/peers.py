@@ -869,6 +869,10 @@ class Vcom:
             texts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(texts) or "(no log)"
 
+    def manager_pid(self) -> int:
+        """The running manager's pid, from its pid file."""
+        return int((self.home / "vcom.pid").read_text().split()[0])
+
     def manager_pids(self) -> set[int]:
         """Processes of this VCOM_HOME: the pid file, and any process whose environment names it."""
         pids = set()
