@@ -661,6 +661,13 @@ class HostileServer(PeerProcess):
         except FileNotFoundError:
             return 0
 
+    def accept_times(self) -> list[float]:
+        """When each connection was accepted (time.monotonic(), the same clock in every process)."""
+        try:
+            return [float(line.split()[1]) for line in self.accept_log.read_text().splitlines()]
+        except FileNotFoundError:
+            return []
+
     def received(self) -> bytes:
         """Every byte the server read, from all connections in turn."""
         try:
@@ -996,7 +1003,7 @@ def run_hostile(mode: str, port: int, accept_log: str, received: str) -> None:
         for sock in readable:
             if sock is server:
                 client, _ = server.accept()
-                _append_line(accept_log, "accept")
+                _append_line(accept_log, f"accept {time.monotonic()!r}")
                 if mode == "close":
                     client.close()
                 else:
