@@ -909,6 +909,37 @@ class Vcom:
                 wait_until(lambda pids=pids: not any(_alive(p) for p in pids), 5, "vcom processes to exit")
 
 
+def run_as(uid: int, gid: int, groups: Sequence[int], action: Callable[[], str], timeout: float = 30.0) -> str:
+    """Run ``action`` in a forked child with these user, group and supplementary group ids; its result,
+    or ``"ExceptionName: message"`` if it raised.  The child never returns into the test."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            try:
+                result = action()
+            except Exception as exc:  # reported to the parent
+                result = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, result.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        assert ready, "the child did not answer"
+        answer = b""
+        while chunk := os.read(read_end, 65536):
+            answer += chunk
+        return answer.decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:

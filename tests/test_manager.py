@@ -17,7 +17,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from peers import PtyDevice, Ser2net, Vcom, handshake, wait_until
+from peers import PtyDevice, Ser2net, Vcom, handshake, run_as, wait_until
 
 
 class PlainTelnetSer2net(Ser2net):
@@ -137,30 +137,14 @@ def test_control_socket_refuses_users_outside_root_and_group_vcom(refused_port):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _ask_as_nobody(sock_path: Path, request: bytes) -> bytes:
+def _ask_as_nobody(sock_path: Path, request: bytes) -> str:
     nobody = pwd.getpwnam("nobody")
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(10)
-                s.connect(str(sock_path))
-                s.sendall(request)
-                answer = s.recv(4096)
-            os.write(write_end, answer)
-        except BaseException as exc:
-            os.write(write_end, f"child failed: {exc!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    answer = b""
-    while chunk := os.read(read_end, 4096):
-        answer += chunk
-    os.close(read_end)
-    os.waitpid(child, 0)
-    return answer
+
+    def ask() -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(sock_path))
+            s.sendall(request)
+            return s.recv(4096).decode()
+
+    return run_as(nobody.pw_uid, nobody.pw_gid, [], ask)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import serial
+from peers import run_as
 
 from vcom.inotify import (
     IN_CLOSE,
@@ -316,36 +317,8 @@ def test_unknown_user_or_group_fails_before_anything_exists(tmp_path: Path, owne
 
 def _as_nobody(action: Callable[[], str]) -> str:
     """Run ``action`` in a forked child with nobody's ids; its result or error."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read_end)
-            nobody = pwd.getpwnam("nobody")
-            os.setgroups([])
-            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
-            try:
-                result = action()
-            except Exception as exc:  # reported to the parent
-                result = f"{type(exc).__name__}: {exc}"
-            os.write(write_end, result.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 30)
-        assert ready, "the child did not answer"
-        return os.read(read_end, 4096).decode()
-    finally:
-        os.close(read_end)
-        for _ in range(300):
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                break
-            select.select([], [], [], 0.01)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
+    nobody = pwd.getpwnam("nobody")
+    return run_as(nobody.pw_uid, nobody.pw_gid, [], action)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching to nobody needs root")
