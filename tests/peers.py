@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import termios
+import textwrap
 import time
 import tty
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -464,7 +465,8 @@ class PeerProcess:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.bound(wait_until(self._ready, timeout, f"{self.name} listening"))
+        if self.listeners:
+            self.bound(wait_until(self._ready, timeout, f"{self.name} listening"))
 
     def _ready(self) -> list[tuple[str, int]] | None:
         assert self.proc is not None
@@ -577,6 +579,24 @@ class PyserialServer(PeerProcess):
 
     def command(self) -> list[str]:
         return [PYTHON, str(HERE / "pyserial_server.py"), "--port", str(self.port), "-v", self.device]
+
+
+class Socat(PeerProcess):
+    """``socat ADDRESS1 ADDRESS2``; ``{port}`` in an address is the port to listen on (0 at the first start).
+
+    ``kind="udp"`` when the listener is a UDP socket; ``listeners=0`` for a socat that only connects out.
+    """
+
+    name = "socat"
+
+    def __init__(self, workdir: Path, *addresses: str, kind: str = "tcp", listeners: int = 1) -> None:
+        super().__init__(workdir)
+        self.addresses = addresses
+        self.kind = kind
+        self.listeners = listeners
+
+    def command(self) -> list[str]:
+        return ["socat", "-d", "-d", *(address.replace("{port}", str(self.port)) for address in self.addresses)]
 
 
 class WireProxy(PeerProcess):
@@ -833,6 +853,13 @@ class Vcom:
         result = self.ok("share", str(device), "--listen", listen, *options)
         # "DEVICE shared as PROTOCOL on HOST:PORT"
         return int(result.stdout.strip().rsplit(":", 1)[1])
+
+    def wrap(self, script: str, timeout: float = 60) -> Any:
+        """``vcom wrap python -c SCRIPT``: the JSON the script prints last."""
+        result = subprocess.run([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", textwrap.dedent(script)], env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
     def status(self, device: str | os.PathLike[str] | None = None) -> Any:
         args = ["status", str(device), "--json"] if device is not None else ["status", "--json"]
