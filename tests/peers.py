@@ -37,6 +37,7 @@ import random
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -1085,6 +1086,49 @@ def run_hostile(mode: str, port: int, accept_log: str, received: str) -> None:
                     client.send(_garbage(rng))
 
 
+# A udev "add" event as udevd re-broadcasts it (systemd's sd-device monitor format: a "libudev" header,
+# then the properties), for a manager that listens to udevd.  Sent inside a network namespace the test
+# made, it reaches only the processes in that namespace.
+_UDEV_MONITOR_MAGIC = 0xFEEDCAFE
+_NETLINK_KOBJECT_UEVENT = 15
+_UDEV_GROUP = 2
+
+
+def _murmur_hash2(data: bytes, seed: int = 0) -> int:
+    """MurmurHash2, 32 bit: what sd-device puts in the header so subscribers can filter by subsystem in BPF."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (seed ^ len(data)) & mask
+    whole = len(data) // 4 * 4
+    for (k,) in struct.iter_unpack("<I", data[:whole]):
+        k = (k * m) & mask
+        k ^= k >> 24
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = data[whole:]
+    if tail:
+        for i, byte in enumerate(tail):
+            h ^= byte << (8 * i)
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
+def udev_message(properties: dict[str, str]) -> bytes:
+    body = b"".join(f"{key}={value}".encode() + b"\0" for key, value in properties.items())
+    header_size = 40
+    return (b"libudev\0" + struct.pack(">I", _UDEV_MONITOR_MAGIC)
+            + struct.pack("=III", header_size, header_size, len(body))
+            + struct.pack(">I", _murmur_hash2(properties["SUBSYSTEM"].encode())) + bytes(12) + body)
+
+
+def send_tty_added(devnode: str) -> None:
+    properties = {"ACTION": "add", "DEVPATH": f"/devices/virtual/tty/{os.path.basename(devnode)}",
+                  "SUBSYSTEM": "tty", "DEVNAME": devnode, "SEQNUM": "1", "MAJOR": "136", "MINOR": "0"}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_KOBJECT_UEVENT) as sock:
+        sock.bind((0, 0))
+        sock.sendto(udev_message(properties), (0, _UDEV_GROUP))
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="test peers run as processes")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -1097,9 +1141,13 @@ def main(argv: Sequence[str]) -> None:
     hostile.add_argument("port", type=int)
     hostile.add_argument("accept_log")
     hostile.add_argument("received")
+    uevent = sub.add_parser("tty-added", help="send a udev add event for a tty (in a test's network namespace)")
+    uevent.add_argument("devnode")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.what == "proxy":
+    if args.what == "tty-added":
+        send_tty_added(args.devnode)
+    elif args.what == "proxy":
         run_proxy(args.listen_port, args.target_port, args.record)
     else:
         run_hostile(args.mode, args.port, args.accept_log, args.received)
