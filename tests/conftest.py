@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program, refusing_port
+from peers import PeerProcess, PtyDevice, PyserialServer, Ser2net, Vcom, open_program, refusing_port
 
 P = TypeVar("P", bound=PeerProcess)
 
@@ -73,6 +73,13 @@ def ser2net(tmp_path: Path, device: PtyDevice, start_peer: Callable[[Ser2net], S
     if shutil.which("ser2net") is None:
         pytest.skip("ser2net is not installed")
     return start_peer(Ser2net(tmp_path / "ser2net", device.path))
+
+
+@pytest.fixture
+def pyserial_server(tmp_path: Path, device: PtyDevice, start_peer: Callable[[PyserialServer], PyserialServer]
+                    ) -> PyserialServer:
+    """pyserial's RFC 2217 server (tests/pyserial_server.py) serving ``device`` on ``.port``."""
+    return start_peer(PyserialServer(tmp_path / "pyserial-server", device.path))
 
 
 @pytest.fixture

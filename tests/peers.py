@@ -253,10 +253,17 @@ class PtyDevice:
     def drain(self) -> bytes:
         return drain(self.master)
 
+    def unplug(self) -> None:
+        """Close the master: to whoever has the slave open, the device is gone (hang-up, then EIO)."""
+        os.close(self.master)
+        self.master = -1
+
     def close(self) -> None:
         for fd in (self.master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.master = self._slave = -1
 
 
 # ---------------------------------------------------------------------------
@@ -465,7 +472,9 @@ class PeerProcess:
     def start(self, timeout: float = 10.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            # A session of its own: the server and what it spawns (sredird under socat) stop together.
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
         if self.listeners:
             self.bound(wait_until(self._ready, timeout, f"{self.name} listening"))
 
@@ -481,20 +490,26 @@ class PeerProcess:
         self._signal_and_reap(signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not go within a few seconds."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM to its process group, then SIGKILL if it does not go within a few seconds."""
+        if self.proc is None:
             return
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self._signal_and_reap(signal.SIGKILL)
+            pass
+        self._signal_and_reap(signal.SIGKILL)
 
     def _signal_and_reap(self, sig: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(sig)
+        self._signal_group(sig)
         self.proc.wait(timeout=10)
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # also after the leader exited: its children may remain
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -854,6 +869,25 @@ class Vcom:
         result = self.ok("share", str(device), "--listen", listen, *options)
         # "DEVICE shared as PROTOCOL on HOST:PORT"
         return int(result.stdout.strip().rsplit(":", 1)[1])
+
+    def start_manager(self, *options: str, env: dict[str, str] | None = None, stderr: int | None = None,
+                      wait: bool = True) -> subprocess.Popen[bytes]:
+        """``vcom run OPTIONS`` in the foreground, as systemd starts it (``close()`` stops it with the rest).
+
+        Its output goes to ``foreground.log`` in the home unless ``stderr`` says otherwise (PIPE); with
+        ``wait`` this returns once it answers on the control socket.
+        """
+        with open(self.home / "foreground.log", "ab") as log:
+            proc = subprocess.Popen([PYTHON, "-m", "vcom", "run", *options], env={**self.env, **(env or {})},
+                                    stdin=subprocess.DEVNULL, stdout=log if stderr is None else subprocess.DEVNULL,
+                                    stderr=log if stderr is None else stderr)
+        if wait:
+            def answering() -> bool:
+                assert proc.poll() is None, f"the manager exited with {proc.returncode}: {self.log_tail()}"
+                return self.cli("list").returncode == 0
+
+            self.wait_for(answering, 15, "the manager answering")
+        return proc
 
     def wrap(self, script: str, timeout: float = 60) -> Any:
         """``vcom wrap python -c SCRIPT``: the JSON the script prints last."""

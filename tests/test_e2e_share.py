@@ -23,12 +23,8 @@ from peers import (
 )
 
 
-def share(vcom: Vcom, device: str, *options: str) -> int:
-    return vcom.share(device, *options)
-
-
 def test_every_setting_crosses_vcom_client_to_vcom_server(vcom: Vcom, device: PtyDevice, open_port, tmp_path):
-    listen = share(vcom, device.path)
+    listen = vcom.share(device.path)
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{listen}")
     fd = open_port(port)
@@ -52,7 +48,7 @@ def test_every_setting_crosses_vcom_client_to_vcom_server(vcom: Vcom, device: Pt
 
 
 def test_arbitrary_speed_via_pyserial_reaches_the_far_tty(vcom: Vcom, device: PtyDevice, tmp_path):
-    listen = share(vcom, device.path)
+    listen = vcom.share(device.path)
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{listen}")
     with serial.Serial(str(port), 250000, stopbits=2, timeout=0) as program:
@@ -64,7 +60,7 @@ def test_arbitrary_speed_via_pyserial_reaches_the_far_tty(vcom: Vcom, device: Pt
 
 
 def test_udp_in_both_roles(vcom: Vcom, open_port, tmp_path):
-    listen = share(vcom, "sim:echo", "--protocol", "udp")
+    listen = vcom.share("sim:echo", "--protocol", "udp")
     port = tmp_path / "ttyU0"
     vcom.add(port, f"udp://127.0.0.1:{listen}", "--baud", "115200")
     fd = open_port(port)
@@ -81,7 +77,7 @@ def test_udp_in_both_roles(vcom: Vcom, open_port, tmp_path):
 
 
 def test_split_ports_share_one_connection(vcom: Vcom, open_port, tmp_path):
-    listen = share(vcom, "sim:echo", "--max-clients", "1")
+    listen = vcom.share("sim:echo", "--max-clients", "1")
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"
     vcom.add(a, f"127.0.0.1:{listen}", "--baud", "115200")
     vcom.add(b, f"127.0.0.1:{listen}", "--split-of", str(a))

@@ -1,23 +1,16 @@
 """The manager as a service: ports survive restarts and crashes through the
-config file, the connect policies, a server without RFC 2217, and who may use
-the control socket.
+config file, the connect policies and a server without RFC 2217.  Who may use
+the control socket is in test_control_access.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import tomllib
-from pathlib import Path
 
-from peers import PtyDevice, Ser2net, Vcom, handshake, run_as, wait_until
+from peers import PtyDevice, Ser2net, Vcom, handshake
 
 
 class PlainTelnetSer2net(Ser2net):
@@ -33,15 +26,6 @@ class PlainTelnetSer2net(Ser2net):
             "    options:", "      kickolduser: true",
             f"    connector: serialdev,{self.device},115200n81,local", "",
         ])
-
-
-def start_manager(vcom: Vcom) -> subprocess.Popen[bytes]:
-    log = open(vcom.home / "foreground.log", "ab")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=vcom.env, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log)
-    log.close()
-    wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
-    return proc
 
 
 def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: Ser2net, device: PtyDevice,
@@ -60,7 +44,7 @@ def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: 
     vcom.ok("shutdown")
     assert not a.exists() and not os.path.lexists(a) and not os.path.lexists(b)
 
-    manager = start_manager(vcom)
+    manager = vcom.start_manager()
     try:
         assert os.path.islink(a) and os.path.islink(b)
         manager.send_signal(signal.SIGKILL)  # a crash: no clean-up, the symlinks now point at dead ptys
@@ -70,7 +54,7 @@ def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: 
         if manager.poll() is None:
             manager.kill()
             manager.wait(timeout=10)
-    manager = start_manager(vcom)
+    manager = vcom.start_manager()
     try:
         assert os.path.islink(a)
         # Repaired: the link leads to the new pty, and the port works.
@@ -115,36 +99,3 @@ def test_a_server_refusing_rfc2217_gets_one_warning_and_plain_data(vcom: Vcom, d
     assert status["remote_settings"]["baud"] is None
     log = (vcom.home / "vcom.log").read_text()
     assert log.count("refused COM-PORT-OPTION") == 1, log
-
-
-def test_control_socket_refuses_users_outside_root_and_group_vcom(refused_port):
-    # A home every user can reach (pytest's own tmp dirs are private), so that the manager's
-    # credential check, not the file system, is what turns the other user away.
-    home = Path(tempfile.mkdtemp(prefix="vcom-perm-", dir="/tmp"))
-    os.chmod(home, 0o755)
-    vcom = Vcom(home / "h")
-    try:
-        vcom.ok("add", str(home / "ttyV0"), f"127.0.0.1:{refused_port}")
-        os.chmod(vcom.home, 0o755)
-        os.chmod(vcom.home / "vcom.sock", 0o666)
-        reply = json.loads(_ask_as_nobody(vcom.home / "vcom.sock", b'{"cmd": "list"}\n'))
-        assert reply["ok"] is False
-        assert "permission denied" in reply["error"] and "vcom" in reply["error"]
-        assert "ports" not in reply
-        assert vcom.cli("list").returncode == 0  # root still gets in
-    finally:
-        vcom.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _ask_as_nobody(sock_path: Path, request: bytes) -> str:
-    nobody = pwd.getpwnam("nobody")
-
-    def ask() -> str:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
-            s.connect(str(sock_path))
-            s.sendall(request)
-            return s.recv(4096).decode()
-
-    return run_as(nobody.pw_uid, nobody.pw_gid, [], ask)

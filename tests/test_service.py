@@ -31,9 +31,7 @@ def test_manager_is_ready_only_once_its_ports_exist(vcom: Vcom, refused_port, tm
     assert not any(os.path.lexists(p) for p in ports)
 
     notify = notify_socket(tmp_path)
-    env = {**vcom.env, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = vcom.start_manager(env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, wait=False)
     try:
         message = notify.recv(4096).decode()
         assert "READY=1" in message and "3 port(s)" in message
@@ -132,9 +130,7 @@ def test_manager_serves_prometheus_metrics(vcom: Vcom, refused_port, tmp_path):
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{refused_port}", "--baud", "19200")
     vcom.ok("shutdown")
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--metrics", "127.0.0.1:0"],
-                               env=vcom.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    manager = vcom.start_manager("--metrics", "127.0.0.1:0")
     try:
         # The control socket is a Unix socket: the one TCP listener is the metrics endpoint.
         ((_, listen),) = wait_until(lambda: bound_addresses(manager.pid), 15, "the metrics listener")
@@ -176,8 +172,7 @@ def test_shell_completion_offers_commands_and_configured_devices(vcom: Vcom, ref
 def test_json_logs_are_one_object_per_line(vcom: Vcom, refused_port, tmp_path):
     vcom.add(tmp_path / "ttyV0", f"127.0.0.1:{refused_port}")
     vcom.ok("shutdown")
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--log-format", "json"], env=vcom.env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manager = vcom.start_manager("--log-format", "json", stderr=subprocess.PIPE, wait=False)
     try:
         wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
     finally:

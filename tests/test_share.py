@@ -752,48 +752,35 @@ def test_one_client_too_many_is_refused(
 
 def test_device_gone_disconnects_clients_and_comes_back_when_replugged(
     tmp_path: Path,
+    make_device: Callable[[], PtyDevice],
     start_share: Callable[..., RunningShare],
     sockets: Callable[..., socket.socket],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The share is given a symlink, as udev makes /dev/serial/by-id/...; a "replug" re-points it."""
     monkeypatch.setattr(share_module, "REOPEN_INTERVAL", 0.05)
-    fds: list[int] = []
+    first = make_device()
+    link = tmp_path / "ttyUSB-by-id"
+    link.symlink_to(first.path)
+    running = start_share(ShareConfig(device=str(link), protocol="tcp"), SerialDevice(str(link)))
+    client = sockets(running.port)
+    running.wait_status(lambda s: len(s["clients"]) == 1, "client connected")
 
-    def plug() -> tuple[int, str]:
-        master, slave = os.openpty()
-        fds.extend((master, slave))
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        return master, os.ttyname(slave)
+    first.unplug()
+    assert recv_until_closed(client) == b""
+    status = running.wait_status(lambda s: s["device_state"] == "gone", "device gone")
+    assert status["device_error"] == f"{link}: hung up" and status["clients"] == []
+    assert recv_until_closed(sockets(running.port)) == b""  # nothing to serve while it is gone
+    running.wait_status(lambda s: s["refused_clients"] == 1, "refusal while gone")
 
-    try:
-        first_master, first_path = plug()
-        link = tmp_path / "ttyUSB-by-id"
-        link.symlink_to(first_path)
-        running = start_share(ShareConfig(device=str(link), protocol="tcp"), SerialDevice(str(link)))
-        client = sockets(running.port)
-        running.wait_status(lambda s: len(s["clients"]) == 1, "client connected")
-
-        fds.remove(first_master)
-        os.close(first_master)  # unplugged
-        assert recv_until_closed(client) == b""
-        status = running.wait_status(lambda s: s["device_state"] == "gone", "device gone")
-        assert status["device_error"] == f"{link}: hung up" and status["clients"] == []
-        assert recv_until_closed(sockets(running.port)) == b""  # nothing to serve while it is gone
-        running.wait_status(lambda s: s["refused_clients"] == 1, "refusal while gone")
-
-        second_master, second_path = plug()
-        link.unlink()
-        link.symlink_to(second_path)
-        running.wait_status(lambda s: s["device_state"] == "open", "device reopened")
-        again = sockets(running.port)
-        running.wait_status(lambda s: len(s["clients"]) == 1, "client of the new device")
-        again.sendall(b"back")
-        assert read_exact(second_master, 4) == b"back"
-    finally:
-        for fd in fds:
-            os.close(fd)
+    second = make_device()
+    link.unlink()
+    link.symlink_to(second.path)
+    running.wait_status(lambda s: s["device_state"] == "open", "device reopened")
+    again = sockets(running.port)
+    running.wait_status(lambda s: len(s["clients"]) == 1, "client of the new device")
+    again.sendall(b"back")
+    assert second.read_exact(4) == b"back"
 
 
 # -- UDP ---------------------------------------------------------------------------------

@@ -102,10 +102,6 @@ def set_speed(fd: int, speed: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-def share(vcom: Vcom, device: str, *options: str) -> int:
-    return vcom.share(device, *options)
-
-
 def line_controls(items: list[Item]) -> list[int]:
     """The DTR/RTS SET-CONTROL values among ``items``, in order."""
     return [c.value[0] for c in com_port_commands(items, SET_CONTROL)
@@ -212,7 +208,7 @@ def test_without_hupcl_the_last_close_leaves_dtr_and_rts_up(
 
 
 def test_echo_plug_reports_its_inputs_and_follows_dtr(vcom: Vcom, tmp_path: Path):
-    listen = share(vcom, "sim:echo")
+    listen = vcom.share("sim:echo")
     port = tmp_path / "ttyE0"
     vcom.add(port, f"127.0.0.1:{listen}")
     # Not connected yet: nothing is known of the inputs.
@@ -272,7 +268,7 @@ def test_line_errors_are_counted_and_the_masks_asked_for(vcom: Vcom, start_peer,
 )
 def test_carrier_loss_hangs_up_the_program(vcom: Vcom, tmp_path: Path, options: list[str], clocal: bool,
                                            hung_up: bool):
-    listen = share(vcom, "sim:modem")
+    listen = vcom.share("sim:modem")
     port = tmp_path / "ttyM0"
     vcom.add(port, f"127.0.0.1:{listen}", *options)
     dialer = Dialer(port, clocal=clocal, guard=SIM_MODEM_GUARD)
@@ -407,7 +403,7 @@ def test_tcflush_sends_purge_data(vcom: Vcom, ser2net: Ser2net, device: PtyDevic
 
 
 def test_data_arriving_while_closed_is_dropped_not_delivered_later(vcom: Vcom, start_peer, tmp_path: Path):
-    proxy = start_peer(WireProxy(tmp_path / "proxy", share(vcom, "sim:gps")))
+    proxy = start_peer(WireProxy(tmp_path / "proxy", vcom.share("sim:gps")))
     port = tmp_path / "ttyG0"
     vcom.add(port, f"127.0.0.1:{proxy.port}", "--connect", "always")
     status = vcom.wait_status(port, lambda s: s["bytes_from_remote"] > 200, timeout=20, what="two fixes received")
