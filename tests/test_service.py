@@ -174,7 +174,7 @@ def test_json_logs_are_one_object_per_line(vcom: Vcom, refused_port, tmp_path):
     vcom.ok("shutdown")
     manager = vcom.start_manager("--log-format", "json", stderr=subprocess.PIPE, wait=False)
     try:
-        wait_until(lambda: vcom.cli("list").returncode == 0, 15, "manager answering")
+        wait_until(vcom.answering, 15, "manager answering")
     finally:
         manager.send_signal(signal.SIGTERM)
         _, err = manager.communicate(timeout=15)

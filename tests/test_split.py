@@ -60,7 +60,7 @@ def test_a_stalled_member_loses_its_oldest_data_and_never_stalls_the_other(
 
     def settled() -> bool:
         got.extend(drain(stalled))
-        return len(got) + vcom.status(b)["dropped_bytes"] == total
+        return len(got) + vcom.query(b)["dropped_bytes"] == total
 
     wait_until(settled, 15, "B's data and drops to account for every byte")
     status = vcom.status(b)
