@@ -47,9 +47,9 @@ def manager_with_group() -> Iterator[tuple[Vcom, int]]:
     groups = base / "group"
     groups.write_text(Path("/etc/group").read_text() + f"vcom:x:{gid}:daemon\n")
     script = f'mount --bind "{groups}" /etc/group && exec "{sys.executable}" -m vcom run'
-    manager = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                               env=vcom.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=open(base / "manager.log", "wb"))  # noqa: SIM115 - closed with the process
+    with open(base / "manager.log", "wb") as log:
+        manager = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                   env=vcom.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         wait_until(lambda: manager.poll() is not None or control.manager_running(vcom.home / "vcom.sock"), 15,
                    "the manager answering")
