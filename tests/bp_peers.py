@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers import PYTHON, PeerProcess, free_port
+from peers import PYTHON, PeerProcess
 
 # A prime block length, so block boundaries never line up with the 4/16/64 KiB
 # chunks of the layers in between: a lost or repeated chunk always shows.
@@ -85,12 +85,8 @@ class PatternChecker:
 class _StatusServer(PeerProcess):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.port = free_port()
         self.status_path = workdir / f"{self.name}.json"
         self.status_path.unlink(missing_ok=True)
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def status(self) -> dict[str, Any]:
         try:
@@ -120,17 +116,19 @@ class SlowSink(_StatusServer):
 
 
 class PatternSource(_StatusServer):
-    """Sends ``total`` bytes of :func:`pattern` after :meth:`go`; status: sent, connections."""
+    """Sends ``total`` bytes of :func:`pattern` after :meth:`go` (at most ``rate`` bytes/s, 0: as fast as the
+    socket takes them); status: sent, connections."""
 
     name = "pattern-source"
 
-    def __init__(self, workdir: Path, total: int) -> None:
+    def __init__(self, workdir: Path, total: int, rate: int = 0) -> None:
         super().__init__(workdir)
         self.total = total
+        self.rate = rate
 
     def command(self) -> list[str]:
         return [PYTHON, str(Path(__file__).resolve()), "source", str(self.port), str(self.status_path),
-                str(self.total)]
+                str(self.total), "--rate", str(self.rate)]
 
     def go(self) -> None:
         self.signal_go()
@@ -204,8 +202,8 @@ def run_sink(port: int, status_path: str, rate: int) -> None:
         report()
 
 
-def run_source(port: int, status_path: str, total: int) -> None:
-    """Accept one connection, wait for SIGUSR1, then send ``total`` bytes of the pattern.
+def run_source(port: int, status_path: str, total: int, rate: int = 0) -> None:
+    """Accept one connection, wait for SIGUSR1, then send ``total`` bytes of the pattern (``rate``: bytes/s cap).
 
     The connection stays open until the client closes it, as a device server's does: an end of
     stream would make vcom reconnect, which the test counts.
@@ -214,6 +212,7 @@ def run_source(port: int, status_path: str, total: int) -> None:
     server = _listen(port)
     conns: list[socket.socket] = []
     sent = 0
+    started: float | None = None
     reported: tuple[int, int, bool] | None = None
     while True:
         if (sent, len(conns), go.set) != reported:
@@ -229,8 +228,13 @@ def run_source(port: int, status_path: str, total: int) -> None:
                 if not conns[0].recv(4096):
                     return  # vcom closed
         if conns and conns[0] in writable:
+            started = started or time.monotonic()
+            allowance = int(rate * (time.monotonic() - started)) - sent if rate else 1 << 18
+            if allowance <= 0:
+                time.sleep(0.005)
+                continue
             with contextlib.suppress(BlockingIOError):
-                sent += conns[0].send(pattern(sent, min(1 << 18, total - sent)))
+                sent += conns[0].send(pattern(sent, min(allowance, 1 << 18, total - sent)))
 
 
 def main(argv: list[str]) -> None:
@@ -239,12 +243,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("status")
     parser.add_argument("amount", type=int, help="sink: bytes per second; source: bytes to send")
+    parser.add_argument("--rate", type=int, default=0, help="source: bytes per second at most (0: no limit)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.role == "sink":
         run_sink(args.port, args.status, args.amount)
     else:
-        run_source(args.port, args.status, args.amount)
+        run_source(args.port, args.status, args.amount, args.rate)
 
 
 if __name__ == "__main__":

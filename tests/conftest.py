@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from peers import PeerProcess, PtyDevice, Ser2net, Vcom, open_program
+from peers import PeerProcess, PtyDevice, PyserialServer, Ser2net, Vcom, open_program, refusing_port
 
 P = TypeVar("P", bound=PeerProcess)
 
@@ -76,6 +76,13 @@ def ser2net(tmp_path: Path, device: PtyDevice, start_peer: Callable[[Ser2net], S
 
 
 @pytest.fixture
+def pyserial_server(tmp_path: Path, device: PtyDevice, start_peer: Callable[[PyserialServer], PyserialServer]
+                    ) -> PyserialServer:
+    """pyserial's RFC 2217 server (tests/pyserial_server.py) serving ``device`` on ``.port``."""
+    return start_peer(PyserialServer(tmp_path / "pyserial-server", device.path))
+
+
+@pytest.fixture
 def vcom(tmp_path: Path) -> Iterator[Vcom]:
     """The vcom CLI with a private VCOM_HOME; no manager outlives the test.
 
@@ -86,6 +93,13 @@ def vcom(tmp_path: Path) -> Iterator[Vcom]:
         yield driver
     finally:
         driver.close()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where nobody listens and nobody can start to while the test runs."""
+    with refusing_port() as port:
+        yield port
 
 
 @pytest.fixture

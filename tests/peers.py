@@ -37,12 +37,14 @@ import random
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import termios
+import textwrap
 import time
 import tty
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,31 +78,76 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    """A TCP port on 127.0.0.1 that nobody listens on right now.
+
+    Racy (another process may take it before the caller binds it): servers
+    here bind port 0 and report the port they got (:func:`bound_addresses`),
+    and a target that must refuse is :func:`refusing_port`.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-_TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+@contextlib.contextmanager
+def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port that refuses every connection while the ``with`` block runs.
 
-
-def is_listening(port: int) -> bool:
-    """Whether some socket listens on ``port``, read from /proc/net/tcp{,6}.
-
-    Checking the kernel table instead of connecting matters: ser2net opens its
-    device and pyserial's server starts a session on every connection, so a
-    probe connection would disturb the peer it checks.
+    The socket is bound but never listens: the kernel answers a SYN with a
+    reset, and as long as it is held no other process can take the port.
     """
-    wanted = f"{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        yield sock.getsockname()[1]
+
+
+_TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+_UDP_UNCONNECTED = "07"  # TCP_CLOSE: how /proc/net/udp shows a bound, unconnected socket
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (little-endian words, as /proc/net shows them) as ("127.0.0.1", 8080)."""
+    hex_host, hex_port = text.split(":")
+    raw = bytes.fromhex(hex_host)
+    # The kernel prints each 32-bit word in host byte order.
+    host_bytes = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(host_bytes) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, host_bytes), int(hex_port, 16)
+
+
+def bound_addresses(pid: int, kind: str = "tcp") -> list[tuple[str, int]]:
+    """The (host, port) of every listening TCP socket (``kind="udp"``: bound UDP socket) that ``pid`` holds.
+
+    Read from /proc, in the order of the sockets' creation as far as the fd
+    numbers tell it.  A peer binds port 0 and the test learns the port here,
+    without connecting (a probe connection would start a session on ser2net
+    or pyserial's server) and without a window in which another process
+    could take a port picked in advance.
+    """
+    inodes = _socket_inodes(pid)
+    state = _TCP_LISTEN if kind == "tcp" else _UDP_UNCONNECTED
+    found: list[tuple[str, int]] = []
+    # The tables of the process's own network namespace (a peer may run in one a test made).
+    for table in (f"/proc/{pid}/net/{kind}", f"/proc/{pid}/net/{kind}6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
-                if fields[1].rsplit(":", 1)[1] == wanted and fields[3] == _TCP_LISTEN:
-                    return True
-    return False
+                if fields[3] == state and fields[9] in inodes:
+                    found.append(_proc_address(fields[1]))
+    return found
 
 
 # ---------------------------------------------------------------------------
@@ -206,10 +253,17 @@ class PtyDevice:
     def drain(self) -> bytes:
         return drain(self.master)
 
+    def unplug(self) -> None:
+        """Close the master: to whoever has the slave open, the device is gone (hang-up, then EIO)."""
+        os.close(self.master)
+        self.master = -1
+
     def close(self) -> None:
         for fd in (self.master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.master = self._slave = -1
 
 
 # ---------------------------------------------------------------------------
@@ -387,53 +441,75 @@ def poke(fd: int) -> bytes:
 
 
 class PeerProcess:
-    """A server process started and stopped by a test, its output kept in a log file."""
+    """A server process started and stopped by a test, its output kept in a log file.
+
+    A server binds port 0 the first time and :meth:`bound` learns the port it
+    got from /proc; ``start()`` after ``kill()`` passes that same port again,
+    as a respawned device server comes back where it was.
+    """
 
     name = "peer"
+    listeners = 1  # listening sockets the server opens
+    kind = "tcp"  # or "udp": a bound datagram socket counts as listening
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0  # 0 until the first start: the kernel picks it
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def ports(self) -> list[int]:
-        raise NotImplementedError
+        return [self.port]
+
+    def bound(self, addresses: list[tuple[str, int]]) -> None:
+        """Learn the port(s) the server got; ``addresses`` are its listening sockets."""
+        self.port = addresses[0][1]
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        wait_until(self._ready, timeout, f"{self.name} listening on {self.ports()}")
+            # A session of its own: the server and what it spawns (sredird under socat) stop together.
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        if self.listeners:
+            self.bound(wait_until(self._ready, timeout, f"{self.name} listening"))
 
-    def _ready(self) -> bool:
+    def _ready(self) -> list[tuple[str, int]] | None:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return all(is_listening(port) for port in self.ports())
+        addresses = bound_addresses(self.proc.pid, self.kind)
+        return addresses if len(addresses) >= self.listeners else None
 
     def kill(self) -> None:
         """SIGKILL: the abrupt death of a server (no goodbye on the wire)."""
         self._signal_and_reap(signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not go within a few seconds."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM to its process group, then SIGKILL if it does not go within a few seconds."""
+        if self.proc is None:
             return
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self._signal_and_reap(signal.SIGKILL)
+            pass
+        self._signal_and_reap(signal.SIGKILL)
 
     def _signal_and_reap(self, sig: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(sig)
+        self._signal_group(sig)
         self.proc.wait(timeout=10)
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # also after the leader exited: its children may remain
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -447,27 +523,41 @@ class Ser2net(PeerProcess):
 
     The raw accepter may serve another device so that one server can back two
     vcom ports at once.  ``kill()`` then ``start()`` restarts it on the SAME
-    ports, as a crashed and respawned device server would.
+    ports, as a crashed and respawned device server would.  The raw accepter
+    listens on another loopback address (``.raw_host``), so that the two
+    ports, both bound as port 0, are told apart by address.
     """
 
     name = "ser2net"
+    listeners = 2
+    host = "127.0.0.1"
+    raw_host = "127.0.0.2"
 
     def __init__(self, workdir: Path, device: str, raw_device: str | None = None) -> None:
         super().__init__(workdir)
         self.device = device
         self.raw_device = raw_device or device
-        self.port = free_port()
-        self.raw_port = free_port()
+        self.raw_port = 0
         self.config_path = workdir / "ser2net.yaml"
         self.pid_path = workdir / "ser2net.pid"
         self.config_path.write_text(self._config())
+
+    @property
+    def target(self) -> str:
+        """The RFC 2217 accepter as a vcom target."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def raw_target(self) -> str:
+        """The raw TCP accepter as a vcom target."""
+        return f"tcp://{self.raw_host}:{self.raw_port}"
 
     def _config(self) -> str:
         # kickolduser: a reconnecting client replaces a session ser2net still
         # believes alive.  "local" = CLOCAL: no modem lines on a pty.
         connections = [
-            ("rfc2217", f"telnet(rfc2217),tcp,127.0.0.1,{self.port}", self.device),
-            ("raw", f"tcp,127.0.0.1,{self.raw_port}", self.raw_device),
+            ("rfc2217", f"telnet(rfc2217),tcp,{self.host},{self.port}", self.device),
+            ("raw", f"tcp,{self.raw_host},{self.raw_port}", self.raw_device),
         ]
         parts = ["%YAML 1.1", "---"]
         for name, accepter, device in connections:
@@ -484,6 +574,12 @@ class Ser2net(PeerProcess):
     def command(self) -> list[str]:
         return ["ser2net", "-n", "-d", "-u", "-P", str(self.pid_path), "-c", str(self.config_path)]
 
+    def bound(self, addresses: list[tuple[str, int]]) -> None:
+        ports = dict(addresses)
+        self.port = ports[self.host]
+        self.raw_port = ports.get(self.raw_host, self.raw_port)
+        self.config_path.write_text(self._config())  # a restart comes back on the same ports
+
     def ports(self) -> list[int]:
         return [self.port, self.raw_port]
 
@@ -496,13 +592,27 @@ class PyserialServer(PeerProcess):
     def __init__(self, workdir: Path, device: str) -> None:
         super().__init__(workdir)
         self.device = device
-        self.port = free_port()
 
     def command(self) -> list[str]:
         return [PYTHON, str(HERE / "pyserial_server.py"), "--port", str(self.port), "-v", self.device]
 
-    def ports(self) -> list[int]:
-        return [self.port]
+
+class Socat(PeerProcess):
+    """``socat ADDRESS1 ADDRESS2``; ``{port}`` in an address is the port to listen on (0 at the first start).
+
+    ``kind="udp"`` when the listener is a UDP socket; ``listeners=0`` for a socat that only connects out.
+    """
+
+    name = "socat"
+
+    def __init__(self, workdir: Path, *addresses: str, kind: str = "tcp", listeners: int = 1) -> None:
+        super().__init__(workdir)
+        self.addresses = addresses
+        self.kind = kind
+        self.listeners = listeners
+
+    def command(self) -> list[str]:
+        return ["socat", "-d", "-d", *(address.replace("{port}", str(self.port)) for address in self.addresses)]
 
 
 class WireProxy(PeerProcess):
@@ -517,7 +627,6 @@ class WireProxy(PeerProcess):
     def __init__(self, workdir: Path, target_port: int) -> None:
         super().__init__(workdir)
         self.target_port = target_port
-        self.port = free_port()
         self.record_path = workdir / "wire.jsonl"
         self.record_path.unlink(missing_ok=True)
 
@@ -530,9 +639,6 @@ class WireProxy(PeerProcess):
             str(self.target_port),
             str(self.record_path),
         ]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def records(self) -> list[dict[str, Any]]:
         try:
@@ -561,7 +667,7 @@ class WireProxy(PeerProcess):
 
 
 class HostileServer(PeerProcess):
-    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections."""
+    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections and keeps what it got."""
 
     name = "hostile"
     MODES = ("close", "garbage", "silent")
@@ -571,8 +677,8 @@ class HostileServer(PeerProcess):
         self.name = f"hostile-{mode}"
         super().__init__(workdir)
         self.mode = mode
-        self.port = free_port()
         self.accept_log = workdir / f"hostile-{mode}.accepts"
+        self.received_path = workdir / f"hostile-{mode}.received"
 
     def command(self) -> list[str]:
         return [
@@ -582,16 +688,28 @@ class HostileServer(PeerProcess):
             self.mode,
             str(self.port),
             str(self.accept_log),
+            str(self.received_path),
         ]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def connections(self) -> int:
         try:
             return len(self.accept_log.read_text().splitlines())
         except FileNotFoundError:
             return 0
+
+    def accept_times(self) -> list[float]:
+        """When each connection was accepted (time.monotonic(), the same clock in every process)."""
+        try:
+            return [float(line.split()[1]) for line in self.accept_log.read_text().splitlines()]
+        except FileNotFoundError:
+            return []
+
+    def received(self) -> bytes:
+        """Every byte the server read, from all connections in turn."""
+        try:
+            return self.received_path.read_bytes()
+        except FileNotFoundError:
+            return b""
 
 
 # ---------------------------------------------------------------------------
@@ -745,9 +863,74 @@ class Vcom:
         assert os.path.islink(device), f"`vcom add` returned 0 but {device} is not a symlink"
         return result
 
+    def share(self, device: str | os.PathLike[str], *options: str, host: str = "127.0.0.1") -> int:
+        """``vcom share DEVICE --listen HOST:0 OPTIONS``: the port the share bound."""
+        listen = f"[{host}]:0" if ":" in host else f"{host}:0"
+        result = self.ok("share", str(device), "--listen", listen, *options)
+        # "DEVICE shared as PROTOCOL on HOST:PORT"
+        return int(result.stdout.strip().rsplit(":", 1)[1])
+
+    def start_manager(self, *options: str, env: dict[str, str] | None = None, stderr: int | None = None,
+                      wait: bool = True) -> subprocess.Popen[bytes]:
+        """``vcom run OPTIONS`` in the foreground, as systemd starts it (``close()`` stops it with the rest).
+
+        Its output goes to ``foreground.log`` in the home unless ``stderr`` says otherwise (PIPE); with
+        ``wait`` this returns once it answers on the control socket.
+        """
+        with open(self.home / "foreground.log", "ab") as log:
+            proc = subprocess.Popen([PYTHON, "-m", "vcom", "run", *options], env={**self.env, **(env or {})},
+                                    stdin=subprocess.DEVNULL, stdout=log if stderr is None else subprocess.DEVNULL,
+                                    stderr=log if stderr is None else stderr)
+        if wait:
+            def answering() -> bool:
+                assert proc.poll() is None, f"the manager exited with {proc.returncode}: {self.log_tail()}"
+                return self.answering()
+
+            self.wait_for(answering, 15, "the manager answering")
+        return proc
+
+    def wrap(self, script: str, timeout: float = 60) -> Any:
+        """``vcom wrap python -c SCRIPT``: the JSON the script prints last."""
+        result = subprocess.run([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", textwrap.dedent(script)], env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def status(self, device: str | os.PathLike[str] | None = None) -> Any:
         args = ["status", str(device), "--json"] if device is not None else ["status", "--json"]
         return json.loads(self.ok(*args).stdout)
+
+    def answering(self) -> bool:
+        """Whether a manager answers on this home's control socket."""
+        try:
+            self.query()
+        except (OSError, ValueError, AssertionError):
+            return False
+        return True
+
+    def query(self, device: str | os.PathLike[str] | None = None) -> Any:
+        """What ``vcom status [DEVICE] --json`` prints, asked directly on the control socket.
+
+        The same request the CLI sends (one JSON line each way); cheap enough to poll.
+        """
+        request: dict[str, Any] = {"cmd": "status"}
+        if device is not None:
+            name = str(device)
+            request["device"] = name if name.lower().startswith("sim:") else os.path.abspath(name)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.home / "vcom.sock"))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                assert chunk, f"the manager closed the connection after {answer!r}"
+                answer += chunk
+        reply = json.loads(answer)
+        assert reply.get("ok"), f"status {device}: {reply.get('error')}"
+        if device is not None:
+            return reply.get("port") or reply.get("share")
+        return {"ports": reply["ports"], "shares": reply["shares"]}
 
     def ports(self) -> list[dict[str, Any]]:
         """Status of every port: ``vcom status --json`` without a device.
@@ -768,11 +951,15 @@ class Vcom:
         timeout: float = 15.0,
         what: str = "status",
     ) -> dict[str, Any]:
-        """Poll ``vcom status DEVICE`` until ``predicate(status)`` holds; return that status."""
+        """Poll the status of DEVICE until ``predicate(status)`` holds; return that status.
+
+        Polled over the control socket (:meth:`query`): a ``vcom status`` process per look costs a
+        third of a CPU second, and a wait would keep a core busy with nothing but that.
+        """
         seen: list[dict[str, Any]] = []
 
         def check() -> dict[str, Any] | None:
-            status = self.status(device)
+            status = self.query(device)
             seen[:] = [status]
             return status if predicate(status) else None
 
@@ -786,6 +973,10 @@ class Vcom:
         for path in sorted(self.home.glob("*.log")):
             texts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(texts) or "(no log)"
+
+    def manager_pid(self) -> int:
+        """The running manager's pid, from its pid file."""
+        return int((self.home / "vcom.pid").read_text().split()[0])
 
     def manager_pids(self) -> set[int]:
         """Processes of this VCOM_HOME: the pid file, and any process whose environment names it."""
@@ -814,6 +1005,37 @@ class Vcom:
                     os.kill(pid, sig)
             with contextlib.suppress(AssertionError):
                 wait_until(lambda pids=pids: not any(_alive(p) for p in pids), 5, "vcom processes to exit")
+
+
+def run_as(uid: int, gid: int, groups: Sequence[int], action: Callable[[], str], timeout: float = 30.0) -> str:
+    """Run ``action`` in a forked child with these user, group and supplementary group ids; its result,
+    or ``"ExceptionName: message"`` if it raised.  The child never returns into the test."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            try:
+                result = action()
+            except Exception as exc:  # reported to the parent
+                result = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, result.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        assert ready, "the child did not answer"
+        answer = b""
+        while chunk := os.read(read_end, 65536):
+            answer += chunk
+        return answer.decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
 
 
 def _alive(pid: int) -> bool:
@@ -899,7 +1121,7 @@ def _garbage(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 2048)) + rng.choice(_BROKEN_IAC)
 
 
-def run_hostile(mode: str, port: int, accept_log: str) -> None:
+def run_hostile(mode: str, port: int, accept_log: str, received: str) -> None:
     """close: accept and close at once; garbage: random bytes and broken IAC, never negotiates;
     silent: accept, swallow input, never send a byte."""
     server = _listen(port)
@@ -910,7 +1132,7 @@ def run_hostile(mode: str, port: int, accept_log: str) -> None:
         for sock in readable:
             if sock is server:
                 client, _ = server.accept()
-                _append_line(accept_log, "accept")
+                _append_line(accept_log, f"accept {time.monotonic()!r}")
                 if mode == "close":
                     client.close()
                 else:
@@ -924,11 +1146,57 @@ def run_hostile(mode: str, port: int, accept_log: str) -> None:
             if not data:
                 clients.remove(sock)
                 sock.close()
+                continue
+            with open(received, "ab") as out:
+                out.write(data)
         if mode == "garbage":
             for client in clients:
                 # Never block: what the client does not take is dropped.
                 with contextlib.suppress(BlockingIOError, OSError):
                     client.send(_garbage(rng))
+
+
+# A udev "add" event as udevd re-broadcasts it (systemd's sd-device monitor format: a "libudev" header,
+# then the properties), for a manager that listens to udevd.  Sent inside a network namespace the test
+# made, it reaches only the processes in that namespace.
+_UDEV_MONITOR_MAGIC = 0xFEEDCAFE
+_NETLINK_KOBJECT_UEVENT = 15
+_UDEV_GROUP = 2
+
+
+def _murmur_hash2(data: bytes, seed: int = 0) -> int:
+    """MurmurHash2, 32 bit: what sd-device puts in the header so subscribers can filter by subsystem in BPF."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (seed ^ len(data)) & mask
+    whole = len(data) // 4 * 4
+    for (k,) in struct.iter_unpack("<I", data[:whole]):
+        k = (k * m) & mask
+        k ^= k >> 24
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = data[whole:]
+    if tail:
+        for i, byte in enumerate(tail):
+            h ^= byte << (8 * i)
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
+def udev_message(properties: dict[str, str]) -> bytes:
+    body = b"".join(f"{key}={value}".encode() + b"\0" for key, value in properties.items())
+    header_size = 40
+    return (b"libudev\0" + struct.pack(">I", _UDEV_MONITOR_MAGIC)
+            + struct.pack("=III", header_size, header_size, len(body))
+            + struct.pack(">I", _murmur_hash2(properties["SUBSYSTEM"].encode())) + bytes(12) + body)
+
+
+def send_tty_added(devnode: str) -> None:
+    properties = {"ACTION": "add", "DEVPATH": f"/devices/virtual/tty/{os.path.basename(devnode)}",
+                  "SUBSYSTEM": "tty", "DEVNAME": devnode, "SEQNUM": "1", "MAJOR": "136", "MINOR": "0"}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_KOBJECT_UEVENT) as sock:
+        sock.bind((0, 0))
+        sock.sendto(udev_message(properties), (0, _UDEV_GROUP))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -942,12 +1210,17 @@ def main(argv: Sequence[str]) -> None:
     hostile.add_argument("mode", choices=HostileServer.MODES)
     hostile.add_argument("port", type=int)
     hostile.add_argument("accept_log")
+    hostile.add_argument("received")
+    uevent = sub.add_parser("tty-added", help="send a udev add event for a tty (in a test's network namespace)")
+    uevent.add_argument("devnode")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.what == "proxy":
+    if args.what == "tty-added":
+        send_tty_added(args.devnode)
+    elif args.what == "proxy":
         run_proxy(args.listen_port, args.target_port, args.record)
     else:
-        run_hostile(args.mode, args.port, args.accept_log)
+        run_hostile(args.mode, args.port, args.accept_log, args.received)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bp_peers import PatternChecker, PatternSource, SlowSink, pattern
-from peers import PtyDevice, Vcom, free_port, wait_until
+from peers import PtyDevice, Vcom, wait_until
 
 from vcom.link import SOCKET_SEND_BUFFER
 
@@ -280,8 +280,7 @@ def test_slow_raw_tcp_remote_blocks_the_writer_not_vcoms_memory(vcom: Vcom, open
 
 def test_slow_device_behind_rfc2217_share_blocks_the_writer(vcom: Vcom, device: PtyDevice, open_port, tmp_path):
     # vcom's own RFC 2217 server (same manager) shares a pty "UART" that the test drains at 9600 baud.
-    listen = free_port()
-    vcom.ok("share", device.path, "--listen", f"127.0.0.1:{listen}")
+    listen = vcom.share(device.path)
     port = tmp_path / "ttyV0"
     fd = connect(vcom, port, f"rfc2217://127.0.0.1:{listen}", open_port)
     vcom.wait_status(port, lambda s: s["com_port"] is True, what="COM-PORT-OPTION agreed")

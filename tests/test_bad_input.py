@@ -21,7 +21,6 @@ from peers import (
     Ser2net,
     Stream,
     Vcom,
-    free_port,
     handshake,
     poke,
     pump,
@@ -73,9 +72,9 @@ def test_device_path_in_a_missing_directory_is_refused(vcom: Vcom, tmp_path):
     assert not device.parent.exists()
 
 
-def test_unreachable_target_never_fails_the_program(vcom: Vcom, open_port, tmp_path):
+def test_unreachable_target_never_fails_the_program(vcom: Vcom, open_port, refused_port, tmp_path):
     device = tmp_path / "ttyV0"
-    vcom.add(device, f"127.0.0.1:{free_port()}")  # nobody listens there
+    vcom.add(device, f"127.0.0.1:{refused_port}")
     fd = open_port(device)
     os.write(fd, b"hello, is anybody there?")
 
@@ -126,13 +125,37 @@ def test_hostile_server_hurts_neither_the_program_nor_other_ports(
     devices = {entry["device"] for entry in vcom.ports()}
     assert devices == {str(bad_port), str(good_port)}
 
+    # What the bad port shows for each kind of bad server.
+    if mode == "close":
+        # Retried with back-off, the hang-up reported; the program keeps its port.
+        wait_until(lambda: hostile.connections() >= 2, 15, "vcom to try the closing server again")
+        status = vcom.status(bad_port)
+        # "(closed by the server)", or a reset when the server closed with vcom's first bytes unread.
+        assert status["last_error"].startswith(f"connection to rfc2217://127.0.0.1:{hostile.port} lost"), status
+        assert status["open"] is True and status["com_port"] is not True
+        return
+    # A server that never negotiates: after the negotiation cap the port carries plain data over
+    # the one connection, with nothing invented about the remote and no reconnect loop.
+    status = vcom.wait_status(bad_port, lambda s: s["state"] == "connected", what="plain data after the cap")
+    assert status["signature"] is None and set(status["remote_settings"].values()) == {None}
+    before = status["bytes_to_remote"]
+    os.write(bad, b"plain")
+    status = vcom.wait_status(bad_port, lambda s: s["bytes_to_remote"] >= before + 5, what="data to the bad server")
+    assert status["connects"] == 1 and status["reconnects"] == 0 and hostile.connections() == 1
+    if mode == "silent":
+        assert status["com_port"] is None and status["bytes_from_remote"] == 0
+        wait_until(lambda: b"plain" in hostile.received(), 15, "the silent server to receive the data")
+    else:  # garbage: its bytes reach the program as data, the broken telnet in them is skipped
+        got = wait_until(lambda: poke(bad), 15, "garbage to reach the program")
+        assert got and vcom.status(bad_port)["bytes_from_remote"] >= len(got)
+
 
 def test_removing_one_port_leaves_the_others_working(vcom: Vcom, make_device, start_peer, open_port, tmp_path):
     dev_a, dev_b = make_device(), make_device()
     server = start_peer(Ser2net(tmp_path / "ser2net", dev_a.path, dev_b.path))
     port_a, port_b = tmp_path / "ttyA", tmp_path / "ttyB"
     vcom.add(port_a, f"127.0.0.1:{server.port}")
-    vcom.add(port_b, f"tcp://127.0.0.1:{server.raw_port}")
+    vcom.add(port_b, server.raw_target)
     fd_a, fd_b = open_port(port_a), open_port(port_b)
     handshake(fd_a, dev_a)
     handshake(fd_b, dev_b)

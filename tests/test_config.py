@@ -73,29 +73,42 @@ def test_shares_round_trip_and_bad_shares_are_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"device": "relative/path"},
-        {"target": "nohost"},
-        {"baud": 0},
-        {"baud": True},
-        {"connect": "sometimes"},
-        {"linger": -1},
-        {"mode": 0o1777},
+        ({"device": "relative/path"}, "device 'relative/path' must be an absolute path"),
+        ({"target": "nohost"}, "nohost"),
+        ({"baud": 0}, "baud 0 must be a whole number between 1 and 20000000"),
+        ({"baud": True}, "baud True must be a whole number between 1 and 20000000"),
+        ({"connect": "sometimes"}, "connect 'sometimes' must be one of on-open, always"),
+        ({"linger": -1}, "linger -1 must be a number of seconds between 0 and 86400"),
+        ({"retry_max": 86401}, "retry_max 86401 must be a number of seconds between 0 and 86400"),
+        ({"split_of": "/dev/ttyV0"}, "/dev/ttyV0 cannot be split from itself"),
+        ({"data_bits": 9}, "data_bits 9 must be 5, 6, 7 or 8"),
+        ({"parity": "purple"}, "parity 'purple' must be one of"),
+        ({"stop_bits": "3"}, "stop_bits '3' must be one of 1, 1.5, 2"),
+        ({"pin_baud": "yes"}, "pin_baud 'yes' must be true or false"),
+        ({"mode": 0o1777}, "mode 01777 is out of range 0000-0777"),  # octal, as it was written
+        ({"mode": True}, "mode True must be an octal number such as 0660"),
     ],
 )
-def test_invalid_values_are_refused(kwargs: dict) -> None:
+def test_invalid_values_are_refused(kwargs: dict, message: str) -> None:
     base = {"device": "/dev/ttyV0", "target": "h:1"}
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as caught:
         PortConfig(**{**base, **kwargs})
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_modes() -> None:
     assert parse_mode("0660") == 0o660
     assert parse_mode("600") == 0o600
-    for bad in ("rw", "0999", "7777"):
-        with pytest.raises(ConfigError):
+    for bad, message in (("rw", "mode 'rw' is not an octal number such as 0660"),
+                         ("0999", "mode '0999' is not an octal number such as 0660"),
+                         ("7777", "mode 07777 is out of range 0000-0777"),
+                         ("1777", "mode 01777 is out of range 0000-0777")):
+        with pytest.raises(ConfigError) as caught:
             parse_mode(bad)
+        assert str(caught.value) == message
 
 
 def test_render_is_commented_for_people(tmp_path: Path) -> None:

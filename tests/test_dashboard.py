@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from real_status import real_snapshot, with_values
 from rich.console import Console
 
 from vcom.dashboard import Dashboard, describe_settings, human_rate, lamp, run, sparkline, split_keys
@@ -24,9 +25,19 @@ PROGRAM = {"baud": 9600, "data_bits": 8, "parity": "none", "stop_bits": "1", "fl
 UNANSWERED = dict.fromkeys(PROGRAM)
 
 
+_REAL: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_statuses(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The statuses below start from what Port.status() and Share.status() really produce (real_status.py)."""
+    snapshot = real_snapshot(tmp_path_factory.mktemp("real"))
+    _REAL["port"], _REAL["share"] = snapshot["ports"][0], snapshot["shares"][0]
+
+
 def port(i: int, **changes: Any) -> dict[str, Any]:
-    """One port as ``Port.status()`` reports it."""
-    out: dict[str, Any] = {
+    """One port as ``Port.status()`` reports it; only keys it has can be changed."""
+    defaults: dict[str, Any] = {
         "device": f"/dev/ttyV{i}",
         "pty": f"/dev/pts/{i + 3}",
         "connect": "always",
@@ -49,8 +60,17 @@ def port(i: int, **changes: Any) -> dict[str, Any]:
         "reconnects": 0,
         "last_error": None,
     }
-    out.update(changes)
-    return out
+    return with_values(_REAL["port"], **{**defaults, **changes})
+
+
+def share(i: int, **changes: Any) -> dict[str, Any]:
+    """One share as ``Share.status()`` reports it; only keys it has can be changed."""
+    (client,) = _REAL["share"]["clients"]
+    defaults: dict[str, Any] = {
+        "device": f"/dev/ttyUSB{i}", "device_state": "open", "protocol": "rfc2217", "listen": f"0.0.0.0:{5000 + i}",
+        "clients": [with_values(client, bytes_in=3, bytes_out=4)] * i, "device_error": None,
+    }
+    return with_values(_REAL["share"], **{**defaults, **changes})
 
 
 def screen(dashboard: Dashboard, width: int = 160, height: int = 40) -> str:
@@ -165,9 +185,7 @@ def test_unknown_values_show_as_unknown() -> None:
 
 def test_header_totals_and_shares_table() -> None:
     dashboard = Dashboard()
-    shares = [{"device": f"/dev/ttyUSB{i}", "device_state": "open", "protocol": "rfc2217",
-               "listen": f"0.0.0.0:{5000 + i}", "clients": [{"bytes_in": 3, "bytes_out": 4}] * i,
-               "device_error": None} for i in range(6)]
+    shares = [share(i) for i in range(6)]
     ports = [port(0, line_errors={"overrun": 2, "break": 1}), port(1, last_error="connect: refused"), port(2)]
     dashboard.update({"ports": ports, "shares": shares}, now=0.0)
     text = screen(dashboard, width=160, height=30)

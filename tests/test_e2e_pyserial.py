@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-import pytest
 import serial
 from peers import PtyDevice, PyserialServer, Stream, Vcom, handshake, pump, stty, wait_settings
 
@@ -20,18 +19,14 @@ KiB = 1 << 10
 TELNET_TRAPS = b"\xff\xff\xff\r\x00\r\n\xff\xfa\x2c\x01\xff\xf0\r"
 
 
-@pytest.fixture
-def server(tmp_path, device: PtyDevice, start_peer) -> PyserialServer:
-    return start_peer(PyserialServer(tmp_path / "pyserial-server", device.path))
-
-
 def target(server: PyserialServer) -> str:
     return f"rfc2217://127.0.0.1:{server.port}"
 
 
-def test_stty_on_an_open_port_reaches_the_device(vcom: Vcom, server, device: PtyDevice, open_port, tmp_path):
+def test_stty_on_an_open_port_reaches_the_device(vcom: Vcom, pyserial_server: PyserialServer, device: PtyDevice,
+                                                 open_port, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, target(server))
+    vcom.add(port, target(pyserial_server))
     fd = open_port(port)
     handshake(fd, device)
 
@@ -45,9 +40,10 @@ def test_stty_on_an_open_port_reaches_the_device(vcom: Vcom, server, device: Pty
     assert status["settings"]["flow_out"] == "rtscts"
 
 
-def test_pyserial_arbitrary_speed_two_stop_bits_and_rtscts(vcom: Vcom, server, device: PtyDevice, tmp_path):
+def test_pyserial_arbitrary_speed_two_stop_bits_and_rtscts(vcom: Vcom, pyserial_server: PyserialServer,
+                                                           device: PtyDevice, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, target(server))
+    vcom.add(port, target(pyserial_server))
     with serial.Serial(str(port), 250000, stopbits=2, rtscts=True, timeout=0) as program:
         handshake(program.fileno(), device)
         wait_settings(device, baud=250000, ispeed=250000, bother=True, cstopb=True, crtscts=True)
@@ -58,9 +54,9 @@ def test_pyserial_arbitrary_speed_two_stop_bits_and_rtscts(vcom: Vcom, server, d
         assert device.read_exact(11) == b"through\xff\x00\r\n"
 
 
-def test_pyserial_xonxoff_reaches_the_device(vcom: Vcom, server, device: PtyDevice, tmp_path):
+def test_pyserial_xonxoff_reaches_the_device(vcom: Vcom, pyserial_server: PyserialServer, device: PtyDevice, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, target(server))
+    vcom.add(port, target(pyserial_server))
     with serial.Serial(str(port), 57600, xonxoff=True, timeout=0) as program:
         handshake(program.fileno(), device)
         wait_settings(device, baud=57600, ixon=True, ixoff=True, crtscts=False)
@@ -69,9 +65,9 @@ def test_pyserial_xonxoff_reaches_the_device(vcom: Vcom, server, device: PtyDevi
         wait_settings(device, ixon=False, ixoff=False)
 
 
-def test_data_each_way_at_once(vcom: Vcom, server, device: PtyDevice, open_port, tmp_path):
+def test_data_each_way_at_once(vcom: Vcom, pyserial_server: PyserialServer, device: PtyDevice, open_port, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, target(server))
+    vcom.add(port, target(pyserial_server))
     fd = open_port(port)
     handshake(fd, device)
     to_device = TELNET_TRAPS + os.urandom(64 * KiB)

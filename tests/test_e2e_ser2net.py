@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import termios
 
 import serial
@@ -121,7 +119,7 @@ def test_one_mebibyte_each_way_at_once(vcom: Vcom, ser2net: Ser2net, device: Pty
 
 def test_raw_tcp_target_is_byte_exact(vcom: Vcom, ser2net: Ser2net, device: PtyDevice, open_port, tmp_path):
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"tcp://127.0.0.1:{ser2net.raw_port}")
+    vcom.add(port, ser2net.raw_target)
     fd = open_port(port)
     handshake(fd, device)
     to_device, to_program = os.urandom(256 * 1024), os.urandom(256 * 1024)
@@ -221,28 +219,23 @@ def test_settings_change_is_ordered_with_data_on_the_wire(
 
 
 def test_run_in_foreground_and_sigterm_removes_ports(vcom: Vcom, ser2net: Ser2net, tmp_path):
-    def control_socket_ready() -> bool:
-        return any(path.is_socket() for path in vcom.home.iterdir())
-
-    with open(tmp_path / "run.stderr", "wb") as stderr:
-        manager = subprocess.Popen(
-            [sys.executable, "-m", "vcom", "run"],
-            env=vcom.env,
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
+    manager = vcom.start_manager()
     try:
-        wait_until(lambda: control_socket_ready() or manager.poll() is not None, 15, "the control socket")
-        assert manager.poll() is None, (tmp_path / "run.stderr").read_text()
         port = tmp_path / "ttyV0"
         vcom.add(port, rfc2217_target(ser2net))
         assert manager.poll() is None, "`vcom add` must use the manager already running"
+        # `vcom run` is the keeper; the manager answering is its child.
+        assert _parent(vcom.manager_pid()) == manager.pid
 
         manager.send_signal(signal.SIGTERM)
-        assert manager.wait(timeout=15) == 0, (tmp_path / "run.stderr").read_text()
+        assert manager.wait(timeout=15) == 0, vcom.log_tail()
         assert not os.path.lexists(port)
     finally:
         if manager.poll() is None:
             manager.kill()
             manager.wait(timeout=10)
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])

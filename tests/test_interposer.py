@@ -39,7 +39,6 @@ from peers import (
     Vcom,
     WireProxy,
     com_port_commands,
-    free_port,
     wait_until,
 )
 
@@ -59,9 +58,7 @@ DANCE = [(False, True), (True, False), (False, False), (True, True), (False, Tru
 
 
 def share_echo(vcom: Vcom) -> int:
-    port = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{port}")
-    return port
+    return vcom.share("sim:echo")
 
 
 def wrap_command(mode: str, *program: str) -> list[str]:

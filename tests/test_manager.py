@@ -1,56 +1,38 @@
 """The manager as a service: ports survive restarts and crashes through the
-config file, the connect policies, a server without RFC 2217, and who may use
-the control socket.
+config file, the connect policies and a server without RFC 2217.  Who may use
+the control socket is in test_control_access.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import tomllib
-from pathlib import Path
 
-from peers import PtyDevice, Ser2net, Vcom, free_port, handshake, wait_until
+from peers import PtyDevice, Ser2net, Vcom, handshake, wait_until
 
 
 class PlainTelnetSer2net(Ser2net):
     """ser2net with a telnet accepter that does not offer RFC 2217: it refuses COM-PORT-OPTION."""
 
     name = "ser2net-telnet"
+    listeners = 1
 
     def _config(self) -> str:
         return "\n".join([
             "%YAML 1.1", "---", "connection: &plain",
-            f"    accepter: telnet,tcp,127.0.0.1,{self.port}",
+            f"    accepter: telnet,tcp,{self.host},{self.port}",
             "    options:", "      kickolduser: true",
             f"    connector: serialdev,{self.device},115200n81,local", "",
         ])
 
-    def ports(self) -> list[int]:
-        return [self.port]
-
-
-def start_manager(vcom: Vcom) -> subprocess.Popen[bytes]:
-    log = open(vcom.home / "foreground.log", "ab")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=vcom.env, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log)
-    log.close()
-    wait_until(lambda: vcom.cli("status").returncode == 0, 15, "manager answering")
-    return proc
-
 
 def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: Ser2net, device: PtyDevice,
-                                                          open_port, tmp_path):
+                                                          open_port, refused_port, tmp_path):
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"
     vcom.add(a, f"127.0.0.1:{ser2net.port}", "--baud", "19200", "--linger", "0.5")
-    unreachable = free_port()  # b must not compete with a for ser2net's one device
+    unreachable = refused_port  # b must not compete with a for ser2net's one device
     vcom.add(b, f"tcp://127.0.0.1:{unreachable}", "--connect", "always", "--mode", "0600")
     config = tomllib.loads((vcom.home / "vcom.toml").read_text())
     assert [p["device"] for p in config["port"]] == [str(a), str(b)]
@@ -62,7 +44,7 @@ def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: 
     vcom.ok("shutdown")
     assert not a.exists() and not os.path.lexists(a) and not os.path.lexists(b)
 
-    manager = start_manager(vcom)
+    manager = vcom.start_manager()
     try:
         assert os.path.islink(a) and os.path.islink(b)
         inner = int((vcom.home / "vcom.pid").read_text())
@@ -76,7 +58,7 @@ def test_ports_come_back_after_a_restart_and_after_a_crash(vcom: Vcom, ser2net: 
         if manager.poll() is None:
             manager.kill()
             manager.wait(timeout=10)
-    manager = start_manager(vcom)
+    manager = vcom.start_manager()
     try:
         assert os.path.islink(a)
         # Repaired: the link leads to the new pty, and the port works.
@@ -121,52 +103,3 @@ def test_a_server_refusing_rfc2217_gets_one_warning_and_plain_data(vcom: Vcom, d
     assert status["remote_settings"]["baud"] is None
     log = (vcom.home / "vcom.log").read_text()
     assert log.count("refused COM-PORT-OPTION") == 1, log
-
-
-def test_control_socket_refuses_users_outside_root_and_group_vcom():
-    # A home every user can reach (pytest's own tmp dirs are private), so that the manager's
-    # credential check, not the file system, is what turns the other user away.
-    home = Path(tempfile.mkdtemp(prefix="vcom-perm-", dir="/tmp"))
-    os.chmod(home, 0o755)
-    vcom = Vcom(home / "h")
-    try:
-        vcom.ok("add", str(home / "ttyV0"), f"127.0.0.1:{free_port()}")
-        os.chmod(vcom.home, 0o755)
-        os.chmod(vcom.home / "vcom.sock", 0o666)
-        reply = json.loads(_ask_as_nobody(vcom.home / "vcom.sock", b'{"cmd": "list"}\n'))
-        assert reply["ok"] is False
-        assert "permission denied" in reply["error"] and "vcom" in reply["error"]
-        assert "ports" not in reply
-        assert vcom.cli("status").returncode == 0  # root still gets in
-    finally:
-        vcom.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _ask_as_nobody(sock_path: Path, request: bytes) -> bytes:
-    nobody = pwd.getpwnam("nobody")
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(10)
-                s.connect(str(sock_path))
-                s.sendall(request)
-                answer = s.recv(4096)
-            os.write(write_end, answer)
-        except BaseException as exc:
-            os.write(write_end, f"child failed: {exc!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    answer = b""
-    while chunk := os.read(read_end, 4096):
-        answer += chunk
-    os.close(read_end)
-    os.waitpid(child, 0)
-    return answer

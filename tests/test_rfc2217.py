@@ -9,16 +9,13 @@ server and client code, ser2net and sredird, each started by the test on
 from __future__ import annotations
 
 import os
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import termios
 import textwrap
 import time
-import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import serial
 import serial.rfc2217 as pyserial_rfc2217
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import PtyDevice, Ser2net, Socat
 
 from vcom.rfc2217 import (
     BINARY,
@@ -889,50 +887,6 @@ def test_server_against_pyserial_client() -> None:
 # -- real serial servers --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def pty_device() -> Iterator[tuple[int, str]]:
-    """A pty whose slave a server opens as its serial device; the master is the device's far end."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(slave)
-        os.close(master)
-
-
-def start_server(argv: list[str], stderr: Path) -> subprocess.Popen:
-    # A session of its own, so the server and its children are stopped together.
-    with stderr.open("wb") as err:
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def connect(port: int, proc: subprocess.Popen) -> socket.socket:
-    for _ in range(200):
-        assert proc.poll() is None, "server exited"
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=5)
-        except ConnectionRefusedError:
-            time.sleep(0.025)
-    raise AssertionError("server never listened")
-
-
 def read_events(sock: socket.socket, conn: Connection, done, timeout: float = 5.0) -> list:
     """Events until ``done(events)``; the codec's own answers are sent on the way."""
     events: list = []
@@ -950,43 +904,16 @@ def read_events(sock: socket.socket, conn: Connection, done, timeout: float = 5.
     return events
 
 
-def read_device(master: int, size: int, timeout: float = 5.0) -> bytes:
-    out = b""
-    deadline = time.monotonic() + timeout
-    while len(out) < size and time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            out += os.read(master, 4096)
-    return out
-
-
 @pytest.fixture
-def ser2net_session(pty_device, tmp_path: Path) -> Iterator[tuple[socket.socket, int]]:
-    if shutil.which("ser2net") is None:
-        pytest.skip("ser2net is not installed")
-    master, path = pty_device
-    port = free_port()
-    config = tmp_path / "ser2net.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        %YAML 1.1
-        ---
-        connection: &dev0
-            accepter: telnet(rfc2217),tcp,127.0.0.1,{port}
-            options:
-              kickolduser: true
-            connector: serialdev,{path},9600n81,local
-        """))  # fmt: skip
-    proc = start_server(["ser2net", "-n", "-d", "-u", "-P", str(tmp_path / "pid"), "-c", str(config)],
-                        tmp_path / "ser2net.err")  # fmt: skip
-    try:
-        with connect(port, proc) as sock:
-            yield sock, master
-    finally:
-        stop_server(proc)
+def ser2net_session(ser2net: Ser2net, device: PtyDevice) -> Iterator[tuple[socket.socket, PtyDevice]]:
+    """A connection to ser2net's RFC 2217 accepter (see conftest.py) and its far-end "UART"."""
+    with socket.create_connection(("127.0.0.1", ser2net.port), timeout=5) as sock:
+        yield sock, device
 
 
 def test_client_against_ser2net(ser2net_session) -> None:
-    sock, master = ser2net_session
+    sock, device = ser2net_session
+    master = device.master
     client = Connection(Role.CLIENT)
     sock.sendall(client.initiate())
     read_events(sock, client, lambda _: client.com_port_enabled is not None and client.binary_remote)
@@ -1000,7 +927,7 @@ def test_client_against_ser2net(ser2net_session) -> None:
     assert attrs[5] == termios.B19200 and attrs[2] & termios.CSTOPB
 
     sock.sendall(client.send_data(b"\xff\x00\r\x00\xff\xfftx"))
-    assert read_device(master, 8) == b"\xff\x00\r\x00\xff\xfftx"
+    assert device.read_exact(8) == b"\xff\x00\r\x00\xff\xfftx"
     os.write(master, b"\xffrx\r\x00\r")
     events = read_events(sock, client, lambda ev: Data(b"\xffrx\r\x00\r") in ev)
     assert Data(b"\xffrx\r\x00\r") in events
@@ -1008,23 +935,19 @@ def test_client_against_ser2net(ser2net_session) -> None:
 
 
 @pytest.fixture
-def sredird_session(pty_device, tmp_path: Path) -> Iterator[tuple[socket.socket, int]]:
+def sredird_session(device: PtyDevice, start_peer, tmp_path: Path) -> Iterator[tuple[socket.socket, PtyDevice]]:
+    """A connection to sredird (inetd-style: socat supplies the listener) on ``device``."""
     if shutil.which("sredird") is None or shutil.which("socat") is None:
         pytest.skip("sredird or socat is not installed")
-    master, path = pty_device
-    port = free_port()
-    listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"
-    serve = f"EXEC:sredird 7 {path} {tmp_path / 'lock'},nofork"
-    proc = start_server(["socat", listen, serve], tmp_path / "socat.err")
-    try:
-        with connect(port, proc) as sock:
-            yield sock, master
-    finally:
-        stop_server(proc)
+    server = start_peer(Socat(tmp_path / "sredird", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                              f"EXEC:sredird 7 {device.path} {tmp_path / 'lock'},nofork"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        yield sock, device
 
 
 def test_client_against_sredird(sredird_session) -> None:
-    sock, master = sredird_session
+    sock, device = sredird_session
+    master = device.master
     client = Connection(Role.CLIENT)
     sock.sendall(client.initiate())
     read_events(sock, client, lambda _: client.com_port_enabled is not None and client.binary_remote)

@@ -12,11 +12,10 @@ import asyncio
 import os
 import termios
 import time
-import tty
 from collections.abc import Callable
 
 import pytest
-from peers import tty_settings
+from peers import PtyDevice, tty_settings
 
 from vcom import serialdev
 from vcom.device import DeviceError
@@ -73,34 +72,6 @@ def read_available(fd: int) -> bytes:
     return bytes(got)
 
 
-class Pty:
-    """A pty pair; the test may unplug the "device" by closing the master."""
-
-    def __init__(self) -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
-
-    def close_master(self) -> None:
-        os.close(self.master)
-        self.master = -1
-
-    def close(self) -> None:
-        for fd in (self.master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-
-
-@pytest.fixture
-def pty():
-    pair = Pty()
-    try:
-        yield pair
-    finally:
-        pair.close()
-
-
 def test_missing_path_is_one_line_error() -> None:
     with pytest.raises(DeviceError) as info:
         open_device("/dev/vcom-no-such-tty")
@@ -129,8 +100,8 @@ def test_open_device_gives_simulators_for_sim_specs() -> None:
         open_device("sim:nothing")
 
 
-def test_settings_reach_the_tty_and_what_stuck_is_returned(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_settings_reach_the_tty_and_what_stuck_is_returned(device: PtyDevice) -> None:
+    master, path = device.master, device.path
 
     async def main() -> None:
         device = SerialDevice(path)
@@ -164,8 +135,8 @@ def test_settings_reach_the_tty_and_what_stuck_is_returned(pty: Pty) -> None:
     asyncio.run(main())
 
 
-def test_close_restores_the_termios_found_at_open(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_close_restores_the_termios_found_at_open(device: PtyDevice) -> None:
+    master, path = device.master, device.path
     attrs = termios.tcgetattr(master)
     attrs[3] |= termios.ICANON | termios.ECHO
     attrs[4] = attrs[5] = termios.B4800
@@ -185,8 +156,8 @@ def test_close_restores_the_termios_found_at_open(pty: Pty) -> None:
     assert restored[3] & termios.ICANON and restored[3] & termios.ECHO
 
 
-def test_data_both_ways_byte_exact_with_back_pressure(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_data_both_ways_byte_exact_with_back_pressure(device: PtyDevice) -> None:
+    master, path = device.master, device.path
     up = os.urandom(256 * 1024)  # device transmits: far more than the pty and TX_BUFFER hold
     down = os.urandom(64 * 1024)  # device receives
 
@@ -230,8 +201,8 @@ def test_data_both_ways_byte_exact_with_back_pressure(pty: Pty) -> None:
     asyncio.run(main())
 
 
-def test_pause_reading_holds_input_in_the_tty(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_pause_reading_holds_input_in_the_tty(device: PtyDevice) -> None:
+    master, path = device.master, device.path
 
     async def main() -> None:
         sink = Recorder()
@@ -251,8 +222,8 @@ def test_pause_reading_holds_input_in_the_tty(pty: Pty) -> None:
     asyncio.run(main())
 
 
-def test_purge_discards_both_directions(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_purge_discards_both_directions(device: PtyDevice) -> None:
+    master, path = device.master, device.path
 
     async def main() -> None:
         sink = Recorder()
@@ -288,8 +259,8 @@ def test_purge_discards_both_directions(pty: Pty) -> None:
     asyncio.run(main())
 
 
-def test_pty_has_no_modem_lines_but_keeps_working(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_pty_has_no_modem_lines_but_keeps_working(device: PtyDevice) -> None:
+    master, path = device.master, device.path
 
     async def main() -> None:
         sink = Recorder()
@@ -341,8 +312,8 @@ def test_shared_poller_ticks_only_while_a_device_is_watched() -> None:
     asyncio.run(main())
 
 
-def test_hang_up_reports_device_gone_once_and_stops_using_the_fd(pty: Pty) -> None:
-    master, path = pty.master, pty.path
+def test_hang_up_reports_device_gone_once_and_stops_using_the_fd(device: PtyDevice) -> None:
+    master, path, far = device.master, device.path, device
 
     async def main() -> None:
         sink = Recorder()
@@ -350,7 +321,7 @@ def test_hang_up_reports_device_gone_once_and_stops_using_the_fd(pty: Pty) -> No
         device.open(sink)
         os.write(master, b"last words")
         await until(lambda: sink.data == b"last words", "data before the hang-up")
-        pty.close_master()  # the "USB unplug" of a pty
+        far.unplug()  # the "USB unplug" of a pty
         await until(lambda: sink.gone, "device_gone")
         assert sink.gone == [f"{path}: hung up"]
         with pytest.raises(DeviceError, match="not open"):

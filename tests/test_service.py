@@ -13,7 +13,7 @@ import sys
 import termios
 
 import serial
-from peers import Vcom, free_port, read_exact, wait_until, write_all
+from peers import Vcom, bound_addresses, read_exact, wait_until, write_all
 
 
 def notify_socket(tmp_path) -> socket.socket:
@@ -23,17 +23,15 @@ def notify_socket(tmp_path) -> socket.socket:
     return sock
 
 
-def test_manager_is_ready_only_once_its_ports_exist(vcom: Vcom, tmp_path):
+def test_manager_is_ready_only_once_its_ports_exist(vcom: Vcom, refused_port, tmp_path):
     ports = [tmp_path / f"ttyV{i}" for i in range(3)]
     for port in ports:
-        vcom.add(port, f"127.0.0.1:{free_port()}")
+        vcom.add(port, f"127.0.0.1:{refused_port}")
     vcom.ok("shutdown")
     assert not any(os.path.lexists(p) for p in ports)
 
     notify = notify_socket(tmp_path)
-    env = {**vcom.env, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = vcom.start_manager(env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, wait=False)
     try:
         message = notify.recv(4096).decode()
         assert "READY=1" in message and "3 port(s)" in message
@@ -52,13 +50,16 @@ def test_manager_is_ready_only_once_its_ports_exist(vcom: Vcom, tmp_path):
 
 def test_foreground_share_for_a_systemd_instance(tmp_path):
     notify = notify_socket(tmp_path)
-    port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "VCOM_HOME": str(tmp_path / "h")}
-    share = subprocess.Popen([sys.executable, "-m", "vcom", "share", "sim:echo", "--listen", f"127.0.0.1:{port}",
+    share = subprocess.Popen([sys.executable, "-m", "vcom", "share", "sim:echo", "--listen", "127.0.0.1:0",
                               "--protocol", "tcp", "--foreground"], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert "READY=1" in notify.recv(4096).decode()
+        ready = notify.recv(4096).decode()
+        assert "READY=1" in ready
+        # STATUS=serving sim:echo on 127.0.0.1:PORT: the port the kernel gave it, as bound.
+        port = int(ready.rsplit(":", 1)[1])
+        assert bound_addresses(share.pid) == [("127.0.0.1", port)]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"ping over tcp")
             got = b""
@@ -78,8 +79,7 @@ def test_foreground_share_for_a_systemd_instance(tmp_path):
 
 
 def test_monitor_shows_traffic_and_events_in_order(vcom: Vcom, tmp_path):
-    listen = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{listen}")
+    listen = vcom.share("sim:echo")
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{listen}")
     record = tmp_path / "monitor.jsonl"
@@ -122,19 +122,20 @@ def test_monitor_shows_traffic_and_events_in_order(vcom: Vcom, tmp_path):
 
 
 
-def test_manager_serves_prometheus_metrics(vcom: Vcom, tmp_path):
+def test_manager_serves_prometheus_metrics(vcom: Vcom, refused_port, tmp_path):
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"127.0.0.1:{free_port()}", "--baud", "19200")
+    vcom.add(port, f"127.0.0.1:{refused_port}", "--baud", "19200")
     vcom.ok("shutdown")
-    listen = free_port()
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--metrics", f"127.0.0.1:{listen}"],
-                               env=vcom.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    manager = vcom.start_manager("--metrics", "127.0.0.1:0")
     try:
+        # The control socket is a Unix socket: the one TCP listener is the metrics endpoint.
+        # `vcom run` is the keeper; its child, the manager, holds the listener.
+        ((_, listen),) = wait_until(lambda: bound_addresses(vcom.manager_pid()), 15, "the metrics listener")
+
         def scrape() -> str | None:
             try:
                 with urlopen(f"http://127.0.0.1:{listen}/metrics", timeout=5) as answer:
@@ -153,10 +154,10 @@ def test_manager_serves_prometheus_metrics(vcom: Vcom, tmp_path):
         manager.wait(timeout=15)
 
 
-def test_shell_completion_offers_commands_and_configured_devices(vcom: Vcom, tmp_path):
+def test_shell_completion_offers_commands_and_configured_devices(vcom: Vcom, refused_port, tmp_path):
     for name in ("ttyA", "ttyB"):
-        vcom.add(tmp_path / name, f"127.0.0.1:{free_port()}")
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{free_port()}")
+        vcom.add(tmp_path / name, f"127.0.0.1:{refused_port}")
+    vcom.share("sim:echo")
 
     def complete(*words: str) -> list[str]:
         env = {**vcom.env, "_VCOM_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(["vcom", *words]),
@@ -169,13 +170,12 @@ def test_shell_completion_offers_commands_and_configured_devices(vcom: Vcom, tmp
     assert complete("unshare", "sim:") == ["sim:echo"]
 
 
-def test_json_logs_are_one_object_per_line(vcom: Vcom, tmp_path):
-    vcom.add(tmp_path / "ttyV0", f"127.0.0.1:{free_port()}")
+def test_json_logs_are_one_object_per_line(vcom: Vcom, refused_port, tmp_path):
+    vcom.add(tmp_path / "ttyV0", f"127.0.0.1:{refused_port}")
     vcom.ok("shutdown")
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run", "--log-format", "json"], env=vcom.env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manager = vcom.start_manager("--log-format", "json", stderr=subprocess.PIPE, wait=False)
     try:
-        wait_until(lambda: vcom.cli("status").returncode == 0, 15, "manager answering")
+        wait_until(vcom.answering, 15, "manager answering")
     finally:
         manager.send_signal(signal.SIGTERM)
         _, err = manager.communicate(timeout=15)

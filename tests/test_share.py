@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import serial
-from peers import PtyDevice, free_port, read_exact, wait_until, write_all
+from peers import PtyDevice, read_exact, wait_until, write_all
 
 from vcom.device import Device
 from vcom.serialdev import READ_CHUNK, TX_BUFFER, SerialDevice
@@ -523,10 +523,18 @@ def test_settings_wait_for_the_data_sent_before_them(
     probe.sock.sendall(data)
     probe.send(SET_BAUDRATE, struct.pack("!I", 57600))
     running.wait_status(lambda s: s["device_full"], "device full")
-    for _ in range(10):  # the data ahead of it has not left, so the new rate must not be in force
-        assert device.settings().baud == before
-        time.sleep(0.01)
-    assert device.read_exact(len(data), timeout=4 * TIMEOUT) == data
+    # Take the data out of the "UART" in small steps.  At every step the new rate may be in force
+    # only once the device has taken every byte sent before it.
+    got = bytearray()
+    while len(got) < len(data):
+        baud = device.settings().baud
+        taken = running.status()["clients"][0]["bytes_in"]
+        if baud != before:
+            assert taken == len(data), f"{baud} baud in force with {len(data) - taken} earlier bytes not yet taken"
+        elif not got:
+            assert taken < len(data)  # the first look was made while the data was still waiting
+        got += device.read_exact(min(4096, len(data) - len(got)), timeout=4 * TIMEOUT)
+    assert bytes(got) == data
     assert probe.expect(SET_BAUDRATE) == struct.pack("!I", 57600)
     assert device.settings().baud == 57600
 
@@ -539,8 +547,8 @@ def cyclades(tmp_path: Path, device: PtyDevice, pty_share: Callable[..., Running
     """cyclades-ser-cli connected to a share of ``device``; yields (share, its pty symlink)."""
     if shutil.which("cyclades-ser-cli") is None:
         pytest.skip("cyclades-ser-cli is not installed")
-    port = free_port()
-    running = pty_share(listen_port=port)
+    running = pty_share()
+    port = running.port
     link = tmp_path / "cyc0"
     log = open(tmp_path / "cyclades.log", "wb")
     # "-p BASE" and port 1 connect to BASE + 1; -x: foreground, log to stdout; -m 1: ignore DCD
@@ -688,19 +696,27 @@ def test_device_is_held_back_when_every_client_is_full(
     only = sockets(running.port, rcvbuf=4096)
     running.wait_status(lambda s: len(s["clients"]) == 1, "one client")
 
-    # Write until the pty itself is full: the share stopped reading the device.
+    # Write until the share says it stopped reading the device, then until the pty is full: the
+    # share no longer reads, so the writes stop being taken (a share that kept reading would take
+    # the whole payload and drop for the client instead).
     payload = os.urandom(4 * 1024 * 1024)
     sent = 0
-    deadline = time.monotonic() + TIMEOUT
-    while sent < len(payload):
-        assert time.monotonic() < deadline, f"the device was never held back ({sent} bytes taken)"
-        _, writable, _ = select.select([], [device.master], [], 0.2)
-        if not writable:
-            break  # nothing could be written for 0.2 s: the share holds the device back
-        with contextlib.suppress(BlockingIOError):
+    paused = False
+    deadline = time.monotonic() + 4 * TIMEOUT
+    while True:
+        assert sent < len(payload), f"the device was never held back ({sent} bytes taken)"
+        assert time.monotonic() < deadline, f"neither paused nor full after {sent} bytes"
+        try:
             sent += os.write(device.master, payload[sent : sent + 4096])
-    assert sent < len(payload)
-    status = running.wait_status(lambda s: s["device_paused"], "device paused")
+            continue
+        except BlockingIOError:
+            pass
+        if paused:
+            break  # the share stopped reading and the pty is full
+        paused = running.status()["device_paused"]
+        select.select([], [device.master], [], 0.05)  # a bound on the wait, not a time that decides
+    status = running.status()
+    assert status["device_paused"] is True
     assert status["clients"][0]["dropped"] == 0
 
     # The client catches up: every byte arrives, none was dropped.
@@ -736,48 +752,35 @@ def test_one_client_too_many_is_refused(
 
 def test_device_gone_disconnects_clients_and_comes_back_when_replugged(
     tmp_path: Path,
+    make_device: Callable[[], PtyDevice],
     start_share: Callable[..., RunningShare],
     sockets: Callable[..., socket.socket],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The share is given a symlink, as udev makes /dev/serial/by-id/...; a "replug" re-points it."""
     monkeypatch.setattr(share_module, "REOPEN_INTERVAL", 0.05)
-    fds: list[int] = []
+    first = make_device()
+    link = tmp_path / "ttyUSB-by-id"
+    link.symlink_to(first.path)
+    running = start_share(ShareConfig(device=str(link), protocol="tcp"), SerialDevice(str(link)))
+    client = sockets(running.port)
+    running.wait_status(lambda s: len(s["clients"]) == 1, "client connected")
 
-    def plug() -> tuple[int, str]:
-        master, slave = os.openpty()
-        fds.extend((master, slave))
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        return master, os.ttyname(slave)
+    first.unplug()
+    assert recv_until_closed(client) == b""
+    status = running.wait_status(lambda s: s["device_state"] == "gone", "device gone")
+    assert status["device_error"] == f"{link}: hung up" and status["clients"] == []
+    assert recv_until_closed(sockets(running.port)) == b""  # nothing to serve while it is gone
+    running.wait_status(lambda s: s["refused_clients"] == 1, "refusal while gone")
 
-    try:
-        first_master, first_path = plug()
-        link = tmp_path / "ttyUSB-by-id"
-        link.symlink_to(first_path)
-        running = start_share(ShareConfig(device=str(link), protocol="tcp"), SerialDevice(str(link)))
-        client = sockets(running.port)
-        running.wait_status(lambda s: len(s["clients"]) == 1, "client connected")
-
-        fds.remove(first_master)
-        os.close(first_master)  # unplugged
-        assert recv_until_closed(client) == b""
-        status = running.wait_status(lambda s: s["device_state"] == "gone", "device gone")
-        assert status["device_error"] == f"{link}: hung up" and status["clients"] == []
-        assert recv_until_closed(sockets(running.port)) == b""  # nothing to serve while it is gone
-        running.wait_status(lambda s: s["refused_clients"] == 1, "refusal while gone")
-
-        second_master, second_path = plug()
-        link.unlink()
-        link.symlink_to(second_path)
-        running.wait_status(lambda s: s["device_state"] == "open", "device reopened")
-        again = sockets(running.port)
-        running.wait_status(lambda s: len(s["clients"]) == 1, "client of the new device")
-        again.sendall(b"back")
-        assert read_exact(second_master, 4) == b"back"
-    finally:
-        for fd in fds:
-            os.close(fd)
+    second = make_device()
+    link.unlink()
+    link.symlink_to(second.path)
+    running.wait_status(lambda s: s["device_state"] == "open", "device reopened")
+    again = sockets(running.port)
+    running.wait_status(lambda s: len(s["clients"]) == 1, "client of the new device")
+    again.sendall(b"back")
+    assert second.read_exact(4) == b"back"
 
 
 # -- UDP ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from peers import (
     Subnegotiation,
     Vcom,
     WireProxy,
-    free_port,
+    refusing_port,
     wait_settings,
     wait_until,
 )
@@ -45,9 +45,7 @@ def remote(kind: str, vcom: Vcom, device: PtyDevice, start_peer, tmp_path) -> in
         if shutil.which("ser2net") is None:
             pytest.skip("ser2net is not installed")
         return start_peer(Ser2net(tmp_path / "ser2net", device.path)).port
-    port = free_port()
-    vcom.ok("share", device.path, "--listen", f"127.0.0.1:{port}")
-    return port
+    return vcom.share(device.path)
 
 
 @contextlib.contextmanager
@@ -111,8 +109,7 @@ def test_stty_from_a_program_that_is_gone_is_applied(vcom: Vcom, device, start_p
 def test_each_byte_leaves_under_the_settings_it_was_written_with(vcom: Vcom, start_peer, tmp_path):
     """Under `vcom wrap` (the shell and every stty it starts), settings and data alternate on the wire
     exactly as the programs made them, however short their lives."""
-    echo = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{echo}")
+    echo = vcom.share("sim:echo")
     proxy = start_peer(WireProxy(tmp_path / "proxy", echo))
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{proxy.port}")
@@ -153,8 +150,7 @@ def test_each_byte_leaves_under_the_settings_it_was_written_with(vcom: Vcom, sta
 
 
 def test_dtr_drops_after_the_last_byte_of_a_short_lived_writer(vcom: Vcom, start_peer, tmp_path):
-    echo = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{echo}")
+    echo = vcom.share("sim:echo")
     proxy = start_peer(WireProxy(tmp_path / "proxy", echo))
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{proxy.port}", "--connect", "always")
@@ -199,11 +195,11 @@ def test_a_writer_killed_right_after_its_write_is_delivered(vcom: Vcom, device, 
 
 def test_bytes_written_while_the_server_is_down_leave_once_it_is_up(vcom: Vcom, device, tmp_path):
     port = tmp_path / "ttyV0"
-    server_port = free_port()
-    vcom.add(port, f"127.0.0.1:{server_port}", "--retry-max", "0.5")
-    shell(f"printf 'queued while down' > {port}")
-    vcom.wait_status(port, lambda s: s["state"] == "backoff", what="the connection refused")
-    assert device.drain() == b""
+    with refusing_port() as server_port:  # held, so that nobody else takes it while the server is down
+        vcom.add(port, f"127.0.0.1:{server_port}", "--retry-max", "0.5")
+        shell(f"printf 'queued while down' > {port}")
+        vcom.wait_status(port, lambda s: s["state"] == "backoff", what="the connection refused")
+        assert device.drain() == b""
     vcom.ok("share", device.path, "--listen", f"127.0.0.1:{server_port}")
     assert device.read_exact(len(b"queued while down"), timeout=30) == b"queued while down"
     status = vcom.wait_status(port, lambda s: not s["open"], what="the session closed")

@@ -24,13 +24,11 @@ import tty
 from pathlib import Path
 
 import pytest
-from peers import PYTHON, Vcom, free_port, wait_until
+from peers import PYTHON, Vcom, refusing_port, wait_until
 
 
 def share_echo(vcom: Vcom) -> int:
-    port = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{port}")
-    return port
+    return vcom.share("sim:echo")
 
 
 def manager_pid(vcom: Vcom) -> int:
@@ -217,11 +215,17 @@ class FakeSystemd:
         self.sock.close()
 
 
-def test_systemctl_restart_keeps_the_ports_programs_hold(vcom: Vcom, program, tmp_path):
+@pytest.fixture
+def refusing():
+    with refusing_port() as port:
+        yield port
+
+
+def test_systemctl_restart_keeps_the_ports_programs_hold(vcom: Vcom, program, refusing, tmp_path):
     echo = share_echo(vcom)
     held, idle = tmp_path / "ttyHeld", tmp_path / "ttyIdle"
     vcom.add(held, f"127.0.0.1:{echo}")
-    vcom.add(idle, f"tcp://127.0.0.1:{free_port()}")
+    vcom.add(idle, f"tcp://127.0.0.1:{refusing}")
     vcom.ok("shutdown")  # from here on the test is systemd
     systemd = FakeSystemd(tmp_path)
     try:
@@ -250,7 +254,8 @@ def test_systemctl_restart_keeps_the_ports_programs_hold(vcom: Vcom, program, tm
 def test_the_manager_alone_still_removes_its_ports_on_sigterm(vcom: Vcom, tmp_path):
     """`vcom run --no-keeper` (nothing keeps the descriptors): SIGTERM removes the ports, as before."""
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"tcp://127.0.0.1:{free_port()}")
+    with refusing_port() as nobody:
+        vcom.add(port, f"tcp://127.0.0.1:{nobody}")
     vcom.ok("shutdown")
     proc = subprocess.Popen([PYTHON, "-m", "vcom", "run", "--no-keeper"], env=vcom.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

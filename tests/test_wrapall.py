@@ -26,7 +26,6 @@ from peers import (
     Subnegotiation,
     Vcom,
     WireProxy,
-    free_port,
     wait_until,
 )
 
@@ -75,9 +74,7 @@ def etc(tmp_path, vcom) -> PrivateEtc:
 
 
 def share_echo(vcom: Vcom) -> int:
-    port = free_port()
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{port}")
-    return port
+    return vcom.share("sim:echo")
 
 
 def test_on_off_keep_the_other_entries_and_repeat_safely(etc: PrivateEtc):

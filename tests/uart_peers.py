@@ -46,7 +46,6 @@ from peers import (
     PeerProcess,
     Subnegotiation,
     decode_telnet,
-    free_port,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -205,7 +204,6 @@ class LineStateServer(PeerProcess):
         super().__init__(workdir)
         self.line_states = line_states
         self.modem_state = modem_state
-        self.port = free_port()
         self.record_path = workdir / "wire.jsonl"
         self.record_path.unlink(missing_ok=True)
 
@@ -213,9 +211,6 @@ class LineStateServer(PeerProcess):
         states = ",".join(str(state) for state in self.line_states)
         return [PYTHON, str(Path(__file__).resolve()), str(self.port), str(self.record_path), states,
                 str(self.modem_state)]
-
-    def ports(self) -> list[int]:
-        return [self.port]
 
     def records(self) -> list[dict[str, Any]]:
         # The last line may be half written while the server runs.

@@ -503,7 +503,10 @@ def _status_without_manager(where: paths.Paths, reason: str, as_json: bool) -> N
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback."""
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; the host defaults to loopback.
+
+    Port 0 lets the kernel pick a free port; the answer names the one bound.
+    """
     from .config import ShareError
     from .target import TargetError, split_host_port
 
@@ -515,8 +518,9 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ShareError(f"--listen {shlex.quote(text)}: {exc}") from None
     else:
         host, port_text = "", text
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ShareError(f"--listen {shlex.quote(text)}: the port must be a number between 1 and 65535")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ShareError(f"--listen {shlex.quote(text)}: the port must be a number between 0 (any free port) "
+                         "and 65535")
     return host or "127.0.0.1", int(port_text)
 
 
@@ -670,12 +674,6 @@ def run(
     import asyncio
     import logging
 
-    if keeper and "VCOM_KEEPER_FD" not in os.environ:
-        # The keeper is a lean interpreter of its own: it imports nothing of this command's.
-        manager = [sys.executable, "-m", "vcom", "run", "--no-keeper", "--log-level", log_level,
-                   "--log-format", log_format, *(["--metrics", metrics] if metrics else [])]
-        os.execve(sys.executable, [sys.executable, "-m", "vcom.keeper", "--", *manager], _python_env())
-
     level = getattr(logging, log_level.upper(), None) if log_level.lower() in ("debug", "info", "warning",
                                                                               "error") else None
     if not isinstance(level, int):
@@ -694,6 +692,13 @@ def run(
             parse_addr(metrics)
         except MetricsError as exc:
             fail(f"--metrics {shlex.quote(metrics)}: {exc}")
+    if keeper and "VCOM_KEEPER_FD" not in os.environ:
+        # Everything the manager would refuse at once has been checked above.  The keeper is a lean
+        # interpreter of its own: it imports nothing of this command's.
+        # -P: the package comes from where this command found it, never from the working directory.
+        manager = [sys.executable, "-P", "-m", "vcom", "run", "--no-keeper", "--log-level", log_level,
+                   "--log-format", log_format, *(["--metrics", metrics] if metrics else [])]
+        os.execve(sys.executable, [sys.executable, "-P", "-m", "vcom.keeper", "--", *manager], _python_env())
     try:
         asyncio.run(Manager(where, metrics=metrics).run())
     except ConfigSyntaxError as exc:
@@ -812,7 +817,8 @@ def _python_env() -> dict[str, str]:
     """This environment, where `python -m vcom` finds the package where this command found it (the
     installed launcher puts its own library directory on sys.path; a child would not inherit that)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    rest = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry and entry != here]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, *rest])}
 
 
 def _ensure_manager() -> None:
@@ -831,7 +837,7 @@ def _ensure_manager() -> None:
     env = _python_env()
     with open(where.log, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vcom", "run"],
+            [sys.executable, "-P", "-m", "vcom", "run"],  # -P: not from the working directory
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
             start_new_session=True, close_fds=True,
         )

@@ -121,8 +121,15 @@ def parse_mode(text: str) -> int:
     except ValueError:
         raise ConfigError("is not an octal number such as 0660", "mode", text) from None
     if not 0 <= mode <= 0o777:
-        raise ConfigError("is out of range 0000-0777", "mode", text)
+        raise ConfigError("is out of range 0000-0777", "mode", _Octal(mode))
     return mode
+
+
+class _Octal(int):
+    """A mode shown as people write it (01777, not 1023)."""
+
+    def __str__(self) -> str:
+        return f"{'-' if self < 0 else ''}0{abs(self):o}"
 
 
 def validate(port: PortConfig) -> None:
@@ -157,8 +164,10 @@ def validate(port: PortConfig) -> None:
     for name in ("pin_baud", "hangup_on_dcd"):
         if not isinstance(getattr(port, name), bool):
             raise ConfigError("must be true or false", name, getattr(port, name))
-    if not isinstance(port.mode, int) or isinstance(port.mode, bool) or not 0 <= port.mode <= 0o777:
-        raise ConfigError("is out of range 0000-0777", "mode", port.mode)
+    if not isinstance(port.mode, int) or isinstance(port.mode, bool):
+        raise ConfigError("must be an octal number such as 0660", "mode", port.mode)
+    if not 0 <= port.mode <= 0o777:
+        raise ConfigError("is out of range 0000-0777", "mode", _Octal(port.mode))
 
 
 # -- shares --------------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ How it ends:
   every port and what it stored, exits 0; the keeper, holding nothing more,
   exits 0.
 * SIGTERM to the keeper without systemd: the same, all ports go.
-* The manager exits with 78 (the config file cannot be read): the keeper
-  exits 78 too, so that systemd shows why and does not restart in a loop.
+* The manager exits with 78 (the config file cannot be read), or fails
+  before it was ever ready: the keeper exits with its status, so that
+  systemd shows why and does not restart in a loop.
 * More than ``RESTART_BURST`` restarts within ``RESTART_WINDOW`` seconds: the
   keeper gives up (exit 1) rather than spin; the ports go with it.
 """
@@ -70,6 +71,7 @@ class Keeper:
         self.child_status: int | None = None
         self.stopping: str | None = None  # "teardown" or "handover" once asked to stop
         self.ready = False
+        self.ever_ready = False
         self.last_ping = 0.0
         self.restarts: list[float] = []
         self.watchdog = _watchdog_seconds()
@@ -198,9 +200,13 @@ class Keeper:
             self._close_all(remove_links=False)  # `vcom shutdown`: the manager removed its ports itself
             return 0
         if status == 78:
-            log("the manager cannot read its configuration (exit status 78); stopping")
-            self._close_all(remove_links=True)
+            self._close_all(remove_links=True)  # the manager has said which file, line and column
             return 78
+        if not self.ever_ready and status is not None and status > 0:
+            # It never got going (a manager already runs, a path it cannot use): starting it again would
+            # fail the same way.  Its own message has said why.
+            self._close_all(remove_links=False)
+            return status
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
         if len(self.restarts) > RESTART_BURST:
@@ -263,7 +269,7 @@ class Keeper:
             self.last_ping = time.monotonic()
         relay = [f"{key}={fields[key]}" for key in ("READY", "STATUS", "STOPPING") if key in fields]
         if fields.get("READY") == "1":
-            self.ready = True
+            self.ready = self.ever_ready = True
             self.last_ping = time.monotonic()
         if relay:
             self.systemd.send("\n".join(relay))

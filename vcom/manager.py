@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -325,6 +326,10 @@ class Manager:
         self._file.check_new("share", [cfg.device])
         share = Share(cfg)
         await share.start()
+        if cfg.listen_port == 0:
+            # The kernel picked the port: the file keeps that one, so that a restart serves the clients
+            # that were told it, rather than a new random port.
+            cfg = dataclasses.replace(cfg, listen_port=share.port)
         try:
             self._file.append("share", [cfg.to_json()])
         except BaseException:

@@ -1,0 +1,102 @@
+"""Reconnecting: capped exponential back-off with jitter, and TCP keepalive.
+
+README: "A lost connection is retried with capped exponential back-off and
+jitter (0.25 s doubling up to --retry-max)" and "TCP keepalives notice a
+silent peer within about 25 s".  The delays are checked two ways: the
+Backoff policy itself over many draws, and a real port against a server that
+hangs up at once, whose accept times give lower bounds only (a loaded
+machine can only make the gaps longer) and whose count within a deadline
+shows the cap.  Keepalive is read from the manager's own socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from peers import HostileServer, Vcom, wait_until
+
+from vcom.link import Backoff
+
+FIRST = 0.25  # README: 0.25 s doubling
+
+
+def test_backoff_doubles_from_a_quarter_second_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(maximum=15.0)
+    for attempt in range(12):
+        ceiling = min(15.0, FIRST * 2**attempt)
+        draws = [backoff.delay(attempt) for _ in range(300)]
+        assert all(ceiling / 2 <= d <= ceiling for d in draws), (attempt, min(draws), max(draws))
+        assert max(draws) > 0.9 * ceiling and min(draws) < 0.6 * ceiling  # spread over [ceiling/2, ceiling]
+        assert len(set(draws)) > 250  # jitter: ports behind one server do not retry in lock step
+    assert Backoff(maximum=2.0).delay(40) <= 2.0  # no overflow far along
+
+
+def test_a_port_retries_with_back_off_and_the_retry_max_cap(vcom: Vcom, start_peer, tmp_path: Path):
+    server = start_peer(HostileServer(tmp_path / "closing", "close"))  # accepts, then hangs up at once
+    port = tmp_path / "ttyV0"
+    cap = 0.5
+    vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always", "--retry-max", str(cap))
+    # Without the cap the 10th attempt would come after more than 30 s (the lower bounds of the doubling
+    # delays, capped at the default 15 s, add up to that); with it, well within the deadline.
+    times = wait_until(lambda: (t := server.accept_times()) and len(t) >= 10 and t, 20, "ten attempts")
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    for attempt, gap in enumerate(gaps[:9]):
+        # Each wait is at least half the capped doubling delay; the connect itself only adds to it.
+        assert gap >= min(cap, FIRST * 2**attempt) / 2 * 0.98, (attempt, gaps)
+    status = vcom.status(port)
+    assert status["connects"] >= 10
+    assert status["last_error"].startswith(f"connection to rfc2217://127.0.0.1:{server.port} lost")
+    assert status["open"] is False  # no program needed: --connect always
+
+
+# pidfd_getfd(2): a copy of another process's file descriptor (here: the manager's socket to the server).
+_SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 (asm-generic)
+
+
+def _socket_of(pid: int, remote_port: int) -> socket.socket:
+    """A duplicate of the socket ``pid`` has connected to 127.0.0.1:remote_port."""
+    established = "01"
+    inodes = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            inodes[target[8:-1]] = int(fd)
+    with open(f"/proc/{pid}/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[2].split(":")[1], 16) == remote_port and fields[3] == established and fields[9] in inodes:
+                target_fd = inodes[fields[9]]
+                break
+        else:
+            raise AssertionError(f"no connection of {pid} to port {remote_port}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(_SYS_PIDFD_GETFD, pidfd, target_fd, 0)
+        if copy < 0:
+            errno = ctypes.get_errno()
+            pytest.skip(f"pidfd_getfd: {os.strerror(errno)}")
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=copy)
+
+
+def test_the_link_socket_has_keepalive_to_notice_a_silent_peer(vcom: Vcom, start_peer, tmp_path: Path):
+    server = start_peer(HostileServer(tmp_path / "silent", "silent"))
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always")
+    wait_until(lambda: server.connections() == 1, 15, "the connection")
+    with _socket_of(vcom.manager_pid(), server.port) as sock:
+        options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    # Probes after 10 s of silence, every 5 s, 3 unanswered ones end it: a dead peer is noticed within 25 s.
+    assert options[0] == 1 and options[1] + options[2] * options[3] <= 25, options
+    assert options[1:4] == (10, 5, 3) and options[4] == 1
