@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as configfile
-from . import control
+from . import control, fdlimit
 from .config import ConfigError, PortConfig
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .lines import LinesServer
@@ -92,6 +92,7 @@ class Manager:
         self._stop = asyncio.Event()
         self._watcher: SlaveWatcher | None = None
         self._lock = asyncio.Lock()
+        self._fds_near = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +101,10 @@ class Manager:
             raise ManagerError(f"a vcom manager already runs on {self.paths.socket}")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        before, after = fdlimit.raise_soft_limit()
+        if after != before:
+            log.info("file descriptor limit raised from %d to %d (about %d ports)", before, after,
+                     (after - fdlimit.RESERVE) // fdlimit.PER_PORT)
         self._watcher = SlaveWatcher(loop)
         server = None
         lines = None
@@ -117,7 +122,8 @@ class Manager:
             udev.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
-            notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
+            notify(f"READY=1\nSTATUS={self._status_line()}")
+            self._check_fds()
             await self._stop.wait()
         finally:
             notify("STOPPING=1")
@@ -167,6 +173,10 @@ class Manager:
 
     def _start_port(self, cfg: PortConfig, *, replace_symlink: bool) -> Port:
         assert self._watcher is not None
+        if not fdlimit.room_for_port(len(self.ports)):
+            # The last descriptors stay for the control socket: a full manager must still take `vcom remove`.
+            raise ManagerError(f"file descriptor limit reached ({fdlimit.usage().describe()}); "
+                               "raise LimitNOFILE (ulimit -n) for the manager")
         if cfg.split_of:
             primary = self.ports.get(cfg.split_of)
             if primary is None:
@@ -238,6 +248,7 @@ class Manager:
             raise ManagerError(f"cannot create {cfg.device}: {exc.strerror or exc}") from None
         self._configs[cfg.device] = cfg
         self._save()
+        self._check_fds()
         return {"ok": True, "port": self.ports[cfg.device].status()}
 
     async def _cmd_remove(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +301,9 @@ class Manager:
             if key in self._share_configs:
                 return {"ok": True, "share": self._share_status(key)}
             raise ManagerError(f"{device} is not a vcom port or share")
-        return {"ok": True, **self.snapshot()}
+        usage = fdlimit.usage()
+        return {"ok": True, **self.snapshot(),
+                "manager": {"fds": usage.open, "fd_limit": usage.limit, "fds_near_limit": usage.near}}
 
     def _share_status(self, device: str) -> dict[str, Any]:
         share = self.shares.get(device)
@@ -328,6 +341,20 @@ class Manager:
         cfg = self._configs[device]
         return {"device": device, "target": cfg.target, "state": "failed", "open": False,
                 "last_error": "the port could not be created; see the manager's log"}
+
+    def _status_line(self, extra: str = "") -> str:
+        return f"{len(self.ports)} port(s), {len(self.shares)} share(s)" + extra
+
+    def _check_fds(self) -> None:
+        """Say once (log and systemd status) when the ports bring the descriptors near the limit."""
+        near = fdlimit.maybe_near()
+        if near is not None and not self._fds_near:
+            log.warning("%s (%d ports): near the limit; raise LimitNOFILE (ulimit -n) for the manager",
+                        near.describe(), len(self.ports))
+            notify(f"STATUS={self._status_line(f'; {near.describe()}, near the limit')}")
+        elif near is None and self._fds_near:
+            notify(f"STATUS={self._status_line()}")
+        self._fds_near = near is not None
 
     def _save(self) -> None:
         configfile.save(self.paths.config, list(self._configs.values()), list(self._share_configs.values()))
