@@ -134,7 +134,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "python": platform.python_version(), "load_at_start": os.getloadavg()}
+            "python": platform.python_version()}
 
 
 def commit() -> dict[str, Any]:

@@ -42,17 +42,18 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="where to write the JSON (default: bench-results/DATE-COMMIT.json)")
     parser.add_argument("--compare", type=Path, help="an earlier JSON to show next to this run")
     parser.add_argument("--ports", type=int, default=2000, help="ports in the scale test (default 2000)")
-    parser.add_argument("--streams", type=int, default=1000, help="of those, ports streaming (default 1000)")
+    parser.add_argument("--streams", type=int, default=1000,
+                        help="ports streaming 11.5 KB/s both ways, vcom against as many socat processes (default 1000)")
     parser.add_argument("--nofile", type=int, default=1024,
                         help="soft RLIMIT_NOFILE the scale test's manager starts with (default 1024, systemd's)")
-    parser.add_argument("--only", default="relay,preload,add,scale",
-                        help="comma-separated parts to run: relay, preload, add, scale (default: all)")
+    parser.add_argument("--only", default="relay,preload,add,scale,stream",
+                        help="comma-separated parts to run: relay, preload, add, scale, stream (default: all)")
     args = parser.parse_args()
 
     progress = Progress()
+    extra: dict[str, object] = {"load_at_start": os.getloadavg()}
     P.raise_own_fd_limit()
     rows: list[R.Row] = []
-    extra: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="vcom-bench-") as tmp:
         work = Path(tmp)
         children = P.Procs()
@@ -69,7 +70,9 @@ def main() -> int:
             if "add" in parts:
                 rows += add_figures(children, echo, work, progress)
             if "scale" in parts:
-                rows += scale_figures(children, echo, work, progress, args.ports, args.streams, args.nofile, extra)
+                rows += scale_figures(children, echo, work, progress, args.ports, args.nofile, extra)
+            if "stream" in parts and args.streams:
+                rows += stream_figures(children, echo, work, progress, args.streams)
         finally:
             progress("stopping everything the bench started")
             children.close()
@@ -243,7 +246,7 @@ def add_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Pro
 
 
 def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Progress, count: int,
-                  streams: int, nofile: int, extra: dict[str, object]) -> list[R.Row]:
+                  nofile: int, extra: dict[str, object]) -> list[R.Row]:
     home = work / "scale"
     devices = [home / f"p{i}" for i in range(count)]
     P.write_config(home / "vcom.toml", [(d, echo.target("tcp"), "always") for d in devices])
@@ -257,9 +260,7 @@ def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
     rss_row = R.Row("scale_rss", f"{count:,} ports: manager RSS", "MiB", None, goals=[R.at_most(150, "MiB")])
     idle_row = R.Row("scale_idle_cpu", f"{count:,} ports open and quiet: manager CPU", "%", None,
                      goals=[R.at_most(1, "%")])
-    stream_row = R.Row("stream_cpu", f"{min(streams, count):,} ports streaming 11.5 KB/s both ways: CPU", "%",
-                       None, goals=[R.at_most_ratio(0.7)])
-    rows = [connected_row, rss_row, idle_row, stream_row]
+    rows = [connected_row, rss_row, idle_row]
     fds: list[int] = []
     try:
         for device in devices:
@@ -277,65 +278,74 @@ def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
         extra["scale"] = {"ports": count, "connected": connected, "opened": len(fds), "manager_fds": manager_fds,
                           "fds_per_port": manager_fds / max(1, connected),
                           "rss_kib_per_port": rss_row.vcom * 1024 / max(1, connected)}
-        n = min(streams, len(fds), connected)
-        if n == 0:
-            return rows
-        if n < streams:
-            stream_row.note = f"only {n:,} of {streams:,} ports could be streamed"
-        stream_row.figure = f"{n:,} ports streaming 11.5 KB/s both ways: CPU"
-        try:
-            stream_row.vcom, stream_row.details["vcom"] = stream_cpu(fds[:n], [manager.pid], progress, "vcom")
-        except T.BenchError as exc:
-            stream_row.note = str(exc)
-            return rows
     finally:
         for fd in fds:
             os.close(fd)
         progress("  stopping the manager")
         manager.stop()
-    progress(f"  {n:,} socat processes on the same echo server")
-    links = [work / "socat" / f"s{i}" for i in range(n)]
-    links[0].parent.mkdir()
-    relays = [children.start(P.socat_argv(link, echo.raw_port), stdin=subprocess.DEVNULL) for link in links]
-    pids = [r.pid for r in relays]
-    try:
-        P.wait_for(lambda: all(link.exists() for link in links), 120, f"{n} socat links", interval=0.2)
-        wait_for_connections(pids, echo.raw_port, n)
-        socat_fds = [T.open_port(link) for link in links]
-        try:
-            stream_row.reference, details = stream_cpu(socat_fds, pids, progress, "socat")
-            details["pss_mib_sum"] = sum(P.pss_bytes(pid) for pid in pids) / 2**20
-            stream_row.details["socat"] = details
-        finally:
-            for fd in socat_fds:
-                os.close(fd)
-    finally:
-        children.stop_many(relays)
     return rows
 
 
-def stream_cpu(fds: list[int], pids: list[int], progress: Progress, who: str,
-               warmup: float = 2.0, window: float = 8.0) -> tuple[float, dict[str, object]]:
-    """CPU (% of one core, summed over ``pids``) while every port streams STREAM_RATE both ways."""
-    progress(f"  {who}: {len(fds):,} ports streaming {STREAM_RATE / 1000:g} KB/s each way, {window:g} s measured")
-    streams = T.Streams(fds, STREAM_RATE, random.Random(115200).randbytes(1 << 16))
+def stream_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Progress, count: int,
+                   windows: int = 4, warmup: float = 1.0, window: float = 4.0) -> list[R.Row]:
+    """``count`` vcom ports in one manager and ``count`` socat processes, both on the echo server;
+    they stream in turn (vcom, socat, socat, vcom) so that the machine's load falls on both."""
+    home = work / "stream"
+    devices = [home / f"p{i}" for i in range(count)]
+    links = [work / "socat" / f"s{i}" for i in range(count)]
+    links[0].parent.mkdir()
+    P.write_config(home / "vcom.toml", [(d, echo.target("tcp"), "always") for d in devices])
+    progress(f"{count:,} vcom ports and {count:,} socat processes on the echo server")
+    manager = P.Manager(children, home)
+    relays = [children.start(P.socat_argv(link, echo.raw_port), stdin=subprocess.DEVNULL) for link in links]
+    socat_pids = [r.pid for r in relays]
+    fds: dict[str, list[int]] = {"vcom": [], "socat": []}
+    streams: dict[str, T.Streams] = {}
+    row = R.Row("stream_cpu", f"{count:,} ports streaming 11.5 KB/s both ways: CPU", "%", None,
+                goals=[R.at_most_ratio(0.7)])
     try:
-        streams.run(warmup)
-        before = sum(P.cpu_seconds(pid) for pid in pids)
-        started = time.monotonic()
-        sent_before = sum(streams.received)
-        streams.run(window)
-        elapsed = time.monotonic() - started
-        cpu = (sum(P.cpu_seconds(pid) for pid in pids) - before) / elapsed * 100
-        rate = (sum(streams.received) - sent_before) / elapsed / len(fds)
-        streams.finish()
-        lost = sum(streams.sent) - sum(streams.received)
-        if lost:
-            raise T.BenchError(f"{who}: {lost} bytes did not come back after streaming")
-        return cpu, {"achieved_bytes_per_s_per_port": rate, "short_writes": streams.short_writes,
-                     "rss_mib": sum(P.rss_bytes(pid) for pid in pids) / 2**20}
+        wait_for_connections([manager.pid], echo.raw_port, count)
+        P.wait_for(lambda: all(link.exists() for link in links), 120, f"{count} socat links", interval=0.2)
+        wait_for_connections(socat_pids, echo.raw_port, count)
+        fds["vcom"] = [T.open_port(d) for d in devices]
+        fds["socat"] = [T.open_port(link) for link in links]
+        pattern = random.Random(115200).randbytes(1 << 16)
+        pids = {"vcom": [manager.pid], "socat": socat_pids}
+        cpu = {"vcom": 0.0, "socat": 0.0}
+        measured = {"vcom": 0.0, "socat": 0.0}
+        echoed = {"vcom": 0, "socat": 0}
+        for who in fds:
+            streams[who] = T.Streams(fds[who], STREAM_RATE, pattern)
+        for i in range(windows):
+            who = ("vcom", "socat")[(i + i // 2) % 2]  # vcom, socat, socat, vcom
+            progress(f"  {who}: {count:,} ports streaming {STREAM_RATE / 1000:g} KB/s each way, {window:g} s "
+                     f"measured ({i + 1}/{windows})")
+            stream = streams[who]
+            stream.run(warmup)
+            before, received, started = sum(map(P.cpu_seconds, pids[who])), sum(stream.received), time.monotonic()
+            stream.run(window)
+            measured[who] += time.monotonic() - started
+            cpu[who] += sum(map(P.cpu_seconds, pids[who])) - before
+            echoed[who] += sum(stream.received) - received
+            stream.finish()
+        for who, stream in streams.items():
+            lost = sum(stream.sent) - sum(stream.received)
+            if lost:
+                raise T.BenchError(f"{who}: {lost} bytes did not come back after streaming")
+        row.vcom, row.reference = (cpu[who] / measured[who] * 100 for who in ("vcom", "socat"))
+        row.details = {who: {"echoed_bytes_per_s_per_port": echoed[who] / measured[who] / count,
+                             "short_writes": streams[who].short_writes} for who in streams}
+        row.details["vcom"]["rss_mib"] = P.rss_bytes(manager.pid) / 2**20
+        row.details["socat"]["pss_mib_sum"] = sum(map(P.pss_bytes, socat_pids)) / 2**20
     finally:
-        streams.close()
+        for stream in streams.values():
+            stream.close()
+        for fd in fds["vcom"] + fds["socat"]:
+            os.close(fd)
+        progress("  stopping the manager and socat")
+        manager.stop()
+        children.stop_many(relays)
+    return [row]
 
 
 def wait_for_connections(pids: list[int], port: int, count: int, *, alive: Callable[[], bool] = lambda: True,
