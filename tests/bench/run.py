@@ -267,7 +267,7 @@ def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
             with contextlib.suppress(OSError):
                 fds.append(T.open_port(device))
         progress(f"  {connected:,} connected after {ready_s:.0f} s; {len(fds):,} opened by the bench; idle 5 s")
-        time.sleep(2)  # the opens' settings and line changes go out first
+        settle_quiet(manager.pid)  # the opens' settings and line changes go out first
         if manager.proc.poll() is not None:
             connected_row.note = f"the manager exited: {manager.last_log_line()}"
             return rows
@@ -361,6 +361,22 @@ def wait_for_connections(pids: list[int], port: int, count: int, *, alive: Calla
         if best >= count or not alive() or time.monotonic() - since > settle or time.monotonic() > deadline:
             return best
         time.sleep(0.5)
+
+
+def settle_quiet(pid: int, timeout: float = 15.0) -> None:
+    """Wait until the process has used no CPU for a second (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    last, quiet_since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            now = P.cpu_seconds(pid)
+        except OSError:
+            return
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            return
+        time.sleep(0.25)
 
 
 def cpu_over(pid: int, seconds: float) -> tuple[float, float]:
