@@ -335,6 +335,9 @@ def stream_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: 
         row.vcom, row.reference = (cpu[who] / measured[who] * 100 for who in ("vcom", "socat"))
         row.details = {who: {"echoed_bytes_per_s_per_port": echoed[who] / measured[who] / count,
                              "short_writes": streams[who].short_writes} for who in streams}
+        slow = [who for who in streams if row.details[who]["echoed_bytes_per_s_per_port"] < 0.95 * STREAM_RATE]
+        if slow:
+            row.note = f"{' and '.join(slow)} echoed less than 95 % of the offered rate: its CPU is understated"
         row.details["vcom"]["rss_mib"] = P.rss_bytes(manager.pid) / 2**20
         row.details["socat"]["pss_mib_sum"] = sum(map(P.pss_bytes, socat_pids)) / 2**20
     finally:
