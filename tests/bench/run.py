@@ -253,6 +253,9 @@ def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
     progress(f"{count:,} ports in one manager started with soft RLIMIT_NOFILE {nofile}")
     started = time.monotonic()
     manager = P.Manager(children, home, nofile=nofile, wait=False)
+    # The pid file is written once every configured port has been created (or refused).
+    P.wait_for(lambda: (home / "vcom.pid").exists() or manager.proc.poll() is not None, 120,
+               "the manager to create its ports")
     connected = wait_for_connections([manager.pid], echo.raw_port, count, alive=lambda: manager.proc.poll() is None)
     ready_s = time.monotonic() - started
     connected_row = R.Row("scale_connected", f"{count:,} ports, soft RLIMIT_NOFILE {nofile}: connected", "ports",
