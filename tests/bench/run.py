@@ -271,6 +271,8 @@ def scale_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
                 fds.append(T.open_port(device))
         progress(f"  {connected:,} connected after {ready_s:.0f} s; {len(fds):,} opened by the bench; idle 5 s")
         settle_quiet(manager.pid)  # the opens' settings and line changes go out first
+        # Each connection arms a one-shot 3 s negotiation timer; idle means after those fired.
+        time.sleep(max(0.0, started + ready_s + 4.0 - time.monotonic()))
         if manager.proc.poll() is not None:
             connected_row.note = f"the manager exited: {manager.last_log_line()}"
             return rows
