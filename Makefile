@@ -33,7 +33,7 @@ demo: venv
 test: venv peers
 	$(PY) -m pytest
 
-# vcom against socat on the same echo servers, and the many-ports figures (about 3 minutes; see README).
+# vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
 bench: venv peers
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
