@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial tmux gcc libc6-dev iproute2 util-linux systemd udev mount \
           picocom mbpoll strace
 
-.PHONY: venv install test lint demo peers clean install-system uninstall install-app install-units install-rules install-group
+.PHONY: venv install test lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
 
 # The development environment: .venv with vcom (editable) and the test tools.
 venv: $(VENV)/.installed
@@ -33,6 +33,10 @@ demo: venv
 
 test: venv peers
 	$(PY) -m pytest
+
+# vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
+bench: venv peers
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check vcom tests

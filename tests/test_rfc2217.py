@@ -372,6 +372,94 @@ def test_any_split_gives_the_same_events(split, role: Role, binary: bool, limit:
     assert run(role, pieces_at(stream, cuts), binary=binary, max_subnegotiation=limit) == whole
 
 
+# -- bulk 0xFF data (firmware images are mostly 0xFF) ------------------------------------
+
+# Data heavy in 0xFF: single bytes, runs of odd and even length, and the bytes NVT treats specially.
+ff_heavy = st.lists(st.sampled_from([b"\xff", b"\xff" * 2, b"\xff" * 7, b"\xff" * 64, b"\x00", b"\r", b"a"]),
+                    max_size=24).map(b"".join)
+
+
+@settings(deadline=None)
+@given(st.lists(st.one_of(ff_heavy, st.binary(max_size=40)), max_size=8).map(b"".join))
+def test_send_data_doubles_every_iac_of_ff_heavy_data(data: bytes) -> None:
+    for role in Role:
+        wire = Connection(role).send_data(data)
+        assert wire == data.replace(b"\xff", b"\xff\xff")
+
+
+def test_a_value_of_four_0xff_is_sent_doubled() -> None:
+    assert Connection(Role.CLIENT).send(SetBaudRate(0xFFFFFFFF)) == bytes((IAC, SB, 44, 1)) + b"\xff" * 8 + bytes(
+        (IAC, SE))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(ff_heavy, commands), max_size=5), ff_heavy, st.lists(st.integers(0, 4000), max_size=8))
+def test_ff_heavy_data_with_commands_survives_any_split(items: list, tail: bytes, cuts: list[int]) -> None:
+    client, server = negotiated_pair()
+    for sender, receiver in ((client, server), (server, client)):
+        wire = b"".join(sender.send_data(data) + sender.send(command) for data, command in items)
+        wire += sender.send_data(tail)
+        sent = [event for data, command in items for event in (Data(data), command)] + [Data(tail)]
+        expected = merged([event for event in sent if event != Data(b"")])
+        events: list = []
+        for chunk in pieces_at(wire, sorted(c for c in cuts if c <= len(wire))):
+            events += receiver.receive_data(chunk)
+        assert merged(events) == expected
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.one_of(ff_heavy, pieces), max_size=10), st.lists(st.integers(0, 4000), max_size=6),
+       st.sampled_from(list(Role)), st.booleans())
+def test_ff_heavy_streams_give_the_same_events_split_anywhere(parts: list, cuts: list[int], role: Role,
+                                                             binary: bool) -> None:
+    stream = b"".join(parts)
+    whole = run(role, [stream], binary=binary)
+    assert run(role, pieces_at(stream, sorted(c for c in cuts if c <= len(stream))), binary=binary) == whole
+
+
+@pytest.mark.parametrize("length", range(1, 10))
+def test_runs_of_iac_of_every_length_split_at_every_byte(length: int) -> None:
+    """A run of IACs is data pairs, and when it is odd its last IAC starts a command."""
+    stream = b"a" + b"\xff" * length + bytes((WILL, SGA)) + b"b" + b"\xff" * (2 * length) + b"c"
+    if length % 2:
+        expected = [Data(b"a" + b"\xff" * (length // 2)), OptionChange(SGA, local=False, enabled=True),
+                    Data(b"b" + b"\xff" * length + b"c")]
+    else:  # all pairs: the WILL SGA bytes are data
+        expected = [Data(b"a" + b"\xff" * (length // 2) + bytes((WILL, SGA)) + b"b" + b"\xff" * length + b"c")]
+    whole = run(Role.CLIENT, [stream], binary=True)
+    assert whole[0] == expected
+    for cut in range(len(stream) + 1):
+        assert run(Role.CLIENT, pieces_at(stream, [cut]), binary=True) == whole, cut
+    assert run(Role.CLIENT, [bytes([b]) for b in stream], binary=True) == whole
+
+
+def test_a_firmware_image_of_0xff_comes_through_whole() -> None:
+    image = bytearray(b"\xff" * (1 << 20))
+    image[::4099] = b"\x00" * len(image[::4099])  # a few other bytes, as in a real image
+    image = bytes(image)
+    sender, receiver = negotiated_pair()
+    wire = sender.send_data(image[:300_001]) + sender.send(NotifyModemState(ModemState.CTS)) \
+        + sender.send_data(image[300_001:])
+    assert wire.count(b"\xff") == 2 * image.count(b"\xff") + 2
+    assert receiver.receive_data(wire) == [Data(image[:300_001]), NotifyModemState(ModemState.CTS),
+                                           Data(image[300_001:])]
+    events: list = []
+    for at in range(0, len(wire), 4097):  # odd-sized reads split pairs of IACs
+        events += receiver.receive_data(wire[at:at + 4097])
+    assert merged(events) == [Data(image[:300_001]), NotifyModemState(ModemState.CTS), Data(image[300_001:])]
+
+
+def test_a_read_without_iac_is_one_event_and_no_copy() -> None:
+    client = binary_client()
+    chunk = bytes(range(255)) * 100
+    events = client.receive_data(chunk)
+    assert events == [Data(chunk)] and events[0].data is chunk
+    reused = bytearray(b"abc")
+    (event,) = client.receive_data(reused)
+    reused[:] = b"xyz"
+    assert event == Data(b"abc")  # a caller's buffer is copied, never aliased
+
+
 TRANSCRIPT = (
     b"x\r\x00y\r\n\r"
     + SER2NET_GREETING

@@ -94,6 +94,16 @@ def test_units_name_the_prefix(staged_units: tuple[Path, Path]) -> None:
     assert f"\nExecStart={prefix}/bin/vcom share /dev/%I --foreground $VCOM_SHARE_ARGS\n" in share
 
 
+def test_manager_unit_allows_thousands_of_ports() -> None:
+    """systemd's default soft limit (1024) stops the manager near 480 ports; the unit sets its own."""
+    from vcom import fdlimit
+
+    values = re.findall(r"^LimitNOFILE=(\d+)(?::(\d+))?$", (REPO / "systemd" / "vcom.service").read_text(), re.M)
+    assert len(values) == 1, values
+    hard = int(values[0][1] or values[0][0])
+    assert hard >= 2000 * fdlimit.PER_PORT + fdlimit.RESERVE
+
+
 def test_manager_unit_verifies_cleanly(staged_units: tuple[Path, Path]) -> None:
     root, _ = staged_units
     result = verify(root / UNIT_DIR / "vcom.service")

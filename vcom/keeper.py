@@ -83,6 +83,7 @@ class Keeper:
     # -- the loop
 
     def run(self) -> int:
+        _raise_fd_limit()  # the keeper holds a descriptor per port, as the manager does
         for fd, name in _inherited():
             self._put(name, fd)
         signal.set_wakeup_fd(self._wake_w)
@@ -238,10 +239,12 @@ class Keeper:
     def _receive(self) -> None:
         while True:
             try:
-                data, ancillary, _, _ = self._own.recvmsg(4096, socket.CMSG_SPACE(4 * _MAX_FDS_PER_MESSAGE),
-                                                          socket.MSG_DONTWAIT)
+                data, ancillary, flags, _ = self._own.recvmsg(4096, socket.CMSG_SPACE(4 * _MAX_FDS_PER_MESSAGE),
+                                                              socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
+            if flags & socket.MSG_CTRUNC:
+                log("a stored descriptor was lost: this process is out of file descriptors")
             fds: list[int] = []
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -329,6 +332,16 @@ class _SystemdLink:
             return True
         except OSError:
             return False
+
+
+def _raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log(f"file descriptor limit raised from {soft} to {hard}")  # for the manager too, which inherits it
 
 
 def _watchdog_seconds() -> float:

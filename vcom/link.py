@@ -228,15 +228,19 @@ class Rfc2217Session:
         return self._codec.initiate()
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        payload = bytearray()
-        reply = bytearray()
-        for event in self._codec.receive_data(data):
-            if isinstance(event, rfc2217.Data):
-                payload += event.data
+        events = self._codec.receive_data(data)
+        if len(events) == 1 and type(events[0]) is rfc2217.Data:
+            # A busy link's every read: the payload goes on as the codec made it, without a copy.
+            return events[0].data, self._codec.data_to_send()
+        payload = []
+        replies = [b""]  # the codec's own answers (option negotiation) go first
+        for event in events:
+            if type(event) is rfc2217.Data:
+                payload.append(event.data)
             else:
-                reply += self._event(event)
-        reply[:0] = self._codec.data_to_send()
-        return bytes(payload), bytes(reply)
+                replies.append(self._event(event))
+        replies[0] = self._codec.data_to_send()
+        return b"".join(payload), b"".join(replies)
 
     def encode(self, data: bytes) -> bytes:
         return self._codec.send_data(data)
@@ -456,9 +460,10 @@ class Link:
         self._wake.set()
 
     def send(self, data: bytes) -> None:
-        if self._transport is None or self._session is None:
+        session = self._session
+        if self._transport is None or session is None:
             raise RuntimeError("send() while not connected")
-        self._write(self._session.encode(data))
+        self._write(session.encode(data))
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -633,9 +638,10 @@ class Link:
     # -- callbacks from the protocol
 
     def _received(self, data: bytes) -> None:
-        if self._session is None:
+        session = self._session
+        if session is None:
             return
-        payload, reply = self._session.receive(data)
+        payload, reply = session.receive(data)
         if reply:
             self._write(reply)
         self._after_input()
@@ -668,13 +674,15 @@ class Link:
             self._listener.link_writable(writable)
 
     def _write(self, data: bytes) -> None:
-        if not data or self._transport is None:
+        transport = self._transport
+        if not data or transport is None:
             return
         if self.target.transport is Transport.UDP:
+            view = memoryview(data)  # slices of a view: no copy per datagram
             for start in range(0, len(data), DATAGRAM_SIZE):
-                self._transport.sendto(data[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
+                transport.sendto(view[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
         else:
-            self._transport.write(data)
+            transport.write(data)
 
     def _drop_transport(self) -> None:
         transport, self._transport = self._transport, None

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from . import configfile, control, controlserver
+from . import configfile, control, controlserver, fdlimit
 from .config import ConfigError, PortConfig
 from .handover import Handover
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
@@ -101,6 +101,7 @@ class Manager:
         # How the manager ends: "teardown" removes every port; "handover" leaves the ptys and their symlinks
         # to the next manager (SIGTERM while a keeper or systemd keeps the descriptors).
         self._ending = "teardown"
+        self._fds_near = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,6 +112,10 @@ class Manager:
         handover = self._handover = Handover()
         loop.add_signal_handler(signal.SIGTERM, self._stop_for, "handover" if handover.keeps_ports else "teardown")
         loop.add_signal_handler(signal.SIGINT, self._stop_for, "teardown")
+        before, after = fdlimit.raise_soft_limit()
+        if after != before:
+            log.info("file descriptor limit raised from %d to %d (about %d ports)", before, after,
+                     (after - fdlimit.RESERVE) // fdlimit.PER_PORT)
         self._watcher = SlaveWatcher(loop)
         server = None
         interposer = None
@@ -129,7 +134,8 @@ class Manager:
             udev.start()
             _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
-            handover.notifier.notify(f"READY=1\nSTATUS={len(self.ports)} port(s), {len(self.shares)} share(s)")
+            handover.notifier.notify(f"READY=1\nSTATUS={self._status_line()}")
+            self._check_fds()
             handover.start_watchdog(loop)
             await self._stop.wait()
         finally:
@@ -188,6 +194,10 @@ class Manager:
 
     def _start_port(self, cfg: PortConfig, *, replace_symlink: bool) -> Port:
         assert self._watcher is not None
+        if not fdlimit.room_for_port(len(self.ports)):
+            # The last descriptors stay for the control socket: a full manager must still take `vcom remove`.
+            raise ManagerError(f"file descriptor limit reached ({fdlimit.usage().describe()}); "
+                               "raise LimitNOFILE (ulimit -n) for the manager")
         if cfg.split_of:
             primary = self.ports.get(cfg.split_of)
             if primary is None:
@@ -284,6 +294,7 @@ class Manager:
                 if port is not None:
                     await port.close()
             raise
+        self._check_fds()
         answer: dict[str, Any] = {"ok": True, "port": self.ports[configs[0].device].status()}
         if isinstance(many, list):
             answer["ports"] = [self.ports[cfg.device].status() for cfg in configs]
@@ -370,7 +381,9 @@ class Manager:
                 if problem.device and key in (_share_key(problem.device), path):
                     raise ManagerError(f"{device} is not a usable vcom {problem.table}: {problem}")
             raise ManagerError(f"{device} is not a vcom port or share")
-        return {"ok": True, **self.snapshot()}
+        usage = fdlimit.usage()
+        return {"ok": True, **self.snapshot(),
+                "manager": {"fds": usage.open, "fd_limit": usage.limit, "fds_near_limit": usage.near}}
 
     def _share_status(self, device: str) -> dict[str, Any]:
         share = self.shares.get(device)
@@ -408,6 +421,24 @@ class Manager:
         cfg = self._configs[device]
         return {"device": device, "target": cfg.target, "state": "failed", "open": False,
                 "last_error": "the port could not be created; see the manager's log"}
+
+    def _notify(self, state: str) -> None:
+        if self._handover is not None:
+            self._handover.notifier.notify(state)
+
+    def _status_line(self, extra: str = "") -> str:
+        return f"{len(self.ports)} port(s), {len(self.shares)} share(s)" + extra
+
+    def _check_fds(self) -> None:
+        """Say once (log and systemd status) when the ports bring the descriptors near the limit."""
+        near = fdlimit.maybe_near()
+        if near is not None and not self._fds_near:
+            log.warning("%s (%d ports): near the limit; raise LimitNOFILE (ulimit -n) for the manager",
+                        near.describe(), len(self.ports))
+            self._notify(f"STATUS={self._status_line(f'; {near.describe()}, near the limit')}")
+        elif near is None and self._fds_near:
+            self._notify(f"STATUS={self._status_line()}")
+        self._fds_near = near is not None
 
 
 def _absolute(device: object) -> str:
