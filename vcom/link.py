@@ -38,6 +38,7 @@ import random
 import socket
 import sys
 import termios
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,9 @@ SOCKET_SEND_BUFFER = 64 * 1024
 # where one lost fragment would lose the whole datagram.
 DATAGRAM_SIZE = 1024
 _WRITE_LOW_WATER = 16 * 1024
+# How long a receive purge waits for the server's answer before data flows again (a server that never
+# answers PURGE-DATA is then not waited for again on that connection).
+PURGE_ANSWER_TIMEOUT = 0.5
 
 
 class LinkState(enum.Enum):
@@ -80,6 +84,7 @@ class LinkStats:
     connects: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    purged_bytes: int = 0  # arrived after a program's input flush, from before it: discarded
 
 
 @dataclass(slots=True)
@@ -163,11 +168,20 @@ class Session(Protocol):
 
     def negotiation_timed_out(self) -> bytes: ...
 
+    @property
+    def awaiting_purge(self) -> bool: ...
+
+    def purge_unanswered(self) -> None: ...
+
 
 class RawSession:
-    """Raw TCP: bytes are bytes; there is nowhere to send settings."""
+    """Raw TCP: bytes are bytes; there is nowhere to send settings (nor a purge to wait for)."""
 
     negotiated = True
+    awaiting_purge = False
+
+    def purge_unanswered(self) -> None:
+        pass
 
     def start(self, settings: LineSettings) -> bytes:
         return b""
@@ -201,6 +215,7 @@ class SessionOwner:
     settings: Callable[[], LineSettings]
     lines: Callable[[], Lines]
     modem_changed: Callable[[Signals, int], None]  # the lines as now known, and the raw state with its delta bits
+    discarded: Callable[[int], None] = lambda count: None  # data dropped because a purge had not been answered
 
 
 class Rfc2217Session:
@@ -222,6 +237,11 @@ class Rfc2217Session:
         self._sent: list[Any] = []  # last value sent per command, to send only changes
         self._sent_lines = Lines()
         self.negotiated = False
+        # PURGE-DATA sent and not answered yet, oldest first: whether each discards the receive buffer.
+        # RFC 2217 answers in order, in the data stream: data before the answer left the remote UART
+        # before the purge and is what the program flushed.
+        self._purges: deque[bool] = deque()
+        self.answers_purge: bool | None = None  # learned per connection
 
     def start(self, settings: LineSettings) -> bytes:
         self._settings = settings
@@ -229,14 +249,17 @@ class Rfc2217Session:
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         events = self._codec.receive_data(data)
-        if len(events) == 1 and type(events[0]) is rfc2217.Data:
+        if not self._purges and len(events) == 1 and type(events[0]) is rfc2217.Data:
             # A busy link's every read: the payload goes on as the codec made it, without a copy.
             return events[0].data, self._codec.data_to_send()
         payload = []
         replies = [b""]  # the codec's own answers (option negotiation) go first
         for event in events:
             if type(event) is rfc2217.Data:
-                payload.append(event.data)
+                if any(self._purges):
+                    self._owner.discarded(len(event.data))  # received before the purge: flushed
+                else:
+                    payload.append(event.data)
             else:
                 replies.append(self._event(event))
         replies[0] = self._codec.data_to_send()
@@ -275,7 +298,23 @@ class Rfc2217Session:
             return b""
         which = rfc2217.Purge.BOTH if receive and transmit else (
             rfc2217.Purge.RECEIVE if receive else rfc2217.Purge.TRANSMIT)
+        if self.answers_purge is not False:
+            self._purges.append(receive)
         return self._codec.send(rfc2217.PurgeData(which))
+
+    @property
+    def awaiting_purge(self) -> bool:
+        """A receive purge is unanswered: incoming data is being discarded."""
+        return any(self._purges)
+
+    def purge_unanswered(self) -> None:
+        """The server did not answer PURGE-DATA in time: stop discarding, and do not wait on it again."""
+        if self._purges:
+            self._purges.clear()
+            if self.answers_purge is None:
+                log.warning("%s: server does not answer PURGE-DATA; after a flush, data it sent before the flush "
+                            "may still reach the program", self._name)
+            self.answers_purge = False
 
     def negotiation_timed_out(self) -> bytes:
         if self.negotiated:
@@ -323,6 +362,10 @@ class Rfc2217Session:
                 remote.stop_bits = stop.value if stop else f"code {code}"
             case rfc2217.SetControl(value=value):
                 self._control_answer(value)
+            case rfc2217.PurgeData():
+                if self._purges:
+                    self._purges.popleft()
+                    self.answers_purge = True
             case rfc2217.FlowControlSuspend():
                 remote.suspended = True
             case rfc2217.FlowControlResume():
@@ -472,8 +515,18 @@ class Link:
             self._write(self._session.settings(settings))
 
     def purge(self, *, receive: bool, transmit: bool) -> None:
-        if self._transport is not None and self._session is not None and self._session.negotiated:
-            self._write(self._session.purge(receive, transmit))
+        """PURGE-DATA; after a receive purge, what arrives before the server's answer is discarded (it left
+        the remote UART before the purge), for at most PURGE_ANSWER_TIMEOUT from servers that never answer."""
+        session = self._session
+        if self._transport is None or session is None or not session.negotiated:
+            return
+        self._write(session.purge(receive, transmit))
+        if session.awaiting_purge:
+            asyncio.get_running_loop().call_later(PURGE_ANSWER_TIMEOUT, self._purge_expired, session)
+
+    def _purge_expired(self, session: Session) -> None:
+        if session is self._session and session.awaiting_purge:
+            session.purge_unanswered()
 
     def set_lines(self, lines: Lines) -> None:
         """Drive DTR/RTS; sent at once (no waiting for answers), and again after every reconnect."""
@@ -489,6 +542,9 @@ class Link:
         """BREAK on or off at the remote UART (RFC 2217 SET-CONTROL 5/6), sent at once."""
         if self._transport is not None and self._session is not None and self._session.negotiated:
             self._write(self._session.send_break(on))
+
+    def _purged(self, count: int) -> None:
+        self.stats.purged_bytes += count
 
     def _modem_changed(self, signals: Signals, state: int) -> None:
         notify = getattr(self._listener, "link_modem", None)
@@ -542,6 +598,7 @@ class Link:
             "bytes_from_remote": self.stats.bytes_from_remote,
             "connects": self.stats.connects,
             "reconnects": self.stats.reconnects,
+            "purged_bytes": self.stats.purged_bytes,
             "last_error": self.stats.last_error,
         }
 
@@ -626,7 +683,7 @@ class Link:
     def _new_session(self) -> Session:
         if self.target.transport is Transport.RFC2217:
             owner = SessionOwner(settings=self._current_settings, lines=lambda: self._lines,
-                                 modem_changed=self._modem_changed)
+                                 modem_changed=self._modem_changed, discarded=self._purged)
             return Rfc2217Session(self.remote, self.name, owner)
         return RawSession()
 

@@ -14,6 +14,8 @@ TX_QUEUE = 4096  # bytes, like a UART driver's transmit buffer
 TX_LOW_WATER = TX_QUEUE // 2  # device_writable fires once the queue is down to this
 RX_QUEUE = 4096  # a loopback stops transmitting while this much waits to be read
 
+XON, XOFF = 0x11, 0x13
+
 _DATA_BIT_MASKS = {bits: bytes(b & ((1 << bits) - 1) for b in range(256)) for bits in (5, 6, 7, 8)}
 
 
@@ -39,6 +41,7 @@ class SimDevice:
         self._rts = False
         self._break = False
         self._paused = False
+        self._xoff = False  # an XOFF arrived while outbound XON/XOFF flow control is on
         self._want_writable = False
         self._reported: Inputs | None = None
         self._counts = {"bytes_in": 0, "bytes_out": 0, "breaks": 0, "dropped": 0}
@@ -65,7 +68,7 @@ class SimDevice:
         self._rx.clear()
         self._sink = None
         # A UART driver drops DTR and RTS on the last close (HUPCL).
-        self._dtr = self._rts = self._break = self._paused = False
+        self._dtr = self._rts = self._break = self._paused = self._xoff = False
         self._want_writable = False
         self._reported = None
 
@@ -86,6 +89,8 @@ class SimDevice:
         if settings.baud > MAX_BAUD:
             settings = settings.with_(baud=MAX_BAUD)
         self._settings = settings
+        if settings.flow_out is not FlowControl.XONXOFF:
+            self._xoff = False
         rate = chars_per_second(settings)
         self._tx.set_rate(rate)
         self._rx.set_rate(rate)
@@ -176,9 +181,9 @@ class SimDevice:
 
     def _tx_held(self) -> bool:
         # A UART cannot send while the line is held in break; under hardware flow
-        # control its transmitter waits for CTS.
+        # control its transmitter waits for CTS, under XON/XOFF for the XON after an XOFF.
         cts_hold = self._settings.flow_out is FlowControl.RTSCTS and not self._inputs().cts
-        return self._break or cts_hold
+        return self._break or cts_hold or self._xoff
 
     def _rx_held(self) -> bool:
         return self._paused
@@ -215,9 +220,24 @@ class SimDevice:
     def _receive_done(self, data: bytes) -> None:
         if self._sink is None:
             return
+        if self._settings.flow_out is FlowControl.XONXOFF and (XON in data or XOFF in data):
+            data = self._obey_xon_xoff(data)
+            if not data:
+                return
         self._counts["bytes_out"] += len(data)
         self._sink.device_data(data)
         self._update_holds()
+
+    def _obey_xon_xoff(self, data: bytes) -> bytes:
+        """What a UART's receiver does under outbound XON/XOFF (termios IXON): an XOFF stops its
+        transmitter, an XON starts it again, and neither is passed on."""
+        for byte in data:
+            if byte == XOFF:
+                self._xoff = True
+            elif byte == XON:
+                self._xoff = False
+        self._update_holds()
+        return data.replace(bytes([XON]), b"").replace(bytes([XOFF]), b"")
 
     def _maybe_writable(self) -> None:
         if self._want_writable and self._sink is not None and self._tx.pending <= TX_LOW_WATER:

@@ -1,0 +1,273 @@
+"""Timing like a UART: flushes, drains and flow control mean on a vcom port what they mean locally.
+
+The far ends are `vcom share sim:echo` (a loop-back plug that follows the
+flow control in force) and, where the network's own delay matters, the same
+plug behind a relay that holds the way back for a while, so that what the
+plug echoed is still in flight when the program flushes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import termios
+import textwrap
+import tty
+
+import pytest
+from peers import (
+    COM_PORT_OPTION,
+    PURGE_DATA,
+    PYTHON,
+    SET_CONTROL,
+    Data,
+    Subnegotiation,
+    Vcom,
+    WireProxy,
+    bound_addresses,
+    wait_until,
+)
+
+# A relay on 127.0.0.1 whose way back (server to client) is held DELAY seconds, in order.
+DELAY_RELAY = textwrap.dedent("""
+    import asyncio, sys
+    target, delay = int(sys.argv[1]), float(sys.argv[2])
+
+    async def pipe(reader, writer, hold):
+        loop = asyncio.get_running_loop()
+        try:
+            while chunk := await reader.read(65536):
+                if hold:
+                    loop.call_later(delay, writer.write, chunk)
+                else:
+                    writer.write(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            await asyncio.sleep(delay if hold else 0)
+            writer.close()
+
+    async def client(reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def main():
+        server = await asyncio.start_server(client, "127.0.0.1", 0)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+""")
+
+
+@pytest.fixture
+def delayed_echo(vcom: Vcom):
+    """sim:echo behind a relay that holds everything coming back for 0.4 s: the relay's port."""
+    echo = vcom.share("sim:echo")
+    relay = subprocess.Popen([PYTHON, "-c", DELAY_RELAY, str(echo), "0.4"])
+    try:
+        ((_, port),) = wait_until(lambda: bound_addresses(relay.pid), 15, "the relay listening")
+        yield port
+    finally:
+        relay.kill()
+        relay.wait(10)
+
+
+FRESH_SESSION = """
+    import json, os, select, termios, time, tty
+    fd = os.open({port!r}, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    termios.tcflush(fd, termios.TCIFLUSH)   # pyserial's reset_input_buffer()
+    os.write(fd, b"fresh")
+    got, deadline = b"", time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            got += os.read(fd, 100)
+    # Whatever else comes now would be stale too.
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            got += os.read(fd, 100)
+    print(json.dumps({{"read": got.decode(errors="replace")}}))
+"""
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_flush_after_a_reopen_keeps_out_what_was_echoed_before_it(vcom: Vcom, delayed_echo, tmp_path, wrapped):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{delayed_echo}", "--connect", "always")
+    vcom.wait_status(port, lambda s: s["state"] == "connected", what="connected")
+    # The previous program writes and leaves; at 115200 baud the plug has echoed all of it within 10 ms,
+    # and the echo is on its way back, held by the relay.
+    previous = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(previous)
+    settings = termios.tcgetattr(previous)
+    settings[4] = settings[5] = termios.B115200
+    termios.tcsetattr(previous, termios.TCSANOW, settings)
+    os.write(previous, b"stale" * 20)
+    os.close(previous)
+    script = textwrap.dedent(FRESH_SESSION.format(port=str(port)))
+    command = [PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", script] if wrapped else [PYTHON, "-c", script]
+    result = subprocess.run(command, env=vcom.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('{"read": "fresh"}'), result.stdout
+    status = vcom.status(port)
+    assert status["purged_bytes"] + status["dropped_bytes"] >= 100  # the stale echo, discarded and counted
+
+
+def test_a_server_that_never_answers_purge_is_waited_for_once(vcom: Vcom, tmp_path):
+    """A server that never answers PURGE-DATA costs one bounded wait (what arrives during it is discarded),
+    and is not waited for again on that connection."""
+    server = subprocess.Popen([PYTHON, "-c", textwrap.dedent("""
+        import socket, sys
+        IAC, SB, SE, WILL, DO = 255, 250, 240, 251, 253
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        print(s.getsockname()[1], flush=True)
+        c, _ = s.accept()
+        c.sendall(bytes([IAC, DO, 44, IAC, WILL, 44]))
+        buffer = b""
+        while chunk := c.recv(4096):
+            # Echo the data, answer nothing (a PURGE-DATA, IAC SB 44 12 .. IAC SE, is swallowed).
+            buffer += chunk
+            out = bytearray()
+            i = 0
+            while i < len(buffer):
+                if buffer[i] == IAC:
+                    if i + 1 >= len(buffer):
+                        break
+                    if buffer[i + 1] == IAC:
+                        out += bytes([IAC, IAC]); i += 2; continue
+                    if buffer[i + 1] == SB:
+                        end = buffer.find(bytes([IAC, SE]), i)
+                        if end < 0:
+                            break
+                        i = end + 2; continue
+                    i += 3 if buffer[i + 1] in (251, 252, 253, 254) else 2
+                    continue
+                out.append(buffer[i]); i += 1
+            buffer = buffer[i:]
+            c.sendall(bytes(out))
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        listen = int(server.stdout.readline())
+        port = tmp_path / "ttyV0"
+        vcom.add(port, f"127.0.0.1:{listen}", "--connect", "always")
+        vcom.wait_status(port, lambda s: s["state"] == "connected", what="connected")
+        for attempt in range(3):
+            result = subprocess.run([PYTHON, "-c", textwrap.dedent(FRESH_SESSION.format(port=str(port)))],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            if attempt == 0:  # the one wait: the echo of "fresh" may fall into it
+                assert result.stdout.strip() in ('{"read": "fresh"}', '{"read": ""}'), result.stdout
+                vcom.wait_for(lambda: "does not answer PURGE-DATA" in vcom.log_tail(200), 15, "the warning")
+            else:
+                assert result.stdout.strip() == '{"read": "fresh"}', (attempt, result.stdout)
+        assert vcom.log_tail(200).count("does not answer PURGE-DATA") == 1
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_xoff_looped_back_stops_the_plug_and_a_write_timeout_fires(vcom: Vcom, tmp_path):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{vcom.share('sim:echo')}")
+    seen = vcom.wrap(f"""
+        import json, time, serial
+        s = serial.Serial({str(port)!r}, 115200, xonxoff=True, write_timeout=3)
+        s.write(b"before")
+        s.flush()
+        time.sleep(0.5)
+        echoed = s.read(s.in_waiting)
+        s.write(b"\\x13")  # XOFF: looped back, the plug's transmitter stops
+        s.flush()
+        s.write(b"held" * 10)
+        s.flush()
+        s.timeout = 1
+        after = s.read(40)  # held in the plug: nothing comes back
+        try:
+            for _ in range(100):
+                s.write(bytes(65536))  # held: sooner or later every buffer on the way is full
+            outcome = "written"
+        except serial.SerialTimeoutException:
+            outcome = "timed out"
+        print(json.dumps({{"echoed": echoed.decode(), "after": after.decode(), "outcome": outcome}}))
+    """, timeout=120)
+    assert seen == {"echoed": "before", "after": "", "outcome": "timed out"}
+    echo = vcom.status("sim:echo")
+    assert echo["settings"]["flow_out"] == "xonxoff"
+    assert echo["device_stats"]["tx_queued"] > 0  # held, not drained
+
+
+def test_rs485_style_rts_around_a_drained_write(vcom: Vcom, start_peer, tmp_path):
+    """RTS raised, data written, tcdrain, RTS lowered: on the wire, RTS up, every data byte, then RTS down."""
+    proxy = start_peer(WireProxy(tmp_path / "proxy", vcom.share("sim:echo")))
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{proxy.port}")
+    vcom.wrap(f"""
+        import fcntl, json, struct, termios, serial
+        s = serial.Serial({str(port)!r}, 9600, rtscts=False)
+        for n in range(3):
+            s.rts = True
+            s.write(b"frame %d;" % n * 40)
+            s.flush()
+            s.rts = False
+        print(json.dumps({{}}))
+    """)
+
+    def events() -> list[object]:
+        out: list[object] = []
+        for item in proxy.client_items():
+            if isinstance(item, Data):
+                out.append(item.data)
+            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command == SET_CONTROL:
+                if item.value[:1] in (b"\x0b", b"\x0c"):
+                    out.append("RTS+" if item.value[:1] == b"\x0b" else "RTS-")
+        return out
+
+    def frames() -> list[object]:
+        merged: list[object] = []
+        for e in events():
+            if isinstance(e, bytes) and merged and isinstance(merged[-1], bytes):
+                merged[-1] += e
+            else:
+                merged.append(e)
+        return merged
+
+    wait_until(lambda: frames().count("RTS-") >= 3, 20, "three frames")
+    seen = frames()
+    start = seen.index("RTS+")
+    assert seen[start:start + 9] == ["RTS+", b"frame 0;" * 40, "RTS-", "RTS+", b"frame 1;" * 40, "RTS-",
+                                     "RTS+", b"frame 2;" * 40, "RTS-"], seen
+
+
+def test_purge_reaches_the_wire_in_order(vcom: Vcom, start_peer, tmp_path):
+    proxy = start_peer(WireProxy(tmp_path / "proxy", vcom.share("sim:echo")))
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{proxy.port}")
+    vcom.wrap(f"""
+        import json, os, termios, tty
+        fd = os.open({str(port)!r}, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        os.write(fd, b"one")
+        termios.tcflush(fd, termios.TCIFLUSH)
+        os.write(fd, b"two")
+        termios.tcdrain(fd)
+        print(json.dumps({{}}))
+    """)
+
+    def wire() -> list[object]:
+        out: list[object] = []
+        for item in proxy.client_items():
+            if isinstance(item, Data):
+                out.append(item.data)
+            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command == PURGE_DATA:
+                out.append(("purge", item.value[0]))
+        return out
+
+    wait_until(lambda: b"two" in [e for e in wire() if isinstance(e, bytes)], 15, "all on the wire")
+    seen = wire()
+    # (tty.setraw's TCSAFLUSH purges too, before "one".)
+    one, two = seen.index(b"one"), seen.index(b"two")
+    assert ("purge", 1) in seen[one:two], seen
