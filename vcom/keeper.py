@@ -36,8 +36,9 @@ How it ends:
 * The manager exits with 78 (the config file cannot be read), or fails
   before it was ever ready: the keeper exits with its status, so that
   systemd shows why and does not restart in a loop.
-* More than ``RESTART_BURST`` restarts within ``RESTART_WINDOW`` seconds: the
-  keeper gives up (exit 1) rather than spin; the ports go with it.
+* A manager that keeps dying is started again ever more slowly (0.1 s, doubling
+  up to 5 s while restarts come within 30 s of each other), never given up on:
+  the programs keep their ports while someone fixes the cause.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ import sys
 import time
 
 WATCHDOG_DEFAULT = 10.0  # seconds without WATCHDOG=1 from a ready manager before it is replaced
-RESTART_BURST = 5
-RESTART_WINDOW = 30.0
+RESTART_WINDOW = 30.0  # restarts closer together than this slow down: 0.1 s, doubling up to RESTART_MAX
+RESTART_MAX = 5.0
 STOP_TIMEOUT = 10.0
 _MAX_FDS_PER_MESSAGE = 253  # SCM_MAX_FD
 _TIOCGPTN = 0x80045430  # _IOR('T', 0x30, unsigned int)
@@ -210,15 +211,24 @@ class Keeper:
             return status
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
-        if len(self.restarts) > RESTART_BURST:
-            log(f"the manager failed {len(self.restarts)} times within {RESTART_WINDOW:g} s; giving up")
-            self._close_all(remove_links=True)
-            return 1
+        delay = min(0.1 * 2 ** (len(self.restarts) - 1), RESTART_MAX)
         how = f"was killed by signal {-status}" if status is not None and status < 0 else f"exited with {status}"
-        log(f"the manager {how}; starting a new one with {len(self.store)} stored descriptor(s)")
-        time.sleep(min(0.1 * 2 ** (len(self.restarts) - 1), 1.0))
-        self._start()
+        log(f"the manager {how}; starting a new one with {len(self.store)} stored descriptor(s)"
+            + (f" in {delay:g} s ({len(self.restarts)} failures within {RESTART_WINDOW:g} s)" if delay > 0.1 else ""))
+        self._sleep(delay)
+        if self.stopping is None:
+            self._start()
         return None
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait before a restart, still answering a stop request."""
+        deadline = time.monotonic() + seconds
+        while self.stopping is None and time.monotonic() < deadline:
+            select.select([self._wake_r], [], [], max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+            for sig in self._take_signals():
+                self._handle_signal(sig)
 
     def _check_watchdog(self) -> None:
         if self.child is None or not self.ready or self.stopping:
