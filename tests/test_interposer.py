@@ -197,9 +197,10 @@ def _has_interpreter(path: Path) -> bool:
     return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
 
 
-def test_a_static_binary_gets_a_uart(vcom: Vcom, tmp_path, uart_static):
+def test_a_static_binary_gets_a_uart(vcom: Vcom, start_peer, tmp_path, uart_static):
+    proxy = start_peer(WireProxy(tmp_path / "proxy", share_echo(vcom)))
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
+    vcom.add(port, f"127.0.0.1:{proxy.port}")
     result = subprocess.run([PYTHON, "-m", "vcom", "wrap", str(uart_static), str(port)], env=vcom.env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -211,8 +212,10 @@ def test_a_static_binary_gets_a_uart(vcom: Vcom, tmp_path, uart_static):
         "tiocgserial": os.strerror(errno.ENOTTY),
     }, result.stdout
     echo = vcom.wait_status("sim:echo", lambda s: s["device_stats"]["breaks"] >= 1, what="the break at the device")
+    parity = [c.value[0] for c in com_port_commands(proxy.client_items(), SET_PARITY) if c.value]
     assert (echo["settings"]["baud"], echo["settings"]["data_bits"], echo["settings"]["parity"],
-            echo["settings"]["stop_bits"]) == (38400, 8, "even", "2")
+            echo["settings"]["stop_bits"]) == (38400, 8, "even", "2"), f"SET-PARITY on the wire: {parity}"
+    assert parity[-1] == 3
 
 
 def test_the_same_static_binary_without_wrap_gets_what_a_pty_gives(vcom: Vcom, tmp_path, uart_static):

@@ -39,6 +39,7 @@ _HEADER_TIMEOUT = 5.0
 _IDLE_TIMEOUT = 300.0  # a connection with no request for this long is closed (miwait requests do not count)
 MAX_CONNECTIONS_PER_USER = 256
 _REFUSAL_LOG_INTERVAL = 60.0
+_REMEMBERED_PROGRAMS = 64  # per port, for `vcom status`; past this the programs that left are forgotten
 
 
 class InterposerServer:
@@ -103,7 +104,12 @@ class InterposerServer:
         if not holds_open(pid, port.pty.slave_path):
             self._refused(port.name, pid)
             return protocol.NO
-        port.view.interposed[header.pid] = header.kind
+        interposed = port.view.interposed
+        interposed[header.pid] = header.kind
+        if len(interposed) > _REMEMBERED_PROGRAMS:
+            # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
+            port.view.interposed = {pid: kind for pid, kind in interposed.items()
+                                    if holds_open(pid, port.pty.slave_path)}
         try:
             return await self._dispatch(port, request)
         except OSError as exc:

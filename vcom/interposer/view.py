@@ -11,11 +11,14 @@ state of one port, kept per port and the same for every interposer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import termios
 from dataclasses import dataclass, field, replace
 
 from ..settings import Signals
 from ..termio import EXTPROC, TAG_SLOTS, Termios2
+
+log = logging.getLogger(__name__)
 
 # The bits of c_cflag that the pty does not keep (pty_set_termios forces CS8|CREAD and clears PARENB).
 FORCED_CFLAG = termios.CSIZE | termios.PARENB | termios.CREAD
@@ -44,6 +47,8 @@ class ProgramView:
             return False
         if current != self.applied:
             self.requested = self.applied = None  # a program that is not interposed changed it since
+            log.info("the termios a program set through the interposer was changed by one that is not "
+                     "interposed: data bits and parity are now as the pty keeps them")
             return False
         return True
 
