@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial gcc libc6-dev iproute2 util-linux systemd udev mount \
-          picocom mbpoll openssl
+          picocom mbpoll
 
 .PHONY: venv install test lint demo peers clean install-system uninstall install-app install-units install-rules install-group
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
+
+# openssl's command line is a TLS peer of the tests (s_client, certificate checks).
+PEERS  += openssl
 
 # Installs the peers when run as root on Debian; otherwise says what is missing and stops.
 peers:

@@ -221,7 +221,7 @@ def add(
         ports = [_port(device, target, options)]
     for port in ports:
         _check_port_path(port.device)
-        _check_tls_files(port.parsed_target.tls_options, "client", from_file is not None)
+        _check_tls_files(port.parsed_target.tls_options, "client", f"{from_file}: {port.device}: " if from_file else "")
     _ensure_manager()
     if from_file is None:
         _ask("add", port=ports[0].to_json())
@@ -334,7 +334,7 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
     return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
 
 
-def _check_tls_files(options: Any, role: str, in_file: bool = False) -> None:
+def _check_tls_files(options: Any, role: str, in_file: str = "") -> None:
     """TLS files that cannot be used are refused here, naming the option as typed.  A file this user may not
     read is left to the manager, which may run as another user (root) that can."""
     if options is None:
@@ -348,7 +348,7 @@ def _check_tls_files(options: Any, role: str, in_file: bool = False) -> None:
         if "permission denied" in exc.reason:
             return
         if in_file:
-            fail(str(exc))
+            fail(f"{in_file}{exc}")
         fail_option(exc)
 
 
@@ -853,17 +853,6 @@ def preload_path() -> None:
     print(f"VCOM_INTERPOSER={where.interposer}")
 
 
-@app.command(short_help="Stop the running manager (its ports go until it runs again)")
-def shutdown() -> None:
-    """Stop the running manager; its ports are removed until it starts again."""
-    where = paths.resolve()
-    _ask("shutdown")
-    # The manager removes its socket last, after every port: wait for that, so the ports are gone on return.
-    deadline = time.monotonic() + 15
-    while where.socket.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @app.command(short_help="Read TLS certificates and keys again, without dropping anyone")
 def reload() -> None:
     """Make the manager read the TLS certificates, keys and CAs of every port and share again (as SIGHUP
@@ -877,6 +866,17 @@ def reload() -> None:
         print(f"vcom: {problem} (the files read before stay in use)", file=sys.stderr)
     if problems:
         raise SystemExit(1)
+
+
+@app.command(short_help="Stop the running manager (its ports go until it runs again)")
+def shutdown() -> None:
+    """Stop the running manager; its ports are removed until it starts again."""
+    where = paths.resolve()
+    _ask("shutdown")
+    # The manager removes its socket last, after every port: wait for that, so the ports are gone on return.
+    deadline = time.monotonic() + 15
+    while where.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _ensure_manager() -> None:

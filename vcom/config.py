@@ -32,7 +32,7 @@ MAX_CLIENT_BUFFER = 64 * 1024 * 1024
 MAX_CLIENTS = 1024
 
 _NO_VALUE = object()
-_MENTION = re.compile(r"\{(tls_[a-z_]+|allow|listen|protocol|target)\}")
+_MENTION = re.compile(r"\{(tls_[a-z_]+)\}")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -99,6 +99,7 @@ class PortConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        _validate_port_tls(self)
 
     @property
     def parsed_target(self) -> Target:
@@ -186,42 +187,6 @@ def validate(port: PortConfig) -> None:
             raise ConfigError("must be true or false", name, getattr(port, name))
     if not isinstance(port.mode, int) or isinstance(port.mode, bool) or not 0 <= port.mode <= 0o777:
         raise ConfigError("is out of range 0000-0777", "mode", port.mode)
-    _validate_port_tls(port)
-
-
-def _validate_port_tls(port: PortConfig) -> None:
-    for name in ("tls_ca", "tls_cert", "tls_key"):
-        _check_path(name, getattr(port, name))
-    if not isinstance(port.tls_insecure, bool):
-        raise ConfigError("must be true or false", "tls_insecure", port.tls_insecure)
-    if port.tls_server_name is not None and (not isinstance(port.tls_server_name, str)
-                                             or not _valid_host(port.tls_server_name)):
-        raise ConfigError("is not a host name or address", "tls_server_name", port.tls_server_name)
-    given = [name for name in PORT_TLS_KEYS if getattr(port, name)]
-    if not given:
-        return
-    if not parse_target(port.target).tls:
-        raise ConfigError(f"needs a TLS target (rfc2217+tls://host:port or tcp+tls://host:port), not {port.target}",
-                          given[0], getattr(port, given[0]))
-    if port.split_of:
-        raise ConfigError(f"is not for a split port: it uses the connection of {port.split_of}, TLS settings included",
-                          given[0], getattr(port, given[0]))
-    _check_pair(port.tls_cert, port.tls_key)
-    if port.tls_insecure and port.tls_ca:
-        raise ConfigError("turns verification off, so {tls_ca} would not be used: give one or the other",
-                          "tls_insecure")
-
-
-def _check_pair(cert: str | None, key: str | None) -> None:
-    if cert and not key:
-        raise ConfigError("needs {tls_key} too (the certificate's private key)", "tls_cert", cert)
-    if key and not cert:
-        raise ConfigError("needs {tls_cert} too (the certificate of this key)", "tls_key", key)
-
-
-def _check_path(name: str, value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value.startswith("/")):
-        raise ConfigError("must be an absolute file path", name, value)
 
 
 # -- shares --------------------------------------------------------------------------------------
@@ -346,3 +311,38 @@ def _valid_host(host: str) -> bool:
     except ValueError:
         return bool(_HOSTNAME.match(host))
     return True
+
+
+def _validate_port_tls(port: PortConfig) -> None:
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        _check_path(name, getattr(port, name))
+    if not isinstance(port.tls_insecure, bool):
+        raise ConfigError("must be true or false", "tls_insecure", port.tls_insecure)
+    if port.tls_server_name is not None and (not isinstance(port.tls_server_name, str)
+                                             or not _valid_host(port.tls_server_name)):
+        raise ConfigError("is not a host name or address", "tls_server_name", port.tls_server_name)
+    given = [name for name in PORT_TLS_KEYS if getattr(port, name)]
+    if not given:
+        return
+    if not parse_target(port.target).tls:
+        raise ConfigError(f"needs a TLS target (rfc2217+tls://host:port or tcp+tls://host:port), not {port.target}",
+                          given[0], getattr(port, given[0]))
+    if port.split_of:
+        raise ConfigError(f"is not for a split port: it uses the connection of {port.split_of}, TLS settings included",
+                          given[0], getattr(port, given[0]))
+    _check_pair(port.tls_cert, port.tls_key)
+    if port.tls_insecure and port.tls_ca:
+        raise ConfigError("turns verification off, so {tls_ca} would not be used: give one or the other",
+                          "tls_insecure")
+
+
+def _check_pair(cert: str | None, key: str | None) -> None:
+    if cert and not key:
+        raise ConfigError("needs {tls_key} too (the certificate's private key)", "tls_cert", cert)
+    if key and not cert:
+        raise ConfigError("needs {tls_cert} too (the certificate of this key)", "tls_key", key)
+
+
+def _check_path(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+        raise ConfigError("must be an absolute file path", name, value)

@@ -105,8 +105,8 @@ class Manager:
         loaded = self._file.load()  # ConfigSyntaxError: a file that cannot be read stops the start (not 0 ports)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         self._watcher = SlaveWatcher(loop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)  # `systemctl reload`, as `vcom reload`
         server = None
         interposer = None
         metrics = None
