@@ -229,3 +229,24 @@ def test_share_handshake_is_bounded_and_the_share_carries_on(tmp_path: Path, mon
     assert status["tls_failures"] == 1 and status["clients"] == []
     assert status["last_refusal"].endswith("TLS: the TLS handshake did not finish within 0.3 s")
     assert echoed == b"echo me"
+
+
+def test_raw_port_holds_its_bytes_while_a_tls13_server_may_still_refuse_it(vcom: Vcom, device: PtyDevice,
+                                                                          tmp_path: Path, open_port) -> None:
+    """TLS 1.3: the client's handshake is over before the server has looked at the client's certificate.  A
+    raw port must not hand the program's bytes to a server that is about to refuse it: they stay with the
+    port (the program's write still succeeded, the pty holds them), none is counted as sent."""
+    certs = Certs(tmp_path / "pki")
+    pair = certs.server()
+    port = share_with(vcom, device.path, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
+                      "--tls-client-ca", str(certs.ca_file))
+    tty = tmp_path / "ttyH0"
+    vcom.add(tty, f"tcp+tls://127.0.0.1:{port}", "--tls-ca", str(certs.ca_file), "--retry-max", "0.5")
+    fd = open_port(tty)
+    os.write(fd, b"held-back")
+    first = vcom.wait_status(tty, lambda s: s["connects"] >= 1 and s["last_error"], what="the first refusal")
+    vcom.wait_status(tty, lambda s: s["connects"] >= first["connects"] + 3, what="three more attempts")
+    status = vcom.status(tty)
+    assert status["bytes_to_remote"] == 0, status
+    assert "client certificate" in status["last_error"]
+    assert vcom.status(device.path)["tls_failures"] >= 4 and device.drain() == b""
