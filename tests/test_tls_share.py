@@ -269,3 +269,17 @@ def test_expiring_certificates_are_warned_about(vcom: Vcom, device: PtyDevice, c
     assert log.count("the server's certificate (") == 1 and log.count("its certificate (") == 1
     text = vcom.ok("status", str(tty)).stdout
     assert "tls warning: " in text and "expires in" in text
+
+
+def test_insecure_port_connects_to_anyone_and_says_so(vcom: Vcom, device: PtyDevice, certs: Certs, open_port,
+                                                      tmp_path: Path) -> None:
+    stranger = Certs(tmp_path / "self-made", "self-made")  # a CA nobody told the port about
+    port = tls_share(vcom, device.path, stranger)
+    tty = tmp_path / "ttyI0"
+    vcom.add(tty, f"tcp+tls://127.0.0.1:{port}", "--tls-insecure")
+    fd = open_port(tty)
+    handshake(fd, device)
+    tls = vcom.status(tty)["tls"]
+    assert (tls["verify"], tls["insecure"], tls["ca"]) == (False, True, None)
+    assert tls["peer"]["issuer"].startswith("O=vcom test self-made")  # still shown, read without verifying
+    assert "NOT VERIFIED (--tls-insecure)" in vcom.ok("status", str(tty)).stdout
