@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from peers import PtyDevice, Vcom, free_port, read_exact
-from tls_peers import Certs
+from tls_peers import Certs, wait_query
 
 from vcom.access import AccessError, AllowList, is_loopback, parse_network
 from vcom.config import ShareConfig, ShareError
@@ -95,7 +95,7 @@ def test_udp_share_ignores_other_addresses(vcom: Vcom, device: PtyDevice) -> Non
             sock.bind((source, 0))
             sock.sendto(payload, ("127.0.0.1", port))
     assert read_exact(device.master, len(b"allowed-datagram")) == b"allowed-datagram"
-    vcom.wait_for(lambda: vcom.status(device.path)["denied_clients"] == 1, what="the refused datagram counted")
+    wait_query(vcom, device.path, lambda s: s["denied_clients"] == 1, "the refused datagram counted")
 
 
 def test_one_warning_for_an_open_share(vcom: Vcom, device: PtyDevice, make_device) -> None:

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from peers import PtyDevice, Vcom, free_port, handshake
-from tls_peers import Certs, OpenSslClient, days, need
+from tls_peers import Certs, OpenSslClient, days, need, query, wait_query
 
 from vcom.link import Link
 from vcom.share import Share, ShareConfig
@@ -62,7 +62,7 @@ def test_client_role_every_bad_server_is_one_line(vcom: Vcom, tmp_path: Path, ma
         vcom.add(tmp_path / f"tty-{name}", target, *options, "--connect", "always")
 
     def reasons() -> dict[str, str]:
-        return {name: vcom.status(tmp_path / f"tty-{name}")["last_error"] or "" for name in cases}
+        return {name: query(vcom, tmp_path / f"tty-{name}")["last_error"] or "" for name in cases}
 
     def all_told() -> dict[str, str] | None:
         now = reasons()
@@ -108,7 +108,7 @@ def test_server_role_every_bad_client_is_one_line(vcom: Vcom, device: PtyDevice,
     seen: list[str] = []
 
     def refused() -> dict | None:
-        status = vcom.status(device.path)
+        status = query(vcom, device.path)
         return status if status["tls_failures"] > len(seen) else None
 
     for expected, connect in clients:
@@ -142,9 +142,9 @@ def test_plain_port_to_a_tls_share_and_back(vcom: Vcom, device: PtyDevice, tmp_p
     vcom.add(tty, f"rfc2217://127.0.0.1:{port}", "--connect", "always")
     fd = open_port(tty)
     os.write(fd, b"plain-into-tls")
-    status = vcom.wait_for(lambda: (s := vcom.status(device.path))["tls_failures"] >= 1 and s, what="the refusal")
+    status = wait_query(vcom, device.path, lambda s: s["tls_failures"] >= 1, "the refusal")
     assert "does not speak TLS" in status["last_refusal"]
-    port_status = vcom.wait_status(tty, lambda s: s["last_error"], what="the port's reason")
+    port_status = wait_query(vcom, tty, lambda s: s["last_error"], "the port's reason")
     assert "lost" in port_status["last_error"] or "no answer" in port_status["last_error"]
     assert device.drain() == b""
 
@@ -244,8 +244,8 @@ def test_raw_port_holds_its_bytes_while_a_tls13_server_may_still_refuse_it(vcom:
     vcom.add(tty, f"tcp+tls://127.0.0.1:{port}", "--tls-ca", str(certs.ca_file), "--retry-max", "0.5")
     fd = open_port(tty)
     os.write(fd, b"held-back")
-    first = vcom.wait_status(tty, lambda s: s["connects"] >= 1 and s["last_error"], what="the first refusal")
-    vcom.wait_status(tty, lambda s: s["connects"] >= first["connects"] + 3, what="three more attempts")
+    first = wait_query(vcom, tty, lambda s: s["connects"] >= 1 and s["last_error"], "the first refusal")
+    wait_query(vcom, tty, lambda s: s["connects"] >= first["connects"] + 3, "three more attempts")
     status = vcom.status(tty)
     assert status["bytes_to_remote"] == 0, status
     assert "client certificate" in status["last_error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from peers import PtyDevice, Vcom, handshake, stty, wait_settings
-from tls_peers import Certs, Ser2netTls
+from tls_peers import Certs, Ser2netTls, wait_query
 
 CLIENT_NAME = "vcom-client"
 
@@ -35,7 +35,7 @@ def test_rfc2217_over_tls_to_ser2net(vcom: Vcom, s2n, device: PtyDevice, open_po
     stty(port, "19200", "cstopb", "crtscts")
     wait_settings(device, baud=19200, cstopb=True, crtscts=True)
 
-    status = vcom.wait_status(port, lambda s: s["remote_settings"]["baud"] == 19200, what="baud acknowledged")
+    status = wait_query(vcom, port, lambda s: s["remote_settings"]["baud"] == 19200, "baud acknowledged")
     assert status["com_port"] is True and status["signature"] == "ser2net"
     tls = status["tls"]
     assert tls["version"] in ("TLSv1.2", "TLSv1.3") and tls["verify"] is True
@@ -65,12 +65,12 @@ def test_ser2net_refuses_a_port_without_client_certificate(vcom: Vcom, s2n, devi
     vcom.add(port, f"rfc2217+tls://127.0.0.1:{server.auth_port}", "--tls-ca", str(certs.ca_file), "--connect",
              "always")
     fd = open_port(port)
-    status = vcom.wait_status(port, lambda s: "client certificate" in (s["last_error"] or ""),
-                              what="the refusal in last_error")
+    status = wait_query(vcom, port, lambda s: "client certificate" in (s["last_error"] or ""),
+                        "the refusal in last_error")
     assert "\n" not in status["last_error"] and status["state"] != "connected"
     os.write(fd, b"must not arrive")
     # Two more attempts in which the bytes could have gone out: none reached the UART.
-    vcom.wait_status(port, lambda s: s["connects"] >= status["connects"] + 2, what="two more attempts")
+    wait_query(vcom, port, lambda s: s["connects"] >= status["connects"] + 2, "two more attempts")
     assert device.drain() == b""
     assert f"{port}: connection to" in vcom.log_tail() and "client certificate" in vcom.log_tail()
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from peers import PtyDevice, Vcom, free_port, handshake, is_listening, read_until, stty, wait_settings, wait_until
-from tls_peers import Certs, OpenSslClient, need, run_ok
+from peers import PtyDevice, Vcom, free_port, handshake, read_until, stty, wait_settings, wait_until
+from tls_peers import Certs, OpenSslClient, listening, need, query, run_ok, wait_query
 
 
 def tls_share(vcom: Vcom, device: str, certs: Certs, *options: str, protocol: str = "tcp",
@@ -73,13 +73,11 @@ def test_mutual_tls_admits_only_certificates_of_the_client_ca(vcom: Vcom, device
 
     stranger = start_peer(OpenSslClient(tmp_path, port, certs.ca_file))  # no certificate at all
     stranger.send(b"from-the-stranger\n")
-    refused = vcom.wait_for(lambda: vcom.status(device.path)["tls_failures"] >= 1, what="the stranger refused")
-    assert refused
+    wait_query(vcom, device.path, lambda s: s["tls_failures"] >= 1, "the stranger refused")
     other = Certs(tmp_path / "other-pki", "other")  # a certificate, from a CA the share does not trust
     impostor = start_peer(OpenSslClient(tmp_path, port, certs.ca_file, other.client()))
     impostor.send(b"from-the-impostor\n")
-    status = vcom.wait_for(lambda: (s := vcom.status(device.path))["tls_failures"] >= 2 and s,
-                           what="the impostor refused")
+    status = wait_query(vcom, device.path, lambda s: s["tls_failures"] >= 2, "the impostor refused")
     assert "not signed by --tls-client-ca" in status["last_refusal"]
 
     friend = start_peer(OpenSslClient(tmp_path, port, certs.ca_file, clients.client(common_name="plc-7")))
@@ -200,20 +198,15 @@ def test_share_options_in_the_config_file(vcom: Vcom, device: PtyDevice, certs: 
         f'tls_key = "{pair.key}"\n'
         f'tls_client_ca = "{certs.ca_file}"\n'
         'allow = ["127.0.0.0/8", "::1"]\n')
-    manager = subprocess.Popen([sys.executable, "-m", "vcom", "run"], env=vcom.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: is_listening(port), 15, "the configured share")
-        client = start_peer(OpenSslClient(tmp_path, port, certs.ca_file, certs.client()))
-        client.send(b"from-config\n")
-        device.read_until(b"from-config\n")
-        status = vcom.status(device.path)
-        assert status["allow"] == ["127.0.0.0/8", "::1/128"] and status["tls"]["client_auth"] is True
-        listed = vcom.ok("list").stdout
-        assert "over TLS (client certificates)  allow 127.0.0.0/8,::1" in listed
-    finally:
-        manager.terminate()
-        manager.wait(timeout=15)
+    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{free_port()}")  # starts the manager, which reads the file
+    wait_until(lambda: listening(port), 15, "the configured share")
+    client = start_peer(OpenSslClient(tmp_path, port, certs.ca_file, certs.client()))
+    client.send(b"from-config\n")
+    device.read_until(b"from-config\n")
+    status = query(vcom, device.path)
+    assert status["allow"] == ["127.0.0.0/8", "::1/128"] and status["tls"]["client_auth"] is True
+    listed = vcom.ok("list").stdout
+    assert "over TLS (client certificates)  allow 127.0.0.0/8,::1" in listed
 
 
 def test_foreground_share_with_the_unit_environment_file(device: PtyDevice, certs: Certs, tmp_path: Path,
@@ -232,7 +225,7 @@ def test_foreground_share_with_the_unit_environment_file(device: PtyDevice, cert
         proc = subprocess.Popen([sys.executable, "-m", "vcom", "share", device.path, "--foreground", *args],
                                 stdout=out, stderr=out, env={**os.environ, "VCOM_HOME": str(tmp_path / "h")})
     try:
-        wait_until(lambda: is_listening(port), 15, "the foreground share")
+        wait_until(lambda: listening(port), 15, "the foreground share")
         client = start_peer(OpenSslClient(tmp_path, port, certs.ca_file))
         client.send(b"via-unit\n")
         device.read_until(b"via-unit\n")

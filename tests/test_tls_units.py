@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from peers import Vcom, free_port
-from tls_peers import Certs, days
+from tls_peers import Certs, days, wait_query
 
 from vcom import certs as certs_module
 from vcom.certs import CertInfo, ExpiryWarning, read_pem_file
@@ -243,11 +243,11 @@ def test_a_port_in_the_file_with_an_unusable_key_says_so_and_retries(vcom: Vcom,
         f'[[port]]\ndevice = "{tty}"\ntarget = "tcp+tls://127.0.0.1:{free_port()}"\nconnect = "always"\n'
         f'tls_cert = "{pair.cert}"\ntls_key = "{pair.key}"\n')
     vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{free_port()}")  # starts the manager
-    status = vcom.wait_status(tty, lambda s: s["last_error"], what="the port's reason")
+    status = wait_query(vcom, tty, lambda s: s["last_error"], "the port's reason")
     assert "TLS files: tls_key" in status["last_error"] and "readable by every user" in status["last_error"]
     assert status["tls"]["error"] and status["state"] != "connected"
     pair.key.chmod(0o600)  # fixed: the next attempt uses it (and finds nobody listening)
-    vcom.wait_status(tty, lambda s: "TLS files" not in (s["last_error"] or ""), what="the fixed key used")
+    wait_query(vcom, tty, lambda s: "TLS files" not in (s["last_error"] or ""), "the fixed key used")
 
 
 def test_metrics_show_tls_sessions_and_refusals() -> None:
