@@ -43,6 +43,14 @@ def test_rfc2217_over_tls_to_ser2net(vcom: Vcom, s2n, device: PtyDevice, open_po
     assert "127.0.0.1" in tls["peer"]["names"] and tls["peer"]["not_after"].endswith("Z")
     handshake(fd, device)  # still both ways after the settings
 
+    # ser2net dies and comes back: a new handshake, and the settings again (ser2net restored the tty).
+    server.kill()
+    device.reset()
+    server.start()
+    wait_query(vcom, port, lambda s: s["reconnects"] >= 1 and s["state"] == "connected", "the reconnect")
+    wait_settings(device, baud=19200, cstopb=True, crtscts=True)
+    handshake(fd, device)
+
 
 def test_ser2net_requiring_a_client_certificate(vcom: Vcom, s2n, device: PtyDevice, open_port, tmp_path: Path) -> None:
     server, certs = s2n
