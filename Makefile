@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
+# openssl's command line is a TLS peer of the tests (s_client, certificate checks).
+PEERS  += openssl
+
 # Installs the peers when run as root on Debian; otherwise says what is missing and stops.
 peers:
 	@missing=""; for p in $(PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

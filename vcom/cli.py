@@ -51,6 +51,7 @@ EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the unit's RestartPreventExitStatus=
 _OPTION_NAMES = {"device": "DEVICE", "target": "TARGET", "listen_host": "--listen", "listen_port": "--listen"}
 _WHOLE = ("baud", "data_bits", "client_buffer", "max_clients")
 _SECONDS = ("linger", "retry_max")
+_FILES = ("split_of", "tls_ca", "tls_cert", "tls_key", "tls_client_ca")  # paths, made absolute for the manager
 
 
 def option_name(key: str | None) -> str:
@@ -88,10 +89,11 @@ _typed: dict[str, str] = {}
 
 
 def fail_option(exc: ConfigError) -> NoReturn:
-    """A refused setting, named as on the command line (``--retry-max``, not ``retry_max``)."""
+    """A refused setting, named as on the command line (``--retry-max``, not ``retry_max``), as are the
+    settings its reason mentions."""
     if exc.key in _typed:
-        fail(f"{option_name(exc.key)} {shlex.quote(_typed[exc.key])} {exc.reason}")
-    fail(exc.named(option_name(exc.key)) if exc.key else str(exc))
+        fail(f"{option_name(exc.key)} {shlex.quote(_typed[exc.key])} {exc.spelled(option_name)}")
+    fail(exc.named(option_name(exc.key), option_name) if exc.key else exc.spelled(option_name))
 
 
 def _ask(cmd: str, **args: Any) -> dict[str, Any]:
@@ -181,6 +183,23 @@ def add(
     hangup_on_dcd: Annotated[bool | None, typer.Option(
         "--hangup-on-dcd/--no-hangup-on-dcd", show_default=False,
         help="Hang the program up when the remote drops DCD and its termios has CLOCAL off [default: on]")] = None,
+    tls_ca: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="TLS targets: the CA certificate(s) that must have signed the server's certificate (a PEM file, or a "
+             "hashed directory) [default: the system's trust store]")] = None,
+    tls_cert: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False, help="TLS targets: client certificate (PEM), with --tls-key")] = None,
+    tls_key: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="TLS targets: the client certificate's private key (PEM, not readable by every user)")] = None,
+    tls_server_name: Annotated[str | None, typer.Option(
+        metavar="NAME", show_default=False,
+        help="TLS targets: the name the server's certificate must carry, also sent as SNI [default: the target's "
+             "host]")] = None,
+    tls_insecure: Annotated[bool | None, typer.Option(
+        "--tls-insecure", show_default=False,
+        help="TLS targets: do not verify the server at all (anyone on the path can read and change the data); "
+             "status shows it")] = None,
     from_file: Annotated[str | None, typer.Option(
         "--from", metavar="FILE", show_default=False,
         help="Create every [[port]] table of this TOML file ('-': standard input) in one go; options given "
@@ -189,7 +208,9 @@ def add(
     """Create a virtual serial port that reaches TARGET (starts a manager if none runs)."""
     options = _port_options(baud=baud, connect=connect, linger=linger, owner=owner, group=group, mode=mode,
                             retry_max=retry_max, split_of=split_of, data_bits=data_bits, parity=parity,
-                            stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd)
+                            stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd, tls_ca=tls_ca,
+                            tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
+                            tls_insecure=tls_insecure)
     if from_file is not None:
         if device is not None or target is not None:
             fail("--from takes the ports from the file: give no DEVICE or TARGET with it", 2)
@@ -200,6 +221,7 @@ def add(
         ports = [_port(device, target, options)]
     for port in ports:
         _check_port_path(port.device)
+        _check_tls_files(port.parsed_target.tls_options, "client", f"{from_file}: {port.device}: " if from_file else "")
     _ensure_manager()
     if from_file is None:
         _ask("add", port=ports[0].to_json())
@@ -210,7 +232,15 @@ def add(
 
 
 def _port_options(**given: Any) -> dict[str, Any]:
-    """The options given on the command line, converted; absent ones are left out."""
+    """The options of `vcom add` given on the command line, converted; absent ones are left out."""
+    options = _converted(**given)
+    if os.geteuid() == 0:
+        options.setdefault("owner", "root")
+        options.setdefault("group", "dialout")
+    return options
+
+
+def _converted(**given: Any) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in given.items():
         if value is None:
@@ -221,12 +251,9 @@ def _port_options(**given: Any) -> dict[str, Any]:
             value = _whole(option_name(key), value)
         elif key in _SECONDS:
             value = _number(option_name(key), value)
-        elif key == "split_of":
+        elif key in _FILES:
             value = os.path.abspath(value)
         options[key] = value
-    if os.geteuid() == 0:
-        options.setdefault("owner", "root")
-        options.setdefault("group", "dialout")
     return options
 
 
@@ -305,6 +332,24 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
     port = PortConfig.from_json({**values, "target": target})
     # Kept in the file as vcom writes it: rfc2217://host:port rather than host:port.
     return PortConfig.from_json({**port.to_json(), "target": str(port.parsed_target)})
+
+
+def _check_tls_files(options: Any, role: str, in_file: str = "") -> None:
+    """TLS files that cannot be used are refused here, naming the option as typed.  A file this user may not
+    read is left to the manager, which may run as another user (root) that can."""
+    if options is None:
+        return
+    from .config import ConfigError
+    from .tls import client_context, server_context
+
+    try:
+        client_context(options) if role == "client" else server_context(options)
+    except ConfigError as exc:
+        if "permission denied" in exc.reason:
+            return
+        if in_file:
+            fail(f"{in_file}{exc}")
+        fail_option(exc)
 
 
 def _check_port_path(device: str) -> None:
@@ -408,7 +453,7 @@ def list_ports(
         split = f" split-of={port.split_of}" if port.split_of else ""
         print(f"{port.device}  {port.target}  baud={port.baud} connect={port.connect}{split}")
     for item in loaded.shares:
-        print(f"share {item.device}  {item.protocol} on {item.listen}")
+        print(f"share {item.device}  {item.protocol} on {item.listen}{clitext.share_access(item.to_json())}")
     for problem in loaded.problems:
         print(f"unusable entry, skipped: {problem}")
     manager = f"running (pid {pid})" if pid is not None else "not running"
@@ -543,9 +588,22 @@ def share(
         metavar="all|first", autocompletion=_choices("all", "first"),
         help="Who may change settings and signals: every client, or only the longest-connected one")] = "all",
     max_clients: Annotated[str, typer.Option(metavar="N", help="Clients at once; one more is refused")] = "32",
+    tls_cert: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False, help="Serve over TLS with this certificate (PEM), with --tls-key")] = None,
+    tls_key: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="The certificate's private key (PEM, not readable by every user)")] = None,
+    tls_client_ca: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="Mutual TLS: every client must present a certificate this CA signed (PEM file or hashed "
+             "directory)")] = None,
+    allow: Annotated[list[str] | None, typer.Option(
+        metavar="CIDR", show_default=False,
+        help="Only these addresses or networks may connect, e.g. 192.0.2.0/24 (repeat for more) [default: "
+             "everyone]")] = None,
     foreground: Annotated[bool, typer.Option(
         help="Serve in this process until SIGTERM, without a manager and without the config file "
-             "(what vcom-share@.service runs)")] = False,
+             "(what vcom-share@.service runs); SIGHUP reads the TLS files again")] = False,
 ) -> None:
     """Serve a local serial device to network clients (kept in the config, started with the manager)."""
     from .config import ShareConfig, ShareError
@@ -557,18 +615,24 @@ def share(
     _typed.update(client_buffer=client_buffer, max_clients=max_clients)
     buffer = _whole("--client-buffer", client_buffer)
     clients = _whole("--max-clients", max_clients)
+    files = _converted(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     try:
         host, port = parse_listen(listen)
         config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol,
-                             slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients)
+                             slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients,
+                             allow=tuple(allow or ()), **files)
     except ShareError as exc:
         fail_option(exc)
+    _check_tls_files(config.server_tls, "server")
     if foreground:
         _share_in_foreground(config)
         return
     _ensure_manager()
     answer = _ask("share", share=config.to_json())
-    print(f"{device} shared as {protocol} on {answer['share']['listen']}")
+    over = " over TLS" if config.server_tls else ""
+    print(f"{device} shared as {protocol}{over} on {answer['share']['listen']}")
+    for warning in answer["share"].get("warnings") or []:
+        print(f"vcom: warning: {warning}", file=sys.stderr)
 
 
 def _share_in_foreground(config: ShareConfig) -> None:
@@ -589,6 +653,7 @@ def _share_in_foreground(config: ShareConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         server = Share(config)
         await server.start()
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tls)  # reload; systemctl reload sends it
         notify(f"READY=1\nSTATUS=serving {config.device} on {server.listen}")
         try:
             await stop.wait()
@@ -800,6 +865,21 @@ def preload_path() -> None:
     except BuildError as exc:
         fail(str(exc))
     print(f"VCOM_INTERPOSER={where.interposer}")
+
+
+@app.command(short_help="Read TLS certificates and keys again, without dropping anyone")
+def reload() -> None:
+    """Make the manager read the TLS certificates, keys and CAs of every port and share again (as SIGHUP
+    does): new connections use them, connected clients and links stay.  Files that cannot be used are
+    named, and the ones read before stay in use (exit 1)."""
+    answer = _ask("reload")
+    problems = answer.get("problems") or []
+    print(f"TLS files read again: {len(answer.get('ports') or [])} port(s), {len(answer.get('shares') or [])} "
+          "share(s); nobody was disconnected")
+    for problem in problems:
+        print(f"vcom: {problem} (the files read before stay in use)", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
 
 
 @app.command(short_help="Stop the running manager (its ports go until it runs again)")

@@ -38,6 +38,8 @@ def format_status(port: dict[str, Any]) -> str:
         lines.append(f"  pinned: {', '.join(port['pinned'])} -> sent {describe(port.get('effective_settings') or {})}")
     if port.get("com_port") is False:
         lines.append("  server refused RFC 2217: plain data only")
+    if port.get("tls"):
+        lines += tls_lines(port["tls"])
     if port.get("last_error"):
         lines.append(f"  last error: {port['last_error']}")
     return "\n".join(lines)
@@ -46,15 +48,61 @@ def format_status(port: dict[str, Any]) -> str:
 def format_share(share: dict[str, Any]) -> str:
     settings = share.get("settings") or {}
     lines = [
-        f"share {share['device']}  {share.get('device_state')}  {share.get('protocol')} on {share.get('listen')}",
+        f"share {share['device']}  {share.get('device_state')}  {share.get('protocol')} on {share.get('listen')}"
+        + share_access(share),
         f"  device: {describe(settings) if settings else 'not open'}   clients: {len(share.get('clients', []))}",
     ]
     for client in share.get("clients", []):
+        tls = client.get("tls") or {}
+        who = (tls.get("peer") or {}).get("subject") if tls else None
         lines.append(f"  client {client.get('peer')}: in {client.get('bytes_in', 0)}, "
-                     f"out {client.get('bytes_out', 0)}, dropped {client.get('dropped', 0)}")
+                     f"out {client.get('bytes_out', 0)}, dropped {client.get('dropped', 0)}"
+                     + (f", {tls.get('version')}" if tls else "") + (f", certificate {who}" if who else ""))
     if share.get("device_error"):
         lines.append(f"  device error: {share['device_error']}")
+    tls = share.get("tls")
+    if tls:
+        cert = tls.get("certificate") or {}
+        lines.append(f"  tls: certificate {cert.get('subject') or tls.get('cert')}, valid until {cert.get('not_after')}"
+                     + (f"; clients need a certificate from {tls['client_ca']}" if tls.get("client_ca") else ""))
+        for key in ("warning", "error"):
+            if tls.get(key):
+                lines.append(f"  tls {key}: {tls[key]}")
+    if share.get("denied_clients") or share.get("tls_failures"):
+        lines.append(f"  refused: {share.get('denied_clients', 0)} not in --allow, "
+                     f"{share.get('tls_failures', 0)} failed TLS handshake(s); last: {share.get('last_refusal')}")
+    for warning in share.get("warnings") or []:
+        lines.append(f"  warning: {warning}")
     return "\n".join(lines)
+
+
+def share_access(share: dict[str, Any]) -> str:
+    """What a share asks of its clients, as in ``share X  rfc2217 on H:P over TLS  allow 192.0.2.0/24``."""
+    text = ""
+    if share.get("tls") or share.get("tls_cert"):
+        mutual = (share.get("tls") or {}).get("client_ca") or share.get("tls_client_ca")
+        text += " over TLS" + (" (client certificates)" if mutual else "")
+    if share.get("allow"):
+        text += "  allow " + ",".join(share["allow"])
+    return text
+
+
+def tls_lines(tls: dict[str, Any]) -> list[str]:
+    """A port's TLS: the session in force, who the server is, and whether that was checked."""
+    peer = tls.get("peer") or {}
+    if tls.get("insecure"):
+        trust = "NOT VERIFIED (--tls-insecure)"
+    else:
+        trust = f"verified as {tls.get('server_name')} against {tls.get('ca')}"
+    if tls.get("version"):
+        lines = [f"  tls: {tls['version']} {tls.get('cipher')}, server {peer.get('subject') or '?'}, "
+                 f"valid until {peer.get('not_after')}; {trust}"]
+    else:
+        lines = [f"  tls: no handshake yet; {trust}"]
+    for key in ("warning", "error"):
+        if tls.get(key):
+            lines.append(f"  tls {key}: {tls[key]}")
+    return lines
 
 
 def lamp(value: object) -> str:

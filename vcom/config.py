@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from .settings import Parity, StopBits
 from .target import Target, TargetError, join_host_port, parse_target
 
+if TYPE_CHECKING:
+    from .tls import ServerTls
+
 CONNECT_POLICIES = ("on-open", "always")
+PORT_TLS_KEYS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure")
+SHARE_TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 
 PROTOCOLS = ("rfc2217", "tcp", "udp")
 SLOW_CLIENT_POLICIES = ("drop", "disconnect")
@@ -26,24 +32,32 @@ MAX_CLIENT_BUFFER = 64 * 1024 * 1024
 MAX_CLIENTS = 1024
 
 _NO_VALUE = object()
+_MENTION = re.compile(r"\{(tls_[a-z_]+)\}")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 class ConfigError(ValueError):
-    """A definition that cannot be used: one line, and the setting it is about (``key``) if there is one."""
+    """A definition that cannot be used: one line, and the setting it is about (``key``) if there is one.
+
+    A reason that names another setting writes it as ``{tls_key}``: the file's messages show the key, the
+    command's the option (``--tls-key``)."""
 
     def __init__(self, reason: str, key: str | None = None, value: object = _NO_VALUE, *,
                  label: str | None = None) -> None:
         self.reason = reason
         self.key = key
         self.value = value
-        super().__init__(self.named(label or key) if key else reason)
+        super().__init__(self.named(label or key) if key else self.spelled())
 
-    def named(self, name: str) -> str:
+    def spelled(self, spell: Callable[[str], str] = str) -> str:
+        """The reason with every ``{key}`` it mentions spelled by ``spell``."""
+        return _MENTION.sub(lambda m: spell(m.group(1)), self.reason)
+
+    def named(self, name: str, spell: Callable[[str], str] = str) -> str:
         """The message with the setting called ``name`` (a TOML key, or an option as typed)."""
         if self.value is _NO_VALUE:
-            return f"{name} {self.reason}"
-        return f"{name} {_show(self.value)} {self.reason}"
+            return f"{name} {self.spelled(spell)}"
+        return f"{name} {_show(self.value)} {self.spelled(spell)}"
 
 
 class ShareError(ConfigError):
@@ -76,13 +90,26 @@ class PortConfig:
     stop_bits: str | None = None
     pin_baud: bool = False
     hangup_on_dcd: bool = True  # hang the program up when the remote drops DCD and CLOCAL is off
+    # TLS (rfc2217+tls:// and tcp+tls:// targets); see vcom.tls.  Written to the file only when set.
+    tls_ca: str | None = None  # None: the system's trust store
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None  # None: the target's host
+    tls_insecure: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
+        _validate_port_tls(self)
 
     @property
     def parsed_target(self) -> Target:
-        return parse_target(self.target)
+        target = parse_target(self.target)
+        if not target.tls:
+            return target
+        from .tls import ClientTls
+
+        return replace(target, tls_options=ClientTls(self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name,
+                                                     self.tls_insecure))
 
     def pins(self) -> dict[str, object]:
         """The pinned values, as LineSettings fields."""
@@ -98,7 +125,8 @@ class PortConfig:
         return pins
 
     def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
+                                  if f.name not in PORT_TLS_KEYS or getattr(self, f.name)}
         out["mode"] = f"{self.mode:04o}"
         return out
 
@@ -183,6 +211,11 @@ class ShareConfig:
     client_buffer: int = 65536  # bytes queued per client before the slow-client policy acts
     control: str = "all"  # who may change settings and signals: "all" or "first"
     max_clients: int = 32  # one more is closed at once and counted
+    # TLS (vcom.tls) and who may connect (vcom.access).  Written to the file only when set.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # mutual TLS: every client needs a certificate this CA signed
+    allow: tuple[str, ...] = ()  # addresses and networks that may connect; empty: everyone
 
     def __post_init__(self) -> None:
         validate_share(self)
@@ -191,8 +224,20 @@ class ShareConfig:
     def listen(self) -> str:
         return join_host_port(self.listen_host, self.listen_port)
 
+    @property
+    def server_tls(self) -> ServerTls | None:
+        if not self.tls_cert or not self.tls_key:
+            return None
+        from .tls import ServerTls
+
+        return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
+
     def to_json(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
+                                  if f.name not in (*SHARE_TLS_KEYS, "allow") or getattr(self, f.name)}
+        if self.allow:
+            out["allow"] = list(self.allow)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShareConfig:
@@ -201,7 +246,10 @@ class ShareConfig:
             raise ShareError(f"unknown share setting(s) {unknown}")
         if "device" not in data:
             raise ShareError("a share needs a 'device'")
-        return cls(**data)
+        values = dict(data)
+        if isinstance(values.get("allow"), list):
+            values["allow"] = tuple(values["allow"])
+        return cls(**values)
 
 
 def validate_share(config: ShareConfig) -> None:
@@ -225,6 +273,31 @@ def validate_share(config: ShareConfig) -> None:
                   what=f"a number of bytes between {MIN_CLIENT_BUFFER} and {MAX_CLIENT_BUFFER}", error=ShareError)
     _check_number("max_clients", config.max_clients, 1, MAX_CLIENTS, whole=True,
                   what=f"a whole number between 1 and {MAX_CLIENTS}", error=ShareError)
+    _validate_share_access(config)
+
+
+def _validate_share_access(config: ShareConfig) -> None:
+    try:
+        for name in SHARE_TLS_KEYS:
+            _check_path(name, getattr(config, name))
+        _check_pair(config.tls_cert, config.tls_key)
+    except ConfigError as exc:
+        raise ShareError(exc.reason, exc.key, exc.value) from None
+    if config.tls_client_ca and not config.tls_cert:
+        raise ShareError("needs {tls_cert} and {tls_key}: clients are asked for a certificate during a TLS handshake",
+                         "tls_client_ca", config.tls_client_ca)
+    if config.tls_cert and config.protocol == "udp":
+        raise ShareError("is for TCP shares: UDP carries no TLS in vcom (DTLS is not supported)",
+                         "tls_cert", config.tls_cert)
+    if not isinstance(config.allow, tuple | list):
+        raise ShareError("must be a list of addresses or networks such as [\"192.0.2.0/24\"]", "allow", config.allow)
+    from .access import AccessError, parse_network
+
+    for entry in config.allow:
+        try:
+            parse_network(entry)
+        except AccessError as exc:
+            raise ShareError(str(exc), "allow", entry) from None
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -247,3 +320,38 @@ def _valid_host(host: str) -> bool:
     except ValueError:
         return bool(_HOSTNAME.match(host))
     return True
+
+
+def _validate_port_tls(port: PortConfig) -> None:
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        _check_path(name, getattr(port, name))
+    if not isinstance(port.tls_insecure, bool):
+        raise ConfigError("must be true or false", "tls_insecure", port.tls_insecure)
+    if port.tls_server_name is not None and (not isinstance(port.tls_server_name, str)
+                                             or not _valid_host(port.tls_server_name)):
+        raise ConfigError("is not a host name or address", "tls_server_name", port.tls_server_name)
+    given = [name for name in PORT_TLS_KEYS if getattr(port, name)]
+    if not given:
+        return
+    if not parse_target(port.target).tls:
+        raise ConfigError(f"needs a TLS target (rfc2217+tls://host:port or tcp+tls://host:port), not {port.target}",
+                          given[0], getattr(port, given[0]))
+    if port.split_of:
+        raise ConfigError(f"is not for a split port: it uses the connection of {port.split_of}, TLS settings included",
+                          given[0], getattr(port, given[0]))
+    _check_pair(port.tls_cert, port.tls_key)
+    if port.tls_insecure and port.tls_ca:
+        raise ConfigError("turns verification off, so {tls_ca} would not be used: give one or the other",
+                          "tls_insecure")
+
+
+def _check_pair(cert: str | None, key: str | None) -> None:
+    if cert and not key:
+        raise ConfigError("needs {tls_key} too (the certificate's private key)", "tls_cert", cert)
+    if key and not cert:
+        raise ConfigError("needs {tls_cert} too (the certificate of this key)", "tls_key", key)
+
+
+def _check_path(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+        raise ConfigError("must be an absolute file path", name, value)

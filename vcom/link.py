@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import sys
 import termios
 from collections import deque
@@ -44,8 +45,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import rfc2217
+from .config import ConfigError
 from .settings import FlowControl, LineSettings, Signals
 from .target import Target, Transport
+from .tls import HANDSHAKE_TIMEOUT, ClientSide, ClientTls, handshake_failure
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +219,22 @@ class SessionOwner:
     lines: Callable[[], Lines]
     modem_changed: Callable[[Signals, int], None]  # the lines as now known, and the raw state with its delta bits
     discarded: Callable[[int], None] = lambda count: None  # data dropped because a purge had not been answered
+
+
+class _SettlingSession(RawSession):
+    """Raw TCP over TLS 1.3 right after the handshake: no data until the server has had time to refuse our
+    certificate (see :meth:`Link._tls_connected`), or has sent data, which it would not have done then."""
+
+    def __init__(self) -> None:
+        self.negotiated = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        self.negotiated = True
+        return data, b""
+
+    def negotiation_timed_out(self) -> bytes:
+        self.negotiated = True
+        return b""
 
 
 class Rfc2217Session:
@@ -445,6 +464,7 @@ class Link:
         backoff: Backoff = Backoff(),
         connect_timeout: float = 10.0,
         negotiation_timeout: float = 3.0,
+        tls_handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.target = target
         self.name = name
@@ -464,6 +484,11 @@ class Link:
         self._reading_paused = False
         self._writable = False
         self._wake = asyncio.Event()
+        self._tls = ClientSide(target.tls_options or ClientTls(), target.host, name) if target.tls else None
+        self._tls_handshake_timeout = tls_handshake_timeout
+        self._tls_settle: asyncio.TimerHandle | None = None
+        self._tls_handshake_at = 0.0  # loop time of the last connect attempt, then of its completed handshake
+        self._tls_bytes_at_handshake = 0
 
     # -- the port's side
 
@@ -600,7 +625,13 @@ class Link:
             "reconnects": self.stats.reconnects,
             "purged_bytes": self.stats.purged_bytes,
             "last_error": self.stats.last_error,
+            "tls": self._tls.status() if self._tls is not None else None,
         }
+
+    def reload_tls(self) -> str | None:
+        """Read the TLS files again for the next handshake (the connection up now stays); the reason if they
+        cannot be used, in which case the ones read before stay in use."""
+        return self._tls.reload() if self._tls is not None else None
 
     # -- connection loop
 
@@ -628,8 +659,10 @@ class Link:
         """One connection's life; returns whether the server was reached (and then lost)."""
         loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING)
+        # The TLS handshake has its own bound (and message), on top of the TCP connect's.
+        bound = self._connect_timeout + (self._tls_handshake_timeout if self._tls is not None else 0)
         try:
-            _, protocol = await asyncio.wait_for(self._open_transport(), self._connect_timeout)
+            _, protocol = await asyncio.wait_for(self._open_transport(), bound)
         except TimeoutError:
             self._drop_transport()
             self._error(f"connect to {self.target}: no answer within {self._connect_timeout:g} s")
@@ -649,21 +682,62 @@ class Link:
         finally:
             timer.cancel()
             self._drop_transport()
-        self._error(f"connection to {self.target} lost" + (f": {exc}" if exc else " (closed by the server)"))
+        self._error(f"connection to {self.target} lost{self._loss_reason(exc)}")
         return True
 
     def _connection_made(self, transport: Any) -> None:
         """Called by the protocol before it can deliver a byte: the server may speak first (ser2net
-        sends its whole negotiation at accept), so the session must exist from here on."""
+        sends its whole negotiation at accept), so the session must exist from here on.  Over TLS this is
+        after the handshake, the server's certificate verified."""
         _tune_socket(transport)
         transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
         self._transport = transport
         self._socket_ok = True
         self.remote = RemoteState(line_errors=self.remote.line_errors)  # counts live as long as the port
-        self._session = self._new_session()
+        settle = self._tls_connected(transport) if self._tls is not None else None
+        self._session = self._new_session(settling=settle is not None)
+        if settle is not None:
+            self._tls_settle = asyncio.get_running_loop().call_later(settle, self._negotiation_timeout_hit)
         if self._reading_paused:
             transport.pause_reading()
         self._write(self._session.start(self._current_settings()))
+
+    def _tls_connected(self, transport: Any) -> float | None:
+        """Note the handshake; the seconds raw data must wait before it may flow (None: it need not).
+
+        TLS 1.3 lets the client finish its handshake before the server has checked the client: a server
+        that refuses our certificate (or our lack of one) says so one round trip later.  RFC 2217 data
+        waits for the server's negotiation anyway; raw TCP has no such answer, so its first bytes wait for
+        either the server's first bytes or twice the time the connect and handshake took (at least 50 ms,
+        at most 2 s), rather than be lost to a server that is about to close."""
+        assert self._tls is not None
+        if self._tls_settle is not None:
+            self._tls_settle.cancel()
+            self._tls_settle = None
+        ssl_object = transport.get_extra_info("ssl_object")
+        session = self._tls.connected(ssl_object, lambda: self._transport is transport)
+        loop = asyncio.get_running_loop()
+        took, self._tls_handshake_at = loop.time() - self._tls_handshake_at, loop.time()
+        self._tls_bytes_at_handshake = self.stats.bytes_from_remote
+        log.info("%s: TLS %s %s with %s", self.name, session.version, session.cipher,
+                 session.peer.subject if session.peer else "a server without certificate")
+        if self.target.transport is not Transport.TCP or session.version != "TLSv1.3":
+            return None
+        return min(max(2 * took, 0.05), 2.0)
+
+    def _loss_reason(self, exc: Exception | None) -> str:
+        if self._tls is not None and isinstance(exc, ssl.SSLError):
+            return ": " + handshake_failure(exc, "server", server_name=self._tls.server_name,
+                                            presented_cert=bool(self._tls.options.cert))
+        if exc is not None:
+            return f": {exc}"
+        recent = asyncio.get_running_loop().time() - self._tls_handshake_at < 2.0
+        silent = self.remote.com_port is None and self.stats.bytes_from_remote == self._tls_bytes_at_handshake
+        if self._tls is not None and recent and silent:
+            doubt = ("it may not accept our client certificate" if self._tls.options.cert
+                     else "it may require a client certificate (--tls-cert, --tls-key)")
+            return f": closed by the server right after the TLS handshake; {doubt}"
+        return " (closed by the server)"
 
     def _current_settings(self) -> LineSettings:
         # Ask the port for the program's termios now: a change it has not read from the pty yet
@@ -678,14 +752,37 @@ class Link:
         if self.target.transport is Transport.UDP:
             return await loop.create_datagram_endpoint(
                 lambda: _DatagramProtocol(self), remote_addr=(self.target.host, self.target.port))
+        if self._tls is not None:
+            return await self._open_tls(loop, self._tls)
         return await loop.create_connection(lambda: _StreamProtocol(self), self.target.host, self.target.port)
 
-    def _new_session(self) -> Session:
+    async def _open_tls(self, loop: asyncio.AbstractEventLoop, tls: ClientSide) -> tuple[Any, Any]:
+        """TCP, then the handshake on that socket: each has its own bound and its own message.  The protocol
+        sees the connection only once the server's certificate is verified, so nothing is sent before."""
+        try:
+            context = tls.context()
+        except ConfigError as exc:
+            raise TlsFailure(f"TLS files: {exc}") from None
+        self._tls_handshake_at = loop.time()
+        sock = await _connect_socket(loop, self.target.host, self.target.port)
+        timeout = self._tls_handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                # asyncio's own handshake bound is a backstop: ours comes first and is a TimeoutError.
+                return await loop.create_connection(
+                    lambda: _StreamProtocol(self), sock=sock, ssl=context, server_hostname=tls.server_name,
+                    ssl_handshake_timeout=timeout + 1)
+        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            sock.close()
+            raise TlsFailure("TLS: " + handshake_failure(exc, "server", server_name=tls.server_name, timeout=timeout,
+                                                         presented_cert=bool(tls.options.cert))) from None
+
+    def _new_session(self, *, settling: bool = False) -> Session:
         if self.target.transport is Transport.RFC2217:
             owner = SessionOwner(settings=self._current_settings, lines=lambda: self._lines,
                                  modem_changed=self._modem_changed, discarded=self._purged)
             return Rfc2217Session(self.remote, self.name, owner)
-        return RawSession()
+        return _SettlingSession() if settling else RawSession()
 
     def _negotiation_timeout_hit(self) -> None:
         if self._session is not None and self._transport is not None:
@@ -757,6 +854,33 @@ class Link:
         if message != self.stats.last_error:
             log.warning("%s: %s", self.name, message)
         self.stats.last_error = message
+
+
+class TlsFailure(OSError):
+    """A TLS connection that could not be made, in vcom's words (no errno)."""
+
+
+async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected TCP socket to ``host:port``, trying its addresses in order (as create_connection does)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve host {host}")
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    assert last is not None
+    raise last
 
 
 def _reason(exc: OSError, host: str) -> str:

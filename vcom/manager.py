@@ -117,6 +117,7 @@ class Manager:
             log.info("file descriptor limit raised from %d to %d (about %d ports)", before, after,
                      (after - fdlimit.RESERVE) // fdlimit.PER_PORT)
         self._watcher = SlaveWatcher(loop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)  # `systemctl reload`, as `vcom reload`
         server = None
         interposer = None
         metrics = None
@@ -161,7 +162,7 @@ class Manager:
             for path in (self.paths.socket, self.paths.pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def _stop_for(self, ending: str) -> None:
@@ -219,6 +220,24 @@ class Manager:
         return {"ports": [self._status(d) for d in self._configs],
                 "shares": [self._share_status(d) for d in self._share_configs],
                 "problems": [p.to_json() for p in self._file.problems]}
+
+    def reload_tls(self) -> list[str]:
+        """SIGHUP and `vcom reload`: every link and share reads its TLS files again; nobody is disconnected.
+        Returns one line per item whose files cannot be used (it keeps the ones it had)."""
+        problems = []
+        for port in self.ports.values():
+            if port.link.target.tls and port.group.primary is port:
+                error = port.link.reload_tls()
+                if error:
+                    problems.append(f"{port.name}: {error}")
+        for share in self.shares.values():
+            error = share.reload_tls()
+            if error:
+                problems.append(f"share {share.name}: {error}")
+        for problem in problems:
+            log.error("reload: %s; the files read before stay in use", problem)
+        log.info("reload: TLS files read again%s", f", {len(problems)} could not be used" if problems else "")
+        return problems
 
     def _link_up(self, ifname: str) -> None:
         # A network came up: ports waiting out their back-off try at once.
@@ -312,6 +331,11 @@ class Manager:
                                    f"split from {primary.split_of} instead")
             if primary.parsed_target != cfg.parsed_target:
                 raise ManagerError(f"--split-of {cfg.split_of}: it reaches {primary.target}, not {cfg.target}")
+        options = cfg.parsed_target.tls_options
+        if options is not None:  # files that cannot be used are refused now, not found at the first connect
+            from .tls import client_context
+
+            client_context(options)
         check_port_path(cfg.device, replace_symlink=False)
 
     async def _cmd_remove(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +433,12 @@ class Manager:
                 port.taps.remove(watcher)
 
         return {"ok": True, "stream": events()}
+
+    async def _cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        problems = self.reload_tls()
+        tls_ports = [name for name, port in self.ports.items() if port.link.target.tls and port.group.primary is port]
+        tls_shares = [name for name, share in self.shares.items() if share.config.server_tls is not None]
+        return {"ok": True, "ports": tls_ports, "shares": tls_shares, "problems": problems}
 
     async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
         self._stop_for("teardown")

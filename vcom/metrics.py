@@ -22,8 +22,10 @@ the remote never reported is ``None``) is left out rather than reported as 0.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -57,6 +59,8 @@ _PORT_COUNTERS = (
 _SHARE_COUNTERS = (
     ("refused_clients", "vcom_share_refused_clients", "Clients refused because the share was full."),
     ("slow_disconnects", "vcom_share_slow_disconnects", "Clients disconnected for not keeping up."),
+    ("denied_clients", "vcom_share_denied_clients", "Connections refused because their address is not in --allow."),
+    ("tls_failures", "vcom_share_tls_failures", "Connections whose TLS handshake failed or timed out."),
 )
 _SHARE_DEVICE_COUNTERS = (
     # device_stats keys: bytes_in was written to the device, bytes_out was read from it.
@@ -97,6 +101,10 @@ def port_metrics(ports: list[Mapping[str, Any]]) -> Iterator[Metric]:
     signal = GaugeMetricFamily("vcom_port_signal", "Modem line levels; absent while unknown.",
                                labels=[*labels, "line"])
     baud = GaugeMetricFamily("vcom_port_baud", "Speed in force on the remote line.", labels=labels)
+    tls_info = GaugeMetricFamily("vcom_port_tls_info", "1 for a TLS port: the session of its last handshake.",
+                                 labels=[*labels, "version", "cipher", "verified"])
+    tls_expiry = GaugeMetricFamily("vcom_port_tls_cert_not_after_seconds",
+                                   "When the server's certificate expires (Unix time).", labels=labels)
     for port in ports:
         values = [str(port.get("device", "")), str(port.get("target", ""))]
         for key, family in counters.items():
@@ -108,8 +116,13 @@ def port_metrics(ports: list[Mapping[str, Any]]) -> Iterator[Metric]:
         _add_signals(signal, values, port.get("signals"))
         settings = port.get("effective_settings") or port.get("settings") or {}
         _add_number(baud, values, settings.get("baud"))
+        tls = port.get("tls")
+        if isinstance(tls, Mapping):
+            tls_info.add_metric([*values, str(tls.get("version") or ""), str(tls.get("cipher") or ""),
+                                 "false" if tls.get("insecure") else "true"], 1.0)
+            _add_number(tls_expiry, values, _epoch((tls.get("peer") or {}).get("not_after")))
     yield from counters.values()
-    yield from (line_errors, connected, is_open, signal, baud)
+    yield from (line_errors, connected, is_open, signal, baud, tls_info, tls_expiry)
 
 
 def share_metrics(shares: list[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -125,6 +138,8 @@ def share_metrics(shares: list[Mapping[str, Any]]) -> Iterator[Metric]:
     signal = GaugeMetricFamily("vcom_share_signal", "Modem line levels of the shared device; absent while unknown.",
                                labels=[*labels, "line"])
     baud = GaugeMetricFamily("vcom_share_baud", "Speed of the shared device.", labels=labels)
+    tls_expiry = GaugeMetricFamily("vcom_share_tls_cert_not_after_seconds",
+                                   "When the share's own certificate expires (Unix time).", labels=labels)
     for share in shares:
         values = [str(share.get("device", "")), str(share.get("listen", ""))]
         for key, family in counters.items():
@@ -139,15 +154,28 @@ def share_metrics(shares: list[Mapping[str, Any]]) -> Iterator[Metric]:
         paused.add_metric(values, 1.0 if share.get("device_paused") else 0.0)
         _add_signals(signal, values, share.get("signals"))
         _add_number(baud, values, (share.get("settings") or {}).get("baud"))
+        tls = share.get("tls")
+        if isinstance(tls, Mapping):
+            _add_number(tls_expiry, values, _epoch((tls.get("certificate") or {}).get("not_after")))
     yield from counters.values()
     yield from device_counters.values()
-    yield from (clients, queued, device_open, paused, signal, baud)
+    yield from (clients, queued, device_open, paused, signal, baud, tls_expiry)
 
 
 def _add_number(family: Metric, values: list[str], value: object) -> None:
     # bool is an int: a stray True must not become a counter value of 1.
     if isinstance(value, int | float) and not isinstance(value, bool):
         family.add_metric(values, float(value))  # type: ignore[attr-defined]
+
+
+def _epoch(text: object) -> float | None:
+    """``2030-01-01T00:00:00Z`` (how status writes times) as Unix time."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
 
 
 def _add_signals(family: GaugeMetricFamily, values: list[str], signals: object) -> None:

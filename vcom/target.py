@@ -1,6 +1,6 @@
 """Parsing of remote targets: ``host:port``, ``rfc2217://host:port``,
-``tcp://host:port``, ``udp://host:port``, with IPv6 literals in brackets
-(``[::1]:4001``).
+``tcp://host:port``, ``udp://host:port``, and over TLS ``rfc2217+tls://host:port`` and
+``tcp+tls://host:port``, with IPv6 literals in brackets (``[::1]:4001``).
 
 A target is checked completely before anything is created, so that a typo
 gives one clear line instead of a port that retries a nonsense address.
@@ -11,7 +11,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tls import ClientTls
 
 
 class Transport(enum.Enum):
@@ -29,14 +33,23 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 
 
+_TLS_SUFFIX = "+tls"
+_SCHEMES = "host:port, rfc2217://, tcp://, udp://, rfc2217+tls:// or tcp+tls://"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     transport: Transport
     host: str
     port: int
+    tls: bool = False
+    # How to verify and what to present (a port's --tls-* options); not part of what the target *is*, so
+    # two ports that reach the same server over TLS compare equal whatever files they name.
+    tls_options: ClientTls | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.transport.value}://{join_host_port(self.host, self.port)}"
+        scheme = self.transport.value + (_TLS_SUFFIX if self.tls else "")
+        return f"{scheme}://{join_host_port(self.host, self.port)}"
 
 
 def parse_target(text: str) -> Target:
@@ -44,17 +57,22 @@ def parse_target(text: str) -> Target:
     original = text
     text = text.strip()
     if not text:
-        raise TargetError("empty target: expected host:port, rfc2217://host:port, tcp://host:port or udp://host:port")
+        raise TargetError(f"empty target: expected {_SCHEMES.replace('://', '://host:port')}")
     transport = Transport.RFC2217
+    tls = False
     if "://" in text:
         scheme, _, text = text.partition("://")
+        name = scheme.lower()
+        tls = name.endswith(_TLS_SUFFIX)
         try:
-            transport = Transport(scheme.lower())
+            transport = Transport(name.removesuffix(_TLS_SUFFIX))
         except ValueError:
-            known = ", ".join(t.value for t in Transport)
-            raise TargetError(f"unknown scheme {scheme!r} in {original!r} (known: {known})") from None
+            raise TargetError(f"unknown scheme {scheme!r} in {original!r} (known: {_SCHEMES})") from None
+        if tls and transport is Transport.UDP:
+            raise TargetError(f"UDP has no TLS in vcom (DTLS is not supported): {original!r}; "
+                              "use tcp+tls:// or rfc2217+tls://")
     host, port_text = split_host_port(text, original)
-    return Target(transport, _check_host(host, original), _check_port(port_text, original))
+    return Target(transport, _check_host(host, original), _check_port(port_text, original), tls)
 
 
 def split_host_port(text: str, original: str | None = None) -> tuple[str, str]:

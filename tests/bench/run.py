@@ -46,8 +46,8 @@ def main() -> int:
                         help="ports streaming 11.5 KB/s both ways, vcom against as many socat processes (default 1000)")
     parser.add_argument("--nofile", type=int, default=1024,
                         help="soft RLIMIT_NOFILE the scale test's manager starts with (default 1024, systemd's)")
-    parser.add_argument("--only", default="relay,preload,add,scale,stream",
-                        help="comma-separated parts to run: relay, preload, add, scale, stream (default: all)")
+    parser.add_argument("--only", default="relay,preload,add,scale,stream,tls",
+                        help="comma-separated parts to run: relay, preload, add, scale, stream, tls (default: all)")
     args = parser.parse_args()
 
     progress = Progress()
@@ -73,6 +73,8 @@ def main() -> int:
                 rows += scale_figures(children, echo, work, progress, args.ports, args.nofile, extra)
             if "stream" in parts and args.streams:
                 rows += stream_figures(children, echo, work, progress, args.streams)
+            if "tls" in parts:
+                rows += tls_figures(work, progress)
         finally:
             progress("stopping everything the bench started")
             children.close()
@@ -85,6 +87,16 @@ def main() -> int:
     if args.compare:
         print(R.compare(rows, args.compare))
     return 0
+
+
+def tls_figures(work: Path, progress: Progress) -> list[R.Row]:
+    """What TLS costs a port (tests/bench/tls.py): the reference column is the same port over plain TCP."""
+    import tls
+
+    progress("TLS against plain TCP through a vcom port")
+    return [R.Row(key=f"tls_{index}", figure=row["figure"].split(":")[0] + ", TLS", unit=row["unit"],
+                  vcom=row["value"], reference=row["baseline"], reference_name="plain TCP")
+            for index, row in enumerate(tls.measure(work / "tls"))]
 
 
 # -- one port of each kind, vcom and socat side by side ------------------------------------------------------

@@ -77,6 +77,7 @@ class Client:
     """What the share keeps about one client, whatever carries it."""
 
     codec: Connection | None = None
+    tls: Any = None  # the ssl.SSLObject of a TLS client
 
     def __init__(self, share: Share) -> None:
         self.share = share
@@ -124,7 +125,14 @@ class Client:
             "suspended": self.suspended,
             "com_port": self.com_port,
             "signature": self.signature,
+            "tls": _tls_status(self.tls) if self.tls is not None else None,
         }
+
+
+def _tls_status(ssl_object: Any) -> dict[str, object]:
+    from ..tls import Session
+
+    return Session.of(ssl_object).to_json()
 
 
 class StreamClient(Client, asyncio.Protocol):

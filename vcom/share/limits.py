@@ -19,3 +19,8 @@ SOCKET_SEND_BUFFER = 64 * 1024
 # full; one that sends commands but never reads is closed past this much.
 CONTROL_BACKLOG = 64 * 1024
 REOPEN_INTERVAL = 1.0  # seconds between attempts to reopen a device that went away
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its TLS handshake
+# Connections that may be in their TLS handshake at once (or max_clients, if larger): beyond that a new
+# one is closed at once, so that silent connections cannot pile up.
+TLS_PENDING_HANDSHAKES = 64
+REFUSAL_LOG_INTERVAL = 60.0  # seconds before the same refusal of the same peer is logged again

@@ -6,10 +6,13 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..config import ShareConfig, ShareError
+from ..access import AllowList, is_loopback
+from ..config import ConfigError, ShareConfig, ShareError
 from ..device import Device, DeviceError
 from ..rfc2217 import (
     Data,
@@ -24,9 +27,13 @@ from ..serialdev import open_device
 from ..settings import LineSettings, Signals
 from ..target import join_host_port
 from . import limits
-from .clients import Client, StreamClient
+from .clients import Client, StreamClient, format_peer
 from .commands import Rfc2217Commands
+from .gate import Gate
 from .udp import UdpClientTable, UdpEndpoint
+
+if TYPE_CHECKING:
+    from ..tls import ServerSide
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,15 @@ class Share(Rfc2217Commands, UdpClientTable):
         self._closing = False
         self._reopen_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        # Who may connect, and TLS (vcom.share.gate applies both before a connection becomes a client).
+        self.access = AllowList(config.allow)
+        self._tls: ServerSide | None = None
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._denied = 0  # connections (and UDP addresses) refused by --allow
+        self._tls_failures = 0
+        self._last_refusal: str | None = None
+        self._refusals_logged: dict[str, float] = {}
+        self.warnings: list[str] = []
 
     # -- Life cycle --------------------------------------------------------------
 
@@ -66,6 +82,14 @@ class Share(Rfc2217Commands, UdpClientTable):
         """Open the device and bind the listener; ShareError with a one-line reason on failure."""
         if self._loop is not None:
             raise ShareError(f"share of {self.name} already started")
+        tls = self.config.server_tls
+        if tls is not None:
+            from ..tls import ServerSide
+
+            try:
+                self._tls = ServerSide(tls, self.name)
+            except ConfigError as exc:
+                raise ShareError(exc.reason, exc.key, exc.value) from None
         self._loop = asyncio.get_running_loop()
         try:
             if self._device is None:
@@ -82,7 +106,11 @@ class Share(Rfc2217Commands, UdpClientTable):
             self._device_state = "closed"
             self._loop = None
             raise ShareError(f"cannot listen on {self.config.listen}: {os_reason(exc)}") from None
-        log.info("share %s: %s on %s", self.name, self.config.protocol, self.listen)
+        log.info("share %s: %s%s on %s", self.name, self.config.protocol, " over TLS" if self._tls else "", self.listen)
+        self._warn_if_open()
+        if self._tls is not None:
+            tls = self._tls
+            tls.expiry.keep_checking(self._loop, lambda: tls.certificate, lambda: not self._closing)
 
     async def close(self) -> None:
         """Close every client, the listener and the device."""
@@ -92,6 +120,10 @@ class Share(Rfc2217Commands, UdpClientTable):
         for timer in (self._reopen_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
+        if self._tls is not None:
+            self._tls.expiry.stop()
+        for task in list(self.handshakes):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         clients, self._clients = self._clients, []
@@ -124,7 +156,7 @@ class Share(Rfc2217Commands, UdpClientTable):
             self.port = transport.get_extra_info("sockname")[1]
             return
         telnet = self.config.protocol == "rfc2217"
-        self._server = await loop.create_server(lambda: StreamClient(self, telnet), host, port, reuse_address=True)
+        self._server = await loop.create_server(lambda: Gate(self, telnet), host, port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     # -- Status ------------------------------------------------------------------
@@ -149,7 +181,59 @@ class Share(Rfc2217Commands, UdpClientTable):
             "client_buffer": self.config.client_buffer,
             "control": self.config.control,
             "max_clients": self.config.max_clients,
+            "tls": self._tls.status() if self._tls is not None else None,
+            "allow": self.access.to_json(),
+            "denied_clients": self._denied,
+            "tls_failures": self._tls_failures,
+            "last_refusal": self._last_refusal,
+            "warnings": list(self.warnings),
         }
+
+    # -- Access and TLS ----------------------------------------------------------
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._tls.context if self._tls is not None else None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def refuse(self, peer: object, reason: str, *, denied: bool = False) -> None:
+        """A connection turned away before it became a client: counted, and told in one line."""
+        if denied:
+            self._denied += 1
+        elif reason.startswith("TLS: "):
+            self._tls_failures += 1
+        self._last_refusal = f"{format_peer(peer)}: {reason}"
+        # One line per refusal, but a peer that keeps trying (UDP datagrams, a scanner) is told about once a
+        # minute; the counters still count every one.
+        assert self._loop is not None
+        key = f"{peer[0] if isinstance(peer, tuple) else peer} {reason}"
+        now = self._loop.time()
+        if now - self._refusals_logged.get(key, -limits.REFUSAL_LOG_INTERVAL) >= limits.REFUSAL_LOG_INTERVAL:
+            if len(self._refusals_logged) >= 256:
+                self._refusals_logged.clear()
+            self._refusals_logged[key] = now
+            log.warning("share %s: refused %s", self.name, self._last_refusal)
+
+    def reload_tls(self) -> str | None:
+        """Read the certificate and keys again (SIGHUP, `vcom reload`): new connections use them, clients
+        connected now keep their sessions.  Returns the reason when the files cannot be used (the ones
+        read before stay in use)."""
+        if self._tls is None:
+            return None
+        return self._tls.reload()
+
+    def _warn_if_open(self) -> None:
+        config = self.config
+        if is_loopback(config.listen_host) or config.tls_client_ca or config.allow:
+            return
+        needs = "--allow" if config.protocol == "udp" else "--tls-client-ca nor --allow"
+        warning = (f"share {self.name} listens on {self.listen} with neither {needs}: anyone who can reach "
+                   "that address may use the device")
+        self.warnings.append(warning)
+        log.warning("%s", warning)
 
     # -- DeviceSink --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from ..access import AllowList
 from ..rfc2217 import Data
 from . import limits
 from .clients import Client, format_peer
@@ -85,12 +86,18 @@ class UdpClientTable:
     _loop: asyncio.AbstractEventLoop | None
     _clients: list[Client]
     _expiry_timer: asyncio.TimerHandle | None
+    access: AllowList
+
+    def refuse(self, peer: object, reason: str, *, denied: bool = False) -> None: ...
 
     def _datagram(self, endpoint: UdpEndpoint, data: bytes, addr: Any) -> None:
         assert self._loop is not None
         now = self._loop.time()
         client = next((c for c in self._clients if isinstance(c, UdpClient) and c.addr == addr), None)
         if client is None:
+            if not self.access.allows(addr):
+                self.refuse(addr, "not in --allow", denied=True)
+                return
             if self._device_state != "open" or self._closing:
                 self._refused += 1
                 return
