@@ -107,14 +107,21 @@ def spawn(program: list[str], env: dict[str, str]) -> tuple[int, int]:
 
 def default_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ; a program started from it must not inherit that (it would get
-    EPIPE where it expects to be stopped by SIGPIPE, as `yes | head` relies on)."""
+    EPIPE where it expects to be stopped by SIGPIPE, as `yes | head` relies on), nor signals held back."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 
 
 def run(program: list[str], env: dict[str, str], socket_path: Path) -> int:
     """Run ``program`` under the supervisor; its exit status (128 + signal when killed)."""
     seccomp.set_child_subreaper()
+    # A SIGTERM that comes before the supervisor listens for it must still reach the program, not end the
+    # supervisor: held back until serve() handles it (the program starts with nothing held back).
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pid, listener = spawn(program, env)
     return asyncio.run(Supervisor(listener, pid, socket_path).serve())
 
@@ -134,8 +141,9 @@ class Supervisor:
         # Terminal signals reach the program from the terminal itself; the ones sent to us are passed on.
         for sig in (signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_IGN)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in _FORWARDED:
             loop.add_signal_handler(sig, self._forward, sig)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # what came meanwhile is handled now
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         loop.add_reader(self._listener, self._on_listener)
         self._reap()
