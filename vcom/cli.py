@@ -49,8 +49,8 @@ EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the unit's RestartPreventExitStatus=
 
 # Settings (config keys) as the command line spells them.
 _OPTION_NAMES = {"device": "DEVICE", "target": "TARGET", "listen_host": "--listen", "listen_port": "--listen"}
-_WHOLE = ("baud", "data_bits", "client_buffer", "max_clients")
-_SECONDS = ("linger", "retry_max")
+_WHOLE = ("baud", "data_bits", "client_buffer", "max_clients", "max_clients_per_address")
+_SECONDS = ("linger", "retry_max", "peer_timeout")
 
 
 def option_name(key: str | None) -> str:
@@ -164,6 +164,10 @@ def add(
                                              help="Permissions of the port, octal [default: 0660]")] = None,
     retry_max: Annotated[str | None, typer.Option(
         metavar="S", show_default=False, help="Longest wait between reconnect attempts, seconds [default: 15]")] = None,
+    peer_timeout: Annotated[str | None, typer.Option(
+        metavar="S", show_default=False,
+        help="Seconds the server may leave vcom without an answer (a silent network, data unacknowledged, no "
+             "data taken) before the connection is made again; 0: the kernel's limits [default: 15]")] = None,
     split_of: Annotated[str | None, typer.Option(
         metavar="PORT", show_default=False,
         help="Share the connection of this existing port: both get the remote's data")] = None,
@@ -188,7 +192,8 @@ def add(
 ) -> None:
     """Create a virtual serial port that reaches TARGET (starts a manager if none runs)."""
     options = _port_options(baud=baud, connect=connect, linger=linger, owner=owner, group=group, mode=mode,
-                            retry_max=retry_max, split_of=split_of, data_bits=data_bits, parity=parity,
+                            retry_max=retry_max, peer_timeout=peer_timeout, split_of=split_of,
+                            data_bits=data_bits, parity=parity,
                             stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd)
     if from_file is not None:
         if device is not None or target is not None:
@@ -543,6 +548,11 @@ def share(
         metavar="all|first", autocompletion=_choices("all", "first"),
         help="Who may change settings and signals: every client, or only the longest-connected one")] = "all",
     max_clients: Annotated[str, typer.Option(metavar="N", help="Clients at once; one more is refused")] = "32",
+    max_clients_per_address: Annotated[str, typer.Option(
+        metavar="N", help="Clients at once from one address; one more from it is refused")] = "8",
+    idle_timeout: Annotated[str, typer.Option(
+        metavar="S", help="Close a client after this many seconds without traffic either way (it sends "
+                          "nothing and takes nothing); 0: never")] = "0",
     foreground: Annotated[bool, typer.Option(
         help="Serve in this process until SIGTERM, without a manager and without the config file "
              "(what vcom-share@.service runs)")] = False,
@@ -554,13 +564,17 @@ def share(
     _typed.update(protocol=protocol, slow_client=slow_client, control=control)
     if not device.lower().startswith("sim:"):
         device = os.path.abspath(device)
-    _typed.update(client_buffer=client_buffer, max_clients=max_clients)
+    _typed.update(client_buffer=client_buffer, max_clients=max_clients,
+                  max_clients_per_address=max_clients_per_address, idle_timeout=idle_timeout)
     buffer = _whole("--client-buffer", client_buffer)
     clients = _whole("--max-clients", max_clients)
+    per_address = _whole("--max-clients-per-address", max_clients_per_address)
+    idle = _number("--idle-timeout", idle_timeout)
     try:
         host, port = parse_listen(listen)
         config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol,
-                             slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients)
+                             slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients,
+                             max_clients_per_address=per_address, idle_timeout=idle)
     except ShareError as exc:
         fail_option(exc)
     if foreground:

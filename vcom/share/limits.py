@@ -19,3 +19,5 @@ SOCKET_SEND_BUFFER = 64 * 1024
 # full; one that sends commands but never reads is closed past this much.
 CONTROL_BACKLOG = 64 * 1024
 REOPEN_INTERVAL = 1.0  # seconds between attempts to reopen a device that went away
+# Keepalive on client sockets (idle, interval, count): a client that vanished is found within 25 s.
+KEEPALIVE = (10, 5, 3)
