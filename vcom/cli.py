@@ -12,6 +12,7 @@ only what every command needs; each command imports the rest itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -597,7 +598,10 @@ def _share_in_foreground(config: ShareConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve() -> None:
+        from .fdlimit import quiet_accept_errors
+
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -849,7 +853,11 @@ def _ensure_manager() -> None:
     _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
     env = _python_env()
-    with open(where.log, "ab") as log_file:
+    # The log names ports, peers' addresses and what they sent: for the manager's user only.
+    descriptor = os.open(where.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(OSError):
+        os.fchmod(descriptor, 0o600)  # also a log an older vcom created world-readable
+    with open(descriptor, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "vcom", "run"],  # -P: not from the working directory
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
