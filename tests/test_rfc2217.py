@@ -753,10 +753,20 @@ def test_oversized_subnegotiation_is_skipped_once() -> None:
     too_long = subneg(COM_PORT_OPTION, 100, *b"y\xff" * 200)
     after = subneg(COM_PORT_OPTION, 101, 0, 0, 0x4B, 0) + b"z"
     assert client.receive_data(too_long + after) == [
-        LimitExceeded("subnegotiation", "subnegotiation longer than 16 bytes skipped"),
+        ProtocolError("subnegotiation longer than 16 bytes skipped"),
         SetBaudRate(19200),
         Data(b"z"),
     ]
+
+
+def test_an_endless_subnegotiation_is_reported_once() -> None:
+    client = Connection(Role.CLIENT, max_subnegotiation=16, endless_subnegotiation=100)
+    client.initiate()
+    assert client.receive_data(bytes([IAC, SB, COM_PORT_OPTION, 100]) + b"y" * 50) == [
+        ProtocolError("subnegotiation longer than 16 bytes skipped")]
+    assert client.receive_data(b"y" * 60) == [LimitExceeded("subnegotiation", "subnegotiation longer than 100 bytes")]
+    assert client.receive_data(b"y" * 1000) == []  # still skipped, reported once
+    assert client.receive_data(bytes([IAC, SE]) + b"z") == [Data(b"z")]  # and the stream is in step again
 
 
 def test_a_command_flood_is_reported_once_per_count_and_the_count_restarts() -> None:
