@@ -108,6 +108,7 @@ def test_hostile_servers_cost_their_own_port_only(vcom: Vcom, start_peer, open_p
     added = log_lines(vcom)[before_log:]
     assert len(added) < LOG_LINE_BOUND, f"{len(added)} log lines, e.g.:\n" + "\n".join(added[-40:])
     assert not any("Traceback" in line for line in added), "\n".join(added)
+    print(f"\nmanager memory grew {growth / MiB:.1f} MiB; {len(added)} log lines during the run")
     for device in fds:
         status = vcom.status(device)
         assert status["state"] == "connected" and status["reconnects"] == 0, status
