@@ -137,6 +137,7 @@ def test_a_dying_server_loses_bytes_and_says_how_many(vcom: Vcom, start_peer, op
     assert status["lost_bytes"] == status["lost_at_disconnect"] + status["lost_at_close"]
     assert 0 < status["lost_at_disconnect"] <= written - received, (status["lost_at_disconnect"], written, received)
     assert "were not acknowledged when the connection was lost" in (vcom.home / "vcom.log").read_text()
+    assert (vcom.home / "vcom.log").stat().st_mode & 0o077 == 0  # the log names peers and data: owner only
 
 
 def test_a_closed_port_reads_a_fast_server_at_its_line_rate(vcom: Vcom, start_peer, tmp_path: Path):
