@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # Debian packages the end-to-end tests run as real peers.
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial tmux gcc libc6-dev iproute2 util-linux systemd udev mount \
-          picocom mbpoll strace
+          picocom mbpoll strace nftables
 
 .PHONY: venv install test lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
 

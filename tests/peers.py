@@ -31,6 +31,7 @@ import argparse
 import array
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import random
@@ -667,13 +668,22 @@ class WireProxy(PeerProcess):
 
 
 class HostileServer(PeerProcess):
-    """A server that misbehaves: mode "close", "garbage" or "silent"; counts connections and keeps what it got."""
+    """A server that misbehaves; counts connections and keeps what it got (except in the flooding modes).
+
+    close: accepts and hangs up at once; garbage: random bytes and broken telnet now and then, never
+    negotiates; silent: never sends a byte.  The flooding ones (:data:`FLOODS`): random: random bytes as
+    fast as vcom takes them; flood: DO/DONT, WILL/WONT and SIGNATURE requests without pause, never reading
+    vcom's answers; subneg: one subnegotiation that never ends; slowloris: one byte of an unfinished
+    negotiation every half second, never reading; disconnect: reads slowly for a random while, then resets
+    the connection (as a crashing server does), again and again.
+    """
 
     name = "hostile"
     MODES = ("close", "garbage", "silent")
+    FLOODS = ("random", "flood", "subneg", "slowloris", "disconnect")
 
     def __init__(self, workdir: Path, mode: str) -> None:
-        assert mode in self.MODES, mode
+        assert mode in self.MODES + self.FLOODS, mode
         self.name = f"hostile-{mode}"
         super().__init__(workdir)
         self.mode = mode
@@ -1121,6 +1131,65 @@ def _garbage(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 2048)) + rng.choice(_BROKEN_IAC)
 
 
+# What the "flood" server repeats: toggles of options vcom wants (each change is answered), an unknown
+# option (refused once), and SIGNATURE requests (each answered), never reading a byte of the answers.
+_FLOOD = (bytes([IAC, DO, 0, IAC, DONT, 0, IAC, WILL, 3, IAC, WONT, 3, IAC, DO, 99])
+          + bytes([IAC, SB, COM_PORT_OPTION, 100, IAC, SE])) * 256
+
+
+def run_flood(mode: str, port: int, accept_log: str, received: str) -> None:
+    """The flooding modes: each connection gets a process of its own (fork), so one never slows another."""
+    server = _listen(port)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
+    while True:
+        client, _ = server.accept()
+        _append_line(accept_log, f"accept {time.monotonic()!r}")
+        if os.fork() == 0:
+            server.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with contextlib.suppress(OSError):
+                _flood_one(mode, client, received)
+            os._exit(0)
+        client.close()
+
+
+def _flood_one(mode: str, client: socket.socket, received: str) -> None:
+    rng = random.Random()
+    if mode == "random":
+        block = rng.randbytes(1 << 16)
+        while True:
+            client.sendall(block)
+    elif mode == "flood":
+        while True:
+            client.sendall(_FLOOD)
+    elif mode == "subneg":
+        client.sendall(bytes([IAC, SB, COM_PORT_OPTION, 100]))
+        block = b"A" * (1 << 16)
+        while True:
+            client.sendall(block)
+    elif mode == "slowloris":
+        trickle = bytes([IAC, SB, COM_PORT_OPTION, 101, 0, 0])
+        for byte in itertools.cycle(trickle):
+            client.sendall(bytes([byte]))
+            time.sleep(0.5)
+    else:  # disconnect: a slow reader that crashes
+        deadline = time.monotonic() + rng.uniform(0.5, 2.0)
+        client.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                data = client.recv(4096)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            with open(received, "ab") as out:
+                out.write(data)
+            time.sleep(0.05)
+        # A reset, not a goodbye: what vcom had sent and this end had not acknowledged is gone.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+
+
 def run_hostile(mode: str, port: int, accept_log: str, received: str) -> None:
     """close: accept and close at once; garbage: random bytes and broken IAC, never negotiates;
     silent: accept, swallow input, never send a byte."""
@@ -1207,7 +1276,7 @@ def main(argv: Sequence[str]) -> None:
     proxy.add_argument("target_port", type=int)
     proxy.add_argument("record")
     hostile = sub.add_parser("hostile")
-    hostile.add_argument("mode", choices=HostileServer.MODES)
+    hostile.add_argument("mode", choices=HostileServer.MODES + HostileServer.FLOODS)
     hostile.add_argument("port", type=int)
     hostile.add_argument("accept_log")
     hostile.add_argument("received")
@@ -1219,6 +1288,8 @@ def main(argv: Sequence[str]) -> None:
         send_tty_added(args.devnode)
     elif args.what == "proxy":
         run_proxy(args.listen_port, args.target_port, args.record)
+    elif args.mode in HostileServer.FLOODS:
+        run_flood(args.mode, args.port, args.accept_log, args.received)
     else:
         run_hostile(args.mode, args.port, args.accept_log, args.received)
 

@@ -25,7 +25,7 @@ LIBRARY_WORDING = [
     "codec", "x<=", "Value error", "is not a valid", "NoneType", "object has no attribute",
 ]
 INTERNAL_NAMES = re.compile(r"\b(client_buffer|retry_max|split_of|data_bits|stop_bits|pin_baud|max_clients|"
-                            r"slow_client|listen_host|listen_port|hangup_on_dcd)\b")
+                            r"slow_client|listen_host|listen_port|hangup_on_dcd|peer_timeout|idle_timeout)\b")
 
 T = "tcp://127.0.0.1:1"  # a well-formed target; nothing connects in these cases
 
@@ -42,6 +42,7 @@ WITHOUT_MANAGER = [
     ("linger-negative", ["add", "{d}", T, "--linger", "-1"], "--linger -1 must be a number of seconds"),
     ("retry-max-huge", ["add", "{d}", T, "--retry-max", "1e9"], "--retry-max 1e9 must be a number of seconds"),
     ("retry-max-nan", ["add", "{d}", T, "--retry-max", "nan"], "--retry-max nan must be a finite number"),
+    ("peer-timeout", ["add", "{d}", T, "--peer-timeout", "-5"], "--peer-timeout -5 must be a number of seconds"),
     ("connect", ["add", "{d}", T, "--connect", "sometimes"], "--connect sometimes must be one of on-open, always"),
     ("parity", ["add", "{d}", T, "--parity", "maybe"], "--parity maybe must be one of none, odd, even"),
     ("stop-bits", ["add", "{d}", T, "--stop-bits", "3"], "--stop-bits 3 must be one of 1, 1.5, 2"),
@@ -61,6 +62,9 @@ WITHOUT_MANAGER = [
      "--client-buffer 5 must be a number of bytes between 1024"),
     ("share-buffer-text", ["share", "sim:echo", "--client-buffer", "lots"], "--client-buffer lots must be a whole"),
     ("share-clients", ["share", "sim:echo", "--max-clients", "0"], "--max-clients 0 must be a whole number between"),
+    ("share-per-address", ["share", "sim:echo", "--max-clients-per-address", "0"],
+     "--max-clients-per-address 0 must be a whole number between 1 and 1024"),
+    ("share-idle", ["share", "sim:echo", "--idle-timeout", "soon"], "--idle-timeout soon must be a number"),
     ("share-protocol", ["share", "sim:echo", "--protocol", "http"], "--protocol http must be one of rfc2217"),
     ("share-slow", ["share", "sim:echo", "--slow-client", "wait"], "--slow-client wait must be one of drop"),
     ("share-control", ["share", "sim:echo", "--control", "last"], "--control last must be one of all, first"),

@@ -87,8 +87,6 @@ def test_a_process_whose_group_is_vcom_is_admitted(manager_with_group: tuple[Vco
     assert run_as(NOBODY.pw_uid, gid, [], lambda: _list(vcom.home / "vcom.sock")) == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="peer_allowed checks SO_PEERCRED's gid and /etc/group's member list only, "
-                                       "not the caller's supplementary groups")
 def test_a_process_with_vcom_as_a_supplementary_group_is_admitted(manager_with_group: tuple[Vcom, int]):
     vcom, gid = manager_with_group
     # E.g. a service with SupplementaryGroups=vcom, or after newgrp: in group vcom, but not listed in /etc/group.

@@ -1,9 +1,9 @@
 """Reconnecting: capped exponential back-off with jitter, and TCP keepalive.
 
 README: "A lost connection is retried with capped exponential back-off and
-jitter (0.25 s doubling up to --retry-max)" and "TCP keepalives notice a
-silent peer within about 25 s".  The delays are checked two ways: the
-Backoff policy itself over many draws, and a real port against a server that
+jitter (0.25 s doubling up to --retry-max)" and "TCP keepalive and TCP_USER_TIMEOUT
+notice a silent peer within the port's peer timeout (15 s by default)".  The delays are
+checked two ways: the Backoff policy itself over many draws, and a real port against a server that
 hangs up at once, whose accept times give lower bounds only (a loaded
 machine can only make the gaps longer) and whose count within a deadline
 shows the cap.  Keepalive is read from the manager's own socket.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from peers import HostileServer, Vcom, wait_until
 
-from vcom.link import Backoff
+from vcom.link import PEER_TIMEOUT, Backoff, keepalive_times
 
 FIRST = 0.25  # README: 0.25 s doubling
 
@@ -96,7 +96,31 @@ def test_the_link_socket_has_keepalive_to_notice_a_silent_peer(vcom: Vcom, start
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    # Probes after 10 s of silence, every 5 s, 3 unanswered ones end it: a dead peer is noticed within 25 s.
-    assert options[0] == 1 and options[1] + options[2] * options[3] <= 25, options
-    assert options[1:4] == (10, 5, 3) and options[4] == 1
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                   sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+    # The default peer timeout, 15 s: probes after 5 s of silence, every 2 s; the kernel gives up on a
+    # silent peer (keepalive) or on unacknowledged data (TCP_USER_TIMEOUT) at 15 s.
+    assert options[0] == 1 and options[1] + options[2] * options[3] <= 15, options
+    assert options[1:4] == keepalive_times(PEER_TIMEOUT) == (5, 2, 5) and options[4] == 1
+    assert options[5] == 15000
+
+
+def test_the_peer_timeout_is_a_per_port_option(vcom: Vcom, start_peer, tmp_path: Path):
+    server = start_peer(HostileServer(tmp_path / "silent", "silent"))
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always", "--peer-timeout", "30")
+    wait_until(lambda: server.connections() == 1, 15, "the connection")
+    with _socket_of(vcom.manager_pid(), server.port) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+    assert vcom.status(port)["peer_timeout"] == 30
+    assert "peer_timeout = 30.0" in (vcom.home / "vcom.toml").read_text()
+
+
+def test_the_first_retries_after_a_healthy_connection_are_quick() -> None:
+    backoff = Backoff(maximum=15.0)
+    assert backoff.quick == 2.0 and backoff.quick_for == 60.0
+    assert keepalive_times(0) == (10, 5, 3)  # peer timeout off: the earlier probes, the kernel's own limits
+    for timeout in (1, 5, 15, 60):
+        idle, interval, count = keepalive_times(timeout)
+        assert idle + interval * count >= timeout and idle <= max(1, timeout / 3), (timeout, idle, interval, count)

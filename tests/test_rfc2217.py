@@ -45,6 +45,7 @@ from vcom.rfc2217 import (
     Data,
     FlowControlResume,
     FlowControlSuspend,
+    LimitExceeded,
     LineState,
     ModemState,
     NotifyLineState,
@@ -756,6 +757,29 @@ def test_oversized_subnegotiation_is_skipped_once() -> None:
         SetBaudRate(19200),
         Data(b"z"),
     ]
+
+
+def test_an_endless_subnegotiation_is_reported_once() -> None:
+    client = Connection(Role.CLIENT, max_subnegotiation=16, endless_subnegotiation=100)
+    client.initiate()
+    assert client.receive_data(bytes([IAC, SB, COM_PORT_OPTION, 100]) + b"y" * 50) == [
+        ProtocolError("subnegotiation longer than 16 bytes skipped")]
+    assert client.receive_data(b"y" * 60) == [LimitExceeded("subnegotiation", "subnegotiation longer than 100 bytes")]
+    assert client.receive_data(b"y" * 1000) == []  # still skipped, reported once
+    assert client.receive_data(bytes([IAC, SE]) + b"z") == [Data(b"z")]  # and the stream is in step again
+
+
+def test_a_command_flood_is_reported_once_per_count_and_the_count_restarts() -> None:
+    client = Connection(Role.CLIENT, command_limit=100)
+    client.initiate()
+    flood = (neg(DO, BINARY) + neg(WILL, BINARY)) * 60  # repeats change nothing: no answer, no event
+    events = client.receive_data(b"a\xff\xffb" + flood)  # a doubled IAC is data, not a command
+    assert events == [Data(b"a\xffb"), OptionChange(BINARY, True, True), OptionChange(BINARY, False, True),
+                      LimitExceeded("commands", "100 telnet commands")]
+    assert client.commands_received == 120
+    assert client.receive_data(flood) == []  # reported once until the caller starts a new count
+    client.restart_command_count()
+    assert client.receive_data(flood)[-1] == LimitExceeded("commands", "100 telnet commands")
 
 
 def test_unterminated_subnegotiation_recovers_at_the_next_command() -> None:

@@ -12,6 +12,7 @@ only what every command needs; each command imports the rest itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -49,8 +50,8 @@ EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the unit's RestartPreventExitStatus=
 
 # Settings (config keys) as the command line spells them.
 _OPTION_NAMES = {"device": "DEVICE", "target": "TARGET", "listen_host": "--listen", "listen_port": "--listen"}
-_WHOLE = ("baud", "data_bits", "client_buffer", "max_clients")
-_SECONDS = ("linger", "retry_max")
+_WHOLE = ("baud", "data_bits", "client_buffer", "max_clients", "max_clients_per_address")
+_SECONDS = ("linger", "retry_max", "peer_timeout")
 _FILES = ("split_of", "tls_ca", "tls_cert", "tls_key", "tls_client_ca")  # paths, made absolute for the manager
 
 
@@ -166,6 +167,10 @@ def add(
                                              help="Permissions of the port, octal [default: 0660]")] = None,
     retry_max: Annotated[str | None, typer.Option(
         metavar="S", show_default=False, help="Longest wait between reconnect attempts, seconds [default: 15]")] = None,
+    peer_timeout: Annotated[str | None, typer.Option(
+        metavar="S", show_default=False,
+        help="Seconds the server may leave vcom without an answer (a silent network, data unacknowledged, no "
+             "data taken) before the connection is made again; 0: the kernel's limits [default: 15]")] = None,
     split_of: Annotated[str | None, typer.Option(
         metavar="PORT", show_default=False,
         help="Share the connection of this existing port: both get the remote's data")] = None,
@@ -207,9 +212,9 @@ def add(
 ) -> None:
     """Create a virtual serial port that reaches TARGET (starts a manager if none runs)."""
     options = _port_options(baud=baud, connect=connect, linger=linger, owner=owner, group=group, mode=mode,
-                            retry_max=retry_max, split_of=split_of, data_bits=data_bits, parity=parity,
-                            stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd, tls_ca=tls_ca,
-                            tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
+                            retry_max=retry_max, peer_timeout=peer_timeout, split_of=split_of, data_bits=data_bits,
+                            parity=parity, stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd,
+                            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
                             tls_insecure=tls_insecure)
     if from_file is not None:
         if device is not None or target is not None:
@@ -601,6 +606,11 @@ def share(
         metavar="CIDR", show_default=False,
         help="Only these addresses or networks may connect, e.g. 192.0.2.0/24 (repeat for more) [default: "
              "everyone]")] = None,
+    max_clients_per_address: Annotated[str, typer.Option(
+        metavar="N", help="Clients at once from one address; one more from it is refused")] = "8",
+    idle_timeout: Annotated[str, typer.Option(
+        metavar="S", help="Close a client after this many seconds without traffic either way (it sends "
+                          "nothing and takes nothing); 0: never")] = "0",
     foreground: Annotated[bool, typer.Option(
         help="Serve in this process until SIGTERM, without a manager and without the config file "
              "(what vcom-share@.service runs); SIGHUP reads the TLS files again")] = False,
@@ -612,15 +622,19 @@ def share(
     _typed.update(protocol=protocol, slow_client=slow_client, control=control)
     if not device.lower().startswith("sim:"):
         device = os.path.abspath(device)
-    _typed.update(client_buffer=client_buffer, max_clients=max_clients)
+    _typed.update(client_buffer=client_buffer, max_clients=max_clients,
+                  max_clients_per_address=max_clients_per_address, idle_timeout=idle_timeout)
     buffer = _whole("--client-buffer", client_buffer)
     clients = _whole("--max-clients", max_clients)
     files = _converted(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+    per_address = _whole("--max-clients-per-address", max_clients_per_address)
+    idle = _number("--idle-timeout", idle_timeout)
     try:
         host, port = parse_listen(listen)
         config = ShareConfig(device=device, listen_host=host, listen_port=port, protocol=protocol,
                              slow_client=slow_client, client_buffer=buffer, control=control, max_clients=clients,
-                             allow=tuple(allow or ()), **files)
+                             allow=tuple(allow or ()), max_clients_per_address=per_address, idle_timeout=idle,
+                             **files)
     except ShareError as exc:
         fail_option(exc)
     _check_tls_files(config.server_tls, "server")
@@ -647,7 +661,10 @@ def _share_in_foreground(config: ShareConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve() -> None:
+        from .fdlimit import quiet_accept_errors
+
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -915,7 +932,11 @@ def _ensure_manager() -> None:
     _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
     env = _python_env()
-    with open(where.log, "ab") as log_file:
+    # The log names ports, peers' addresses and what they sent: for the manager's user only.
+    descriptor = os.open(where.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(OSError):
+        os.fchmod(descriptor, 0o600)  # also a log an older vcom created world-readable
+    with open(descriptor, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "vcom", "run"],  # -P: not from the working directory
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,

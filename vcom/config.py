@@ -82,6 +82,9 @@ class PortConfig:
     group: str | None = None
     mode: int = 0o660
     retry_max: float = 15.0
+    # Seconds the server may leave vcom without an answer (keepalive probes, data unacknowledged, a closed
+    # receive window) before the connection counts as dead and is made again; 0: the kernel's own limits.
+    peer_timeout: float = 15.0
     split_of: str | None = None  # share the connection of this other port (same remote port, two programs)
     # Pinned line settings: the pty forces CS8 and no parity, so these can only come from here; a pinned
     # value always wins over what the program sets.  None: follow the program.
@@ -172,7 +175,7 @@ def validate(port: PortConfig) -> None:
     _check_number("baud", port.baud, 1, 20_000_000, whole=True, what="a whole number between 1 and 20000000")
     if port.connect not in CONNECT_POLICIES:
         raise ConfigError(f"must be one of {', '.join(CONNECT_POLICIES)}", "connect", port.connect)
-    for name in ("linger", "retry_max"):
+    for name in ("linger", "retry_max", "peer_timeout"):
         _check_number(name, getattr(port, name), 0, 86400, whole=False,
                       what="a number of seconds between 0 and 86400")
     for name in ("owner", "group"):
@@ -216,6 +219,8 @@ class ShareConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # mutual TLS: every client needs a certificate this CA signed
     allow: tuple[str, ...] = ()  # addresses and networks that may connect; empty: everyone
+    max_clients_per_address: int = 8  # so that one peer cannot take every place
+    idle_timeout: float = 0.0  # close a client with no traffic either way for this long; 0: never
 
     def __post_init__(self) -> None:
         validate_share(self)
@@ -298,6 +303,10 @@ def _validate_share_access(config: ShareConfig) -> None:
             parse_network(entry)
         except AccessError as exc:
             raise ShareError(str(exc), "allow", entry) from None
+    _check_number("max_clients_per_address", config.max_clients_per_address, 1, MAX_CLIENTS, whole=True,
+                  what=f"a whole number between 1 and {MAX_CLIENTS}", error=ShareError)
+    _check_number("idle_timeout", config.idle_timeout, 0, 86400, whole=False,
+                  what="a number of seconds between 0 and 86400", error=ShareError)
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -10,15 +10,21 @@ import logging
 import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from .control import CONTROL_GROUP, MAX_REQUEST
+from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
+_problems = RateLog(log)
 
 _DENIED_READ_TIMEOUT = 5.0
+# Connections one user may hold at once (status --watch, monitors and scripts together use a handful); one
+# more is answered with a refusal and closed, so a user looping on connect cannot take every descriptor.
+MAX_CONNECTIONS_PER_USER = 64
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -26,14 +32,16 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # -- server side ---------------------------------------------------------------------------------
 
 
-def peer_allowed(uid: int, gid: int) -> bool:
+def peer_allowed(uid: int, gid: int, pid: int | None = None) -> bool:
+    """Root, the manager's user, and members of group vcom: by the caller's primary group, its supplementary
+    groups (SupplementaryGroups= of a unit, newgrp: not in /etc/group's list), or that list."""
     if uid in (0, os.geteuid()):
         return True
     try:
         group = grp.getgrnam(CONTROL_GROUP)
     except KeyError:
         return False
-    if gid == group.gr_gid:
+    if gid == group.gr_gid or (pid is not None and group.gr_gid in _supplementary_groups(pid)):
         return True
     try:
         import pwd
@@ -42,6 +50,18 @@ def peer_allowed(uid: int, gid: int) -> bool:
     except KeyError:
         return False
     return name in group.gr_mem
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    """The groups of process ``pid`` as the kernel has them (/proc/PID/status ``Groups:``)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return {int(field) for field in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
@@ -75,14 +95,24 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     control = ControlServer()
+    per_user: Counter[int] = Counter()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         control.clients[writer] = task
+        uid = -1
         try:
-            _, uid, gid = _peer_credentials(writer)
-            if not peer_allowed(uid, gid):
+            pid, uid, gid = _peer_credentials(writer)
+            per_user[uid] += 1
+            if per_user[uid] > MAX_CONNECTIONS_PER_USER:
+                _problems.warning(("control-full", uid), "control socket: uid %d already has %d connections; "
+                                  "refused another (pid %d)", uid, MAX_CONNECTIONS_PER_USER, pid)
+                writer.write(json.dumps({"ok": False, "error": f"too many connections to the manager from this "
+                                                               f"user (at most {MAX_CONNECTIONS_PER_USER})"}
+                                        ).encode() + b"\n")
+                return
+            if not peer_allowed(uid, gid, pid):
                 # Take the request first: closing before the caller has sent it would give the caller a
                 # broken pipe instead of this answer.
                 with contextlib.suppress(TimeoutError):
@@ -103,6 +133,10 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
             with contextlib.suppress(ConnectionError):
                 await _reply(writer, {"ok": False, "error": "request too long"})
         finally:
+            if uid in per_user:
+                per_user[uid] -= 1
+                if not per_user[uid]:
+                    del per_user[uid]
             control.clients.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):

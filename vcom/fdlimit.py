@@ -15,9 +15,17 @@ accept a ``vcom remove``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import resource
 from dataclasses import dataclass
+from typing import Any
+
+from .ratelog import RateLog
+
+log = logging.getLogger(__name__)
+_problems = RateLog(log)
 
 NEAR = 0.9  # warn from this share of what ports may use (the limit less RESERVE) on
 RESERVE = 64  # kept for control clients, the metrics server, the C compiler's pipes, reconnects
@@ -82,3 +90,35 @@ def maybe_near() -> FdUsage | None:
         return None
     found = usage()
     return found if found.near else None
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of descriptors, asyncio stops accepting on the listening socket for a second and tries again;
+    it also reports each time through the loop's exception handler, a traceback per listener per second
+    while a flood lasts.  Say it once a minute per socket instead, with a count, in vcom's words."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource" and isinstance(exc, OSError):
+            where = _socket_name(context.get("socket"))
+            # Nothing here may need a descriptor (listing /proc/self/fd would fail as the accept did).
+            _problems.warning(("accept", where), "%s: not accepting connections for a second: %s (file "
+                              "descriptor limit %d)", where, (exc.strerror or str(exc)).lower(), limit())
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _socket_name(sock: Any) -> str:
+    try:
+        name = sock.getsockname()
+    except (AttributeError, OSError):
+        return "a listening socket"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name) or "a listening socket"

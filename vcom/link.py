@@ -31,14 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import fcntl
 import logging
 import os
 import random
 import socket
 import ssl
+import struct
 import sys
 import termios
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,14 +49,27 @@ from typing import Any, Protocol
 
 from . import rfc2217
 from .config import ConfigError
+from .ratelog import RateLog
 from .settings import FlowControl, LineSettings, Signals
 from .target import Target, Transport
 from .tls import HANDSHAKE_TIMEOUT, ClientSide, ClientTls, handshake_failure
 
 log = logging.getLogger(__name__)
+# Problems a server can repeat without end (refusals, junk, being hung up on): a few lines a minute per port.
+_problems = RateLog(log)
 
 # A connection that stayed up this long counts as healthy: the back-off restarts from its shortest delay.
 _HEALTHY_AFTER = 10.0
+# After a healthy connection is lost, the first retries wait at most this long (the network may be back in a
+# moment: a switch rebooting, a cable replugged), for this long, before the back-off doubles towards retry_max.
+QUICK_RETRY = 2.0
+QUICK_RETRY_FOR = 60.0
+PEER_TIMEOUT = 15.0  # default seconds a server may leave vcom without an answer before the connection is dead
+# What a server may make vcom hold for it: answers to its requests that it does not read (beyond the data's
+# own high-water mark), and telnet commands within COMMAND_WINDOW seconds.  Past either it is disconnected.
+CONTROL_BACKLOG = 64 * 1024
+COMMAND_LIMIT = 10_000
+COMMAND_WINDOW = 10.0
 _WRITE_HIGH_WATER = 64 * 1024
 SOCKET_SEND_BUFFER = 64 * 1024
 # UDP payload per datagram: small enough to cross any path (IPv6 minimum MTU 1280) without fragmentation,
@@ -63,6 +79,9 @@ _WRITE_LOW_WATER = 16 * 1024
 # How long a receive purge waits for the server's answer before data flows again (a server that never
 # answers PURGE-DATA is then not waited for again on that connection).
 PURGE_ANSWER_TIMEOUT = 0.5
+# The link's buffer holds data up to the high-water mark plus one read of the port's that crosses it; beyond
+# that only answers the server asked for and does not read can be there.
+_CONTROL_LIMIT = 2 * _WRITE_HIGH_WATER + CONTROL_BACKLOG
 
 
 class LinkState(enum.Enum):
@@ -88,6 +107,9 @@ class LinkStats:
     reconnects: int = 0
     last_error: str | None = None
     purged_bytes: int = 0  # arrived after a program's input flush, from before it: discarded
+    lost_bytes: int = 0  # handed to the link, not acknowledged by the server when its connection died
+    timeouts: int = 0  # connections ended because the server did not answer within the peer timeout
+    bound_disconnects: int = 0  # connections vcom closed because the server went past a bound
 
 
 @dataclass(slots=True)
@@ -142,6 +164,8 @@ class Lines:
 class Backoff:
     initial: float = 0.25
     maximum: float = 15.0
+    quick: float = QUICK_RETRY  # the longest wait right after a healthy connection was lost
+    quick_for: float = QUICK_RETRY_FOR
 
     def delay(self, attempt: int) -> float:
         # Full jitter between half and all of the capped exponential delay.
@@ -219,6 +243,9 @@ class SessionOwner:
     lines: Callable[[], Lines]
     modem_changed: Callable[[Signals, int], None]  # the lines as now known, and the raw state with its delta bits
     discarded: Callable[[int], None] = lambda count: None  # data dropped because a purge had not been answered
+    backlog: Callable[[], int] = lambda: 0  # bytes written to the server that it has not taken yet
+    violation: Callable[[str], None] = lambda reason: None  # the server went past a bound: disconnect it
+    clock: Callable[[], float] = time.monotonic
 
 
 class _SettlingSession(RawSession):
@@ -248,7 +275,8 @@ class Rfc2217Session:
     """
 
     def __init__(self, remote: RemoteState, name: str, owner: SessionOwner) -> None:
-        self._codec = rfc2217.Connection(rfc2217.Role.CLIENT)
+        self._codec = rfc2217.Connection(rfc2217.Role.CLIENT, command_limit=COMMAND_LIMIT)
+        self._counting_since = owner.clock()
         self._remote = remote
         self._name = name
         self._owner = owner
@@ -338,12 +366,19 @@ class Rfc2217Session:
     def negotiation_timed_out(self) -> bytes:
         if self.negotiated:
             return b""
-        log.warning("%s: server did not negotiate COM-PORT-OPTION; carrying plain data, settings are not sent",
-                    self._name)
+        _problems.warning((self._name, "no-negotiation"), "%s: server did not negotiate COM-PORT-OPTION; "
+                          "carrying plain data, settings are not sent", self._name)
         self.negotiated = True
         return b""
 
     def _event(self, event: object) -> bytes:
+        backlog = self._owner.backlog()
+        if backlog > _CONTROL_LIMIT:
+            # Every answer is written whether or not the server reads: one that keeps asking and never reads
+            # would make vcom hold its answers without end.
+            self._owner.violation(f"the server does not read what vcom sends ({backlog:,} bytes waiting) "
+                                  "and keeps sending requests")
+            return b""
         remote = self._remote
         match event:
             case rfc2217.ComPortOption(enabled=True):
@@ -360,8 +395,8 @@ class Rfc2217Session:
                         + self.lines(self._owner.lines()))
             case rfc2217.ComPortOption(enabled=False):
                 if remote.com_port is not False:
-                    log.warning("%s: server refused COM-PORT-OPTION (RFC 2217); carrying plain data, "
-                                "line settings stay as the server has them", self._name)
+                    _problems.warning((self._name, "refused"), "%s: server refused COM-PORT-OPTION (RFC 2217); "
+                                      "carrying plain data, line settings stay as the server has them", self._name)
                 remote.com_port = False
                 self.negotiated = True
             case rfc2217.Signature(text=text) if text:
@@ -397,8 +432,21 @@ class Rfc2217Session:
                     if state & bit:
                         remote.line_errors[name] += 1
             case rfc2217.ProtocolError(message=message):
-                log.info("%s: ignored from server: %s", self._name, message)
+                _problems.info((self._name, "ignored"), "%s: ignored from server: %s", self._name, message)
+            case rfc2217.LimitExceeded(what="subnegotiation", message=message):
+                self._owner.violation(f"the server sent a {message.removesuffix(' skipped')}")
+            case rfc2217.LimitExceeded(what="commands"):
+                self._commands_counted()
         return b""
+
+    def _commands_counted(self) -> None:
+        """COMMAND_LIMIT telnet commands since the count started: too many if that took under COMMAND_WINDOW."""
+        now = self._owner.clock()
+        took = now - self._counting_since
+        if took < COMMAND_WINDOW:
+            self._owner.violation(f"the server sent {COMMAND_LIMIT:,} telnet commands within {took:.1f} s")
+        self._counting_since = now
+        self._codec.restart_command_count()
 
     def _control_answer(self, value: int) -> None:
         decoded = rfc2217.flow_from_control(value)
@@ -425,6 +473,9 @@ class _LinkProtocol:
         self._link._connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The socket is still open here (asyncio closes it after this call): what it held unacknowledged
+        # can still be read.
+        self._link._connection_lost()
         if not self.lost.done():
             self.lost.set_result(exc)
 
@@ -465,6 +516,7 @@ class Link:
         connect_timeout: float = 10.0,
         negotiation_timeout: float = 3.0,
         tls_handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        peer_timeout: float = PEER_TIMEOUT,
     ) -> None:
         self.target = target
         self.name = name
@@ -475,6 +527,7 @@ class Link:
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._negotiation_timeout = negotiation_timeout
+        self.peer_timeout = peer_timeout  # 0: the kernel's own limits (minutes)
         self._settings = LineSettings()
         self._lines = Lines()
         self._task: asyncio.Task[None] | None = None
@@ -489,6 +542,9 @@ class Link:
         self._tls_settle: asyncio.TimerHandle | None = None
         self._tls_handshake_at = 0.0  # loop time of the last connect attempt, then of its completed handshake
         self._tls_bytes_at_handshake = 0
+        self._sent_at_connect = 0  # bytes_to_remote when this connection began
+        self._loss: int | None = None  # measured as the connection went
+        self._violation_reason: str | None = None
 
     # -- the port's side
 
@@ -626,6 +682,11 @@ class Link:
             "purged_bytes": self.stats.purged_bytes,
             "last_error": self.stats.last_error,
             "tls": self._tls.status() if self._tls is not None else None,
+            "peer_timeout": self.peer_timeout,
+            "timeouts": self.stats.timeouts,
+            "bound_disconnects": self.stats.bound_disconnects,
+            # The port adds what a closed program wrote and could not be sent, and shows the sum as lost_bytes.
+            "lost_at_disconnect": self.stats.lost_bytes,
         }
 
     def reload_tls(self) -> str | None:
@@ -638,6 +699,7 @@ class Link:
     async def _run(self) -> None:
         attempt = 0
         after_loss = False  # a connection of this run was lost: the next one is a reconnect
+        outage: float | None = None  # when a healthy connection was last lost
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -646,7 +708,12 @@ class Link:
                 after_loss = after_loss or reached
                 if reached and loop.time() - started >= _HEALTHY_AFTER:
                     attempt = 0
+                    outage = loop.time()
                 delay = self._backoff.delay(attempt)
+                if outage is not None and loop.time() - outage < self._backoff.quick_for:
+                    # The server was fine a moment ago: be back within seconds of the network healing, not
+                    # after a back-off that grew while it was down.
+                    delay = min(delay, self._backoff.quick)
                 attempt += 1
                 self._set_state(LinkState.BACKOFF)
                 self._wake.clear()
@@ -682,16 +749,61 @@ class Link:
         finally:
             timer.cancel()
             self._drop_transport()
-        self._error(f"connection to {self.target} lost{self._loss_reason(exc)}")
+        self._error(self._loss_reason(exc))
+        self._count_loss()
         return True
+
+    def _loss_reason(self, exc: Exception | None) -> str:
+        if self._violation_reason is not None:
+            reason, self._violation_reason = self._violation_reason, None
+            return f"disconnected from {self.target}: {reason}"
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT and self.peer_timeout:
+            self.stats.timeouts += 1
+            return (f"connection to {self.target} lost: no answer from the server within {self.peer_timeout:g} s "
+                    "(peer timeout)")
+        return f"connection to {self.target} lost" + self._loss_detail(exc)
+
+    def _count_loss(self) -> None:
+        lost, self._loss = self._loss or 0, None
+        if lost:
+            self.stats.lost_bytes += lost
+            _problems.warning((self.name, "lost"), "%s: %d byte(s) sent to %s were not acknowledged when the "
+                              "connection was lost (lost_bytes %d)", self.name, lost, self.target,
+                              self.stats.lost_bytes)
+
+    def _connection_lost(self) -> None:
+        """The connection is gone, its socket not yet closed: what the server never acknowledged is lost."""
+        transport = self._transport
+        if transport is None or self._loss is not None or self.target.transport is Transport.UDP:
+            return
+        self._loss = _unacknowledged(transport, self.stats.bytes_to_remote - self._sent_at_connect)
+
+    def _violation(self, reason: str) -> None:
+        """The server went past a bound: close the connection (retried after the back-off), say why once."""
+        transport = self._transport
+        if transport is None or self._violation_reason is not None:
+            return
+        self._violation_reason = reason
+        self.stats.bound_disconnects += 1
+        # What waits for the server is given up with the connection.
+        self._loss = transport.get_write_buffer_size() + _socket_queue(transport)
+        asyncio.get_running_loop().call_soon(self._abort_if, transport)
+
+    def _abort_if(self, transport: asyncio.BaseTransport) -> None:
+        # Not from inside the session's own callback: abort once the current read has been handled.
+        if transport is self._transport:
+            transport.abort()
 
     def _connection_made(self, transport: Any) -> None:
         """Called by the protocol before it can deliver a byte: the server may speak first (ser2net
         sends its whole negotiation at accept), so the session must exist from here on.  Over TLS this is
         after the handshake, the server's certificate verified."""
-        _tune_socket(transport)
+        _tune_socket(transport, self.peer_timeout)
         transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
         self._transport = transport
+        self._sent_at_connect = self.stats.bytes_to_remote
+        self._loss = None
+        self._violation_reason = None
         self._socket_ok = True
         self.remote = RemoteState(line_errors=self.remote.line_errors)  # counts live as long as the port
         settle = self._tls_connected(transport) if self._tls is not None else None
@@ -725,7 +837,8 @@ class Link:
             return None
         return min(max(2 * took, 0.05), 2.0)
 
-    def _loss_reason(self, exc: Exception | None) -> str:
+    def _loss_detail(self, exc: Exception | None) -> str:
+        """Why a connection ended, as the end of a sentence; over TLS, what a handshake failure means."""
         if self._tls is not None and isinstance(exc, ssl.SSLError):
             return ": " + handshake_failure(exc, "server", server_name=self._tls.server_name,
                                             presented_cert=bool(self._tls.options.cert))
@@ -780,9 +893,13 @@ class Link:
     def _new_session(self, *, settling: bool = False) -> Session:
         if self.target.transport is Transport.RFC2217:
             owner = SessionOwner(settings=self._current_settings, lines=lambda: self._lines,
-                                 modem_changed=self._modem_changed, discarded=self._purged)
+                                 modem_changed=self._modem_changed, discarded=self._purged, backlog=self._backlog,
+                                 violation=self._violation)
             return Rfc2217Session(self.remote, self.name, owner)
         return _SettlingSession() if settling else RawSession()
+
+    def _backlog(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def _negotiation_timeout_hit(self) -> None:
         if self._session is not None and self._transport is not None:
@@ -852,7 +969,7 @@ class Link:
 
     def _error(self, message: str) -> None:
         if message != self.stats.last_error:
-            log.warning("%s: %s", self.name, message)
+            _problems.warning((self.name, "error", message), "%s: %s", self.name, message)
         self.stats.last_error = message
 
 
@@ -906,21 +1023,65 @@ def _socket_queue(transport: asyncio.BaseTransport) -> int:
     return int.from_bytes(raw, sys.byteorder)
 
 
-def _tune_socket(transport: asyncio.BaseTransport) -> None:
-    """Low latency for interactive serial traffic, keepalives so a dead peer is noticed, and a fixed
-    send buffer: Linux would grow it to megabytes (tcp_wmem) towards a server that drains at serial
-    speed, and a program's write() would return long before its bytes could reach the UART."""
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a __u64 at this offset (Linux 4.2 and later).
+_TCPI_BYTES_ACKED = 120
+
+
+def _unacknowledged(transport: asyncio.BaseTransport, handed: int) -> int:
+    """Bytes of a connection that just died that the server never acknowledged: the socket's queue
+    (SIOCOUTQ still counts them after the kernel gave up), or, when more, what was handed to the link
+    less what the server acknowledged (tcp_info), which also covers what asyncio had not written yet
+    (it empties its buffer before the protocol hears of the loss).  The second figure counts telnet
+    commands as acknowledged data, so it never overstates."""
+    queued = _socket_queue(transport)
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return queued
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_BYTES_ACKED + 8)
+    except OSError:
+        return queued
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return queued
+    (acked,) = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)
+    return max(queued, handed - acked)
+
+
+def keepalive_times(peer_timeout: float) -> tuple[int, int, int]:
+    """TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT for a peer timeout: the first probe after a third of it
+    of silence, then probes close enough that the last unanswered one lands at the timeout."""
+    if not peer_timeout:
+        return 10, 5, 3  # probes after 10 s of silence, every 5 s, 3 unanswered: within 25 s
+    idle = max(1, int(peer_timeout / 3))
+    interval = max(1, int(peer_timeout / 6))
+    count = max(1, -(-int(peer_timeout - idle) // interval))
+    return idle, interval, count
+
+
+def _tune_socket(transport: asyncio.BaseTransport, peer_timeout: float = PEER_TIMEOUT) -> None:
+    """Low latency for interactive serial traffic, a fixed send buffer (Linux would grow it to megabytes
+    (tcp_wmem) towards a server that drains at serial speed, and a program's write() would return long
+    before its bytes could reach the UART), and a dead peer noticed within ``peer_timeout``:
+
+    * keepalive probes while nothing is waiting to be sent, so a quiet connection whose server has gone
+      silent (a partition, a server that lost power) ends;
+    * TCP_USER_TIMEOUT, so that data that stays unacknowledged that long ends the connection too, where
+      the kernel's own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour.
+      Linux applies it to a closed receive window as well: a server that takes no data for that long
+      (its UART held off by flow control, its buffers full) counts as gone, and the port reconnects."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+    idle, interval, count = keepalive_times(peer_timeout)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(peer_timeout * 1000))
 
 
-__all__ = ["Backoff", "FlowControl", "Link", "LinkListener", "LinkState", "LinkStats", "RemoteState"]
+__all__ = ["PEER_TIMEOUT", "Backoff", "FlowControl", "Link", "LinkListener", "LinkState", "LinkStats", "RemoteState"]

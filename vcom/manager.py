@@ -112,6 +112,7 @@ class Manager:
         handover = self._handover = Handover()
         loop.add_signal_handler(signal.SIGTERM, self._stop_for, "handover" if handover.keeps_ports else "teardown")
         loop.add_signal_handler(signal.SIGINT, self._stop_for, "teardown")
+        fdlimit.quiet_accept_errors(loop)
         before, after = fdlimit.raise_soft_limit()
         if after != before:
             log.info("file descriptor limit raised from %d to %d (about %d ports)", before, after,

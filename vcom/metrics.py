@@ -55,12 +55,21 @@ _PORT_COUNTERS = (
     ("connects", "vcom_port_connects", "Connections established to the remote."),
     ("reconnects", "vcom_port_reconnects", "Connections re-established after a loss."),
     ("hangups", "vcom_port_hangups", "Hang-ups delivered to the program."),
+    ("lost_bytes", "vcom_port_lost_bytes",
+     "Bytes written by the program that never reached the remote: unacknowledged when a connection died, or "
+     "not sent within closing_wait after the program closed."),
+    ("timeouts", "vcom_port_timeouts", "Connections ended because the remote did not answer within peer_timeout."),
+    ("bound_disconnects", "vcom_port_bound_disconnects",
+     "Connections vcom closed because the remote went past a bound (a flood, answers it never read)."),
 )
 _SHARE_COUNTERS = (
-    ("refused_clients", "vcom_share_refused_clients", "Clients refused because the share was full."),
+    ("refused_clients", "vcom_share_refused_clients",
+     "Clients refused: the share was full, the client's address had max_clients_per_address, or the device gone."),
     ("slow_disconnects", "vcom_share_slow_disconnects", "Clients disconnected for not keeping up."),
     ("denied_clients", "vcom_share_denied_clients", "Connections refused because their address is not in --allow."),
     ("tls_failures", "vcom_share_tls_failures", "Connections whose TLS handshake failed or timed out."),
+    ("idle_disconnects", "vcom_share_idle_disconnects", "Clients disconnected after idle_timeout without traffic."),
+    ("lost_bytes", "vcom_share_lost_bytes", "Bytes for clients that were unacknowledged or queued when they left."),
 )
 _SHARE_DEVICE_COUNTERS = (
     # device_stats keys: bytes_in was written to the device, bytes_out was read from it.

@@ -265,6 +265,21 @@ class ProtocolError:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """The peer went past a bound the codec keeps; parsing goes on, the caller decides what follows.
+
+    ``what``: ``"subnegotiation"`` (one that runs past ``endless_subnegotiation`` bytes: a peer that never
+    ends it, whose every byte from there on would be swallowed; one merely longer than
+    ``max_subnegotiation`` is skipped with a :class:`ProtocolError`) or
+    ``"commands"`` (``command_limit`` telnet commands since :meth:`Connection.restart_command_count`:
+    the codec has no clock, so whether that many came too fast is for the caller to judge).
+    """
+
+    what: str
+    message: str
+
+
 PortCommand = (
     Signature
     | SetBaudRate
@@ -280,7 +295,7 @@ PortCommand = (
     | SetModemStateMask
     | PurgeData
 )
-Event = Data | PortCommand | ComPortOption | OptionChange | ProtocolError
+Event = Data | PortCommand | ComPortOption | OptionChange | ProtocolError | LimitExceeded
 
 _COMMAND_OF: dict[type, Command] = {
     Signature: Command.SIGNATURE,
@@ -457,11 +472,18 @@ class _Events:
 class Connection:
     """Telnet and COM-PORT-OPTION state for one end of one connection."""
 
-    def __init__(self, role: Role, *, max_subnegotiation: int = 1024) -> None:
+    def __init__(self, role: Role, *, max_subnegotiation: int = 1024, endless_subnegotiation: int = 65536,
+                 command_limit: int | None = None) -> None:
         if max_subnegotiation < 2:
             raise ValueError("max_subnegotiation must leave room for an option and a command")
+        if command_limit is not None and command_limit < 1:
+            raise ValueError("command_limit must be at least 1")
         self.role = role
         self._max_subnegotiation = max_subnegotiation
+        self._endless_subnegotiation = max(endless_subnegotiation, max_subnegotiation)
+        self._subneg_skipped = 0  # length so far of a subnegotiation that went past the limit
+        self._command_limit = command_limit
+        self._commands = 0  # telnet commands (IAC IAC is data) since restart_command_count()
         self._local: dict[int, _Q] = {}
         self._remote: dict[int, _Q] = {}
         # Options refused once are not refused again: a peer repeating a
@@ -497,6 +519,15 @@ class Connection:
     def option_enabled(self, option: int, *, local: bool) -> bool:
         table = self._local if local else self._remote
         return table.get(option) is _Q.YES
+
+    @property
+    def commands_received(self) -> int:
+        """Telnet commands received since the count last started (IAC IAC, a data byte, is not one)."""
+        return self._commands
+
+    def restart_command_count(self) -> None:
+        """Start counting telnet commands towards ``command_limit`` again (a new interval of the caller's)."""
+        self._commands = 0
 
     # -- sending ----------------------------------------------------------
 
@@ -616,12 +647,18 @@ class Connection:
         """The byte after an IAC in the data stream."""
         if byte == IAC:
             self._take_data(_IAC_BYTE, out)
-        elif byte in (WILL, WONT, DO, DONT):
+            return
+        self._commands += 1
+        if self._commands == self._command_limit:
+            # Once per count: a peer that sends nothing but commands must not cost an event each.
+            out.add(LimitExceeded("commands", f"{self._commands:,} telnet commands"))
+        if byte in (WILL, WONT, DO, DONT):
             self._verb = byte
             self._parse = _Parse.NEGOTIATE
         elif byte == SB:
             self._subneg.clear()
             self._subneg_overflow = False
+            self._subneg_skipped = 0
             self._parse = _Parse.SB
         elif byte == SE:
             out.add(ProtocolError("IAC SE outside a subnegotiation"))
@@ -645,15 +682,24 @@ class Connection:
     # -- subnegotiation ---------------------------------------------------
 
     def _take_subneg(self, chunk: bytes, out: _Events) -> None:
-        if self._subneg_overflow or not chunk:
+        if not chunk:
             return
-        self._subneg += chunk
-        if len(self._subneg) > self._max_subnegotiation:
+        before = self._subneg_skipped
+        if self._subneg_overflow:
+            self._subneg_skipped += len(chunk)
+        else:
+            self._subneg += chunk
+            if len(self._subneg) <= self._max_subnegotiation:
+                return
             # Keep parsing to IAC SE so the stream stays in step, but do not
             # buffer what a broken or hostile peer keeps sending.
             self._subneg_overflow = True
+            self._subneg_skipped = len(self._subneg)
             self._subneg.clear()
             out.add(ProtocolError(f"subnegotiation longer than {self._max_subnegotiation} bytes skipped"))
+        if before <= self._endless_subnegotiation < self._subneg_skipped:
+            out.add(LimitExceeded("subnegotiation",
+                                  f"subnegotiation longer than {self._endless_subnegotiation:,} bytes"))
 
     def _subneg_iac(self, byte: int, out: _Events) -> None:
         if byte == IAC:  # RFC 855: IAC IAC inside SB is one 255

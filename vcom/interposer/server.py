@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..ratelog import RateLog
 from ..termio import TERMIOS2_SIZE, TERMIOS_SIZE, Termios2
 from . import protocol
 from .protocol import ProtocolError, Request
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ..port import Port
 
 log = logging.getLogger(__name__)
+_problems = RateLog(log)
 
 _HEADER_TIMEOUT = 5.0
 _IDLE_TIMEOUT = 300.0  # a connection with no request for this long is closed (miwait requests do not count)
@@ -77,6 +79,8 @@ class InterposerServer:
         self._per_user[uid] += 1
         try:
             if self._per_user[uid] > MAX_CONNECTIONS_PER_USER:
+                _problems.warning(("full", uid), "interposer socket: uid %d already has %d connections; refused "
+                                  "another (pid %d)", uid, MAX_CONNECTIONS_PER_USER, pid)
                 return
             header = protocol.parse_header(await asyncio.wait_for(reader.readline(), _HEADER_TIMEOUT))
             while True:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 SPLIT_BUFFER = 64 * 1024
 # How often the on-open linger looks again while the program's last bytes are still on their way.
 _LINGER_RECHECK = 0.5
+# Bits per byte on the line (start, 8 data, stop): a closed port takes at most baud / 10 bytes a second.
+_BITS_PER_BYTE = 10
 
 
 class LinkGroup:
@@ -32,11 +34,14 @@ class LinkGroup:
 
     def __init__(self, config: PortConfig) -> None:
         self.config = config  # the first port's: target, connect policy, linger, back-off
-        self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max))
+        self.link = Link(config.parsed_target, self, name=config.device, backoff=Backoff(maximum=config.retry_max),
+                         peer_timeout=config.peer_timeout)
         self.members: list[Port] = []
         self._opened_order: list[Port] = []
         self._modem = Signals()
         self._linger: asyncio.TimerHandle | None = None
+        self._pace: asyncio.TimerHandle | None = None  # while nobody has a port open: reading waits for it
+        self._paced_upto = 0  # link.stats.bytes_from_remote already paid for while nobody had a port open
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -52,6 +57,7 @@ class LinkGroup:
             self._opened_order.remove(port)
         if not self.members:
             self._cancel_linger()
+            self._cancel_pace()
             await self.link.stop()
         else:
             self._member_changed()
@@ -118,11 +124,44 @@ class LinkGroup:
         self._update_pause()
 
     def _update_pause(self) -> None:
+        if not self.members:
+            return
         accepting = [m for m in self.members if m.is_open]
-        if accepting and all(m.blocked for m in accepting):
+        if not accepting:
+            self._pace_closed()
+            return
+        self._cancel_pace()
+        self._paced_upto = self.link.stats.bytes_from_remote
+        if all(m.blocked for m in accepting):
             self.link.pause_reading()
         else:
             self.link.resume_reading()
+
+    def _pace_closed(self) -> None:
+        """Nobody has a port of the group open, so what arrives is dropped (Port.deliver), as a UART drops
+        it.  A UART cannot receive faster than its line rate, and neither does a closed port: after each
+        read the link stops reading for as long as the line would have taken to bring those bytes, so a
+        fast server costs a closed port no more than a real line would."""
+        if self._pace is not None:
+            self.link.pause_reading()
+            return
+        arrived = self.link.stats.bytes_from_remote - self._paced_upto
+        self._paced_upto = self.link.stats.bytes_from_remote
+        if arrived <= 0:
+            self.link.resume_reading()
+            return
+        rate = max(self._fallback_source().effective_settings.baud, 1) / _BITS_PER_BYTE
+        self.link.pause_reading()
+        self._pace = self._loop.call_later(arrived / rate, self._paced)
+
+    def _paced(self) -> None:
+        self._pace = None
+        self._update_pause()
+
+    def _cancel_pace(self) -> None:
+        if self._pace is not None:
+            self._pace.cancel()
+            self._pace = None
 
     def _arm_linger(self, delay: float) -> None:
         self._cancel_linger()

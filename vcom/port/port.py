@@ -162,12 +162,15 @@ class Port:
             "hangup_on_dcd": self.config.hangup_on_dcd,
             "hangups": self.hangups,
             "dropped_bytes": self.dropped_bytes,
-            "lost_bytes": self.lost_bytes,
+            "lost_at_close": self.lost_bytes,
         }
         if len(self.group.members) > 1 or self.config.split_of:
             out["split_group"] = [m.name for m in self.group.members]
             out["settings_from"] = source.name if source else None
         out.update(self.link.status())
+        # Lost either way: written before a close and not sent within CLOSING_WAIT, or unacknowledged
+        # when the connection died (the link's lost_at_disconnect).
+        out["lost_bytes"] = self.lost_bytes + self.link.stats.lost_bytes
         return out
 
     def _interposed(self) -> list[str]:

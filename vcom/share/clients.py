@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import socket
+import sys
+import termios
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +87,9 @@ class Client:
     def __init__(self, share: Share) -> None:
         self.share = share
         self.peer = "?"
+        self.address = "?"  # the peer's host, for the per-address limit
+        self.last_active = time.monotonic()  # last byte from the client, or handed to its socket
+        self.lost = 0  # device data it never acknowledged when it left (its queue, its socket's)
         self.bytes_in = 0  # from the client, taken by the device
         self.bytes_out = 0  # device data handed to the client's socket
         self.dropped = 0  # device data discarded by the slow-client policy
@@ -149,11 +157,14 @@ class StreamClient(Client, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.peer = format_peer(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        self.peer = format_peer(peername)
+        self.address = str(peername[0]) if isinstance(peername, tuple) and peername else self.peer
         transport.set_write_buffer_limits(high=limits.TRANSPORT_HIGH_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.SOCKET_SEND_BUFFER)
+            _keepalive(sock)
         if not self.share._admit(self):
             self.closed = True
             transport.close()
@@ -164,6 +175,7 @@ class StreamClient(Client, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_active = time.monotonic()
         if self.codec is None:
             self.share._client_events(self, [Data(data)])
             return
@@ -172,6 +184,9 @@ class StreamClient(Client, asyncio.Protocol):
         self.share._client_events(self, events)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed and self.transport is not None:
+            # Its socket is still open here: what it holds unacknowledged is lost with the client.
+            self.lost = self.outbox.size + _socket_queue(self.transport)
         self.closed = True
         self.share._client_left(self)
 
@@ -220,6 +235,7 @@ class StreamClient(Client, asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         self.closed = True
+        self.lost = self.outbox.size + self.transport.get_write_buffer_size() + _socket_queue(self.transport)
         # A client that does not read would hold a graceful close open forever.
         if self.transport.get_write_buffer_size():
             self.transport.abort()
@@ -235,6 +251,7 @@ class StreamClient(Client, asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(self.codec.send_data(data) if self.codec is not None else data)
         self.bytes_out += len(data)
+        self.last_active = time.monotonic()
 
     def _write_control(self, wire: bytes) -> None:
         if not wire or self.transport is None or self.closed:
@@ -245,3 +262,26 @@ class StreamClient(Client, asyncio.Protocol):
             self.transport.abort()
             return
         self.transport.write(wire)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """A client that vanished without a word (power cut, cable pulled, a NAT that forgot it) would hold
+    its place for ever: keepalive probes find it (limits.KEEPALIVE: within about 25 s of silence)."""
+    idle, interval, count = limits.KEEPALIVE
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+def _socket_queue(transport: asyncio.BaseTransport) -> int:
+    """Bytes the socket holds that the client has not acknowledged (SIOCOUTQ)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder)

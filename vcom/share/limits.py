@@ -24,3 +24,5 @@ TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its TLS hand
 # one is closed at once, so that silent connections cannot pile up.
 TLS_PENDING_HANDSHAKES = 64
 REFUSAL_LOG_INTERVAL = 60.0  # seconds before the same refusal of the same peer is logged again
+# Keepalive on client sockets (idle, interval, count): a client that vanished is found within 25 s.
+KEEPALIVE = (10, 5, 3)

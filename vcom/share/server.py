@@ -7,13 +7,15 @@ import logging
 import os
 import socket
 import ssl
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..access import AllowList, is_loopback
 from ..config import ConfigError, ShareConfig, ShareError
 from ..device import Device, DeviceError
+from ..ratelog import RateLog
 from ..rfc2217 import (
     Data,
     Event,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from ..tls import ServerSide
 
 log = logging.getLogger(__name__)
+_problems = RateLog(log)  # refusals: one line per share, reason and address a minute, with a count
 
 
 class Share(Rfc2217Commands, UdpClientTable):
@@ -62,6 +65,10 @@ class Share(Rfc2217Commands, UdpClientTable):
         self._break = False
         self._modem = ModemState(0)  # input lines last reported, for delta bits
         self._refused = 0
+        self._refusals: Counter[str] = Counter()  # by reason: "full", "per_address", "device"
+        self._idle_disconnects = 0
+        self._lost_bytes = 0  # device data clients that left never acknowledged
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._slow_disconnects = 0
         self._closing = False
         self._reopen_timer: asyncio.TimerHandle | None = None
@@ -117,7 +124,7 @@ class Share(Rfc2217Commands, UdpClientTable):
         if self._closing:
             return
         self._closing = True
-        for timer in (self._reopen_timer, self._expiry_timer):
+        for timer in (self._reopen_timer, self._expiry_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
         if self._tls is not None:
@@ -176,7 +183,10 @@ class Share(Rfc2217Commands, UdpClientTable):
             "device_full": self._device_blocked,  # the device takes no more: clients are not read
             "clients": [client.status() for client in self._clients],
             "refused_clients": self._refused,
+            "refusals": dict(self._refusals),
             "slow_disconnects": self._slow_disconnects,
+            "idle_disconnects": self._idle_disconnects,
+            "lost_bytes": self._lost_bytes,
             "slow_client": self.config.slow_client,
             "client_buffer": self.config.client_buffer,
             "control": self.config.control,
@@ -187,6 +197,8 @@ class Share(Rfc2217Commands, UdpClientTable):
             "tls_failures": self._tls_failures,
             "last_refusal": self._last_refusal,
             "warnings": list(self.warnings),
+            "max_clients_per_address": self.config.max_clients_per_address,
+            "idle_timeout": self.config.idle_timeout,
         }
 
     # -- Access and TLS ----------------------------------------------------------
@@ -374,26 +386,59 @@ class Share(Rfc2217Commands, UdpClientTable):
 
     def _admit(self, client: Client) -> bool:
         if self._closing or self._device_state != "open":
-            self._refused += 1
-            log.info("share %s: refused %s: device %s", self.name, client.peer, self._device_state)
-            return False
+            return self._refuse(client, "device", f"device {self._device_state}")
         if len(self._clients) >= self.config.max_clients:
-            self._refused += 1
-            log.info("share %s: refused %s: %d clients already", self.name, client.peer, len(self._clients))
-            return False
+            return self._refuse(client, "full", f"{len(self._clients)} clients already (--max-clients)")
+        if isinstance(client, StreamClient):
+            same = sum(1 for c in self._clients if c.address == client.address)
+            if same >= self.config.max_clients_per_address:
+                return self._refuse(client, "per_address", f"{same} clients from {client.address} already "
+                                    "(--max-clients-per-address)")
         self._clients.append(client)
         log.info("share %s: client %s connected", self.name, client.peer)
         if len(self._clients) == 1:
             self._first_client()
         if self._device_blocked:
             client.pause_input()
+        self._arm_idle_check()
         return True
+
+    def _refuse(self, client: Client, reason: str, why: str) -> bool:
+        """Count a refused client and say why, once a minute per reason and address however many come."""
+        self._refused += 1
+        self._refusals[reason] += 1
+        _problems.warning((self.name, reason, client.address), "share %s: refused %s: %s", self.name,
+                          client.peer, why)
+        return False
+
+    def _arm_idle_check(self) -> None:
+        timeout = self.config.idle_timeout
+        if timeout and self._idle_timer is None and self._clients and self._loop is not None:
+            self._idle_timer = self._loop.call_later(max(timeout / 4, 0.05), self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close clients that neither sent nor took a byte for idle_timeout: a client that holds a place and
+        does nothing (a forgotten session, a scanner) must not keep others out."""
+        self._idle_timer = None
+        now = time.monotonic()
+        for client in list(self._clients):
+            if isinstance(client, StreamClient) and now - client.last_active >= self.config.idle_timeout:
+                self._idle_disconnects += 1
+                _problems.info((self.name, "idle", client.address), "share %s: client %s idle for %g s; "
+                               "closing it", self.name, client.peer, self.config.idle_timeout)
+                client.close()
+                self._client_left(client)
+        self._arm_idle_check()
 
     def _client_left(self, client: Client) -> None:
         if client not in self._clients:
             return
         self._clients.remove(client)
         log.info("share %s: client %s left", self.name, client.peer)
+        if client.lost:
+            self._lost_bytes += client.lost
+            _problems.warning((self.name, "lost", client.address), "share %s: client %s left with %d byte(s) of "
+                              "device data it never acknowledged", self.name, client.peer, client.lost)
         # What it sent still goes to the device, in order; its commands are moot.
         pending = deque(event for event in client.inbox if isinstance(event, Data))
         client.inbox = pending

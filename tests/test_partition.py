@@ -1,0 +1,145 @@
+"""A silent network partition: noticed within the peer timeout, counted, and healed soon after.
+
+The manager and an echo server run in a network namespace this test makes; nft drops every packet of
+their connection both ways, as a dead switch or a pulled cable would (no RST, no ICMP, nothing).  The
+program keeps writing, so data is in flight when the network goes.  The test waits for the events (the
+port leaving ``connected`` with a peer-timeout error; data flowing again once the rules are gone) and
+prints how long each took (``pytest -s``): the figures for the README, not assertions on time.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import Socat, Vcom, wait_until
+
+from vcom import control
+
+
+def _missing() -> str | None:
+    for tool in ("unshare", "nsenter", "ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    probe = subprocess.run(["unshare", "--net", "sh", "-c", "ip link set lo up && nft list tables"],
+                           capture_output=True, text=True, timeout=30)
+    return None if probe.returncode == 0 else f"cannot use nft in a network namespace: {probe.stderr.strip()}"
+
+
+class Namespace:
+    """``vcom run`` in a network namespace of its own; ``inside()`` runs a command in that namespace."""
+
+    def __init__(self, vcom: Vcom) -> None:
+        self.log = vcom.home / "namespaced.log"
+        script = f'set -e; ip link set lo up; exec "{sys.executable}" -m vcom run --no-keeper'
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["unshare", "--net", "sh", "-c", script], env=vcom.env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_until(lambda: self.proc.poll() is not None or control.manager_running(vcom.home / "vcom.sock"), 15,
+                   "the manager in its namespace")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def prefix(self) -> list[str]:
+        return ["nsenter", "--target", str(self.proc.pid), "--net", "--"]
+
+    def inside(self, *command: str) -> None:
+        subprocess.run([*self.prefix(), *command], check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class NamespacedEcho(Socat):
+    def __init__(self, workdir: Path, namespace: Namespace) -> None:
+        super().__init__(workdir, "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE")
+        self.namespace = namespace
+
+    def command(self) -> list[str]:
+        return [*self.namespace.prefix(), *super().command()]
+
+
+@pytest.fixture
+def namespace(vcom: Vcom) -> Iterator[Namespace]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    space = Namespace(vcom)
+    try:
+        yield space
+    finally:
+        space.stop()
+
+
+def _pump(fd: int, until: float) -> int:
+    """Write and read back through the port until ``until``; bytes written."""
+    written = 0
+    while time.monotonic() < until:
+        readable, writable, _ = select.select([fd], [fd], [], 0.05)
+        if readable:
+            os.read(fd, 65536)
+        if writable:
+            try:
+                written += os.write(fd, b"p" * 1024)
+            except BlockingIOError:
+                pass
+        time.sleep(0.01)
+    return written
+
+
+def test_a_silent_partition_is_noticed_and_healed(vcom: Vcom, namespace: Namespace, start_peer, open_port,
+                                                   tmp_path: Path):
+    echo = start_peer(NamespacedEcho(tmp_path / "echo", namespace))
+    device = tmp_path / "ttyV0"
+    vcom.add(device, f"tcp://127.0.0.1:{echo.port}", "--connect", "always")
+    fd = open_port(device)
+    vcom.wait_status(device, lambda s: s["state"] == "connected", what="connected")
+    _pump(fd, time.monotonic() + 1)  # traffic flowing both ways
+    assert vcom.status(device)["bytes_from_remote"] > 0
+
+    rules = tmp_path / "partition.nft"
+    rules.write_text(f"table inet partition {{\n  chain input {{\n    type filter hook input priority 0;\n"
+                     f"    tcp dport {echo.port} drop\n    tcp sport {echo.port} drop\n  }}\n}}\n")
+    namespace.inside("nft", "-f", str(rules))
+    dropped_at = time.monotonic()
+    _pump(fd, dropped_at + 2)  # the program goes on writing: data is left unacknowledged in flight
+    status = vcom.wait_status(device, lambda s: s["state"] != "connected", timeout=60,
+                              what="the partition noticed")
+    noticed = time.monotonic() - dropped_at
+    assert status["timeouts"] == 1, status
+    assert "no answer from the server within 15 s (peer timeout)" in status["last_error"], status
+    assert status["lost_at_disconnect"] > 0 and status["lost_bytes"] >= status["lost_at_disconnect"], status
+
+    # VCOM_PARTITION_SECONDS: keep the network down that long in all (connect attempts meanwhile time out) to
+    # measure recovery after a longer outage; by default it heals as soon as the loss is noticed.
+    time.sleep(max(0.0, float(os.environ.get("VCOM_PARTITION_SECONDS", "0")) - (time.monotonic() - dropped_at)))
+    namespace.inside("nft", "delete table inet partition")
+    healed_at = time.monotonic()
+    connects = status["connects"]
+    vcom.wait_status(device, lambda s: s["connects"] > connects and s["state"] == "connected", timeout=60,
+                     what="connected again after the network healed")
+    reconnected = time.monotonic() - healed_at
+    while select.select([fd], [], [], 0.2)[0]:  # what was written meanwhile, echoed
+        os.read(fd, 65536)
+    os.write(fd, b"after the partition")
+    got = b""
+    deadline = time.monotonic() + 30
+    while b"after the partition" not in got and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            got += os.read(fd, 65536)
+    assert b"after the partition" in got
+    flowing = time.monotonic() - healed_at
+    print(f"\npartition noticed after {noticed:.1f} s; connected again {reconnected:.1f} s and data flowing "
+          f"{flowing:.1f} s after the network healed; {status['lost_at_disconnect']} bytes counted as lost")
