@@ -15,7 +15,7 @@ from ..config import PortConfig
 from ..interposer.server import holds_open
 from ..interposer.view import ModemCounter, ProgramView
 from ..link import Lines
-from ..pty import Ownership, PtyRead, VirtualPty
+from ..pty import READ_SIZE, Ownership, PtyRead, VirtualPty
 from ..settings import LineSettings
 from ..tap import Taps
 from ..termio import Termios2
@@ -23,9 +23,9 @@ from .group import SPLIT_BUFFER, LinkGroup
 
 log = logging.getLogger(__name__)
 
-# Reads per wake-up: one busy port must not starve the others on the shared loop.
-_READS_PER_WAKEUP = 16
-_READ_SIZE = 65536
+# What one wake-up reads from a pty at most (16 full reads): one busy port must not starve the others on the
+# shared loop.  What it reads leaves in one send, not one per 4 KiB read.
+_READ_BUDGET = 16 * (READ_SIZE - 1)
 # How long a closed program's last bytes may wait for the remote (the serial driver's default
 # closing_wait); after that they are dropped and counted, as a UART's close gives up.
 CLOSING_WAIT = 30.0
@@ -85,6 +85,7 @@ class Port:
         self._writable_waiters: list[asyncio.Future[None]] = []  # interposed calls waiting to send what came before
         self._to_pty = bytearray()  # network data the pty could not take yet
         self._writing = False
+        self._settings_for = -1  # the link's connection count when the settings were last refreshed for it
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -219,6 +220,11 @@ class Port:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         self._set_writing(False)
+        # What was written for the program and not read (a UART's close loses it too): the kernel would keep
+        # it for the next program.  This also catches what arrived between the close and this event, which
+        # is cheaper than asking the kernel whether the slave is open before every write.
+        with contextlib.suppress(OSError):
+            self.pty.discard_output()
         if self._live and not self.pty.has_pending():
             self._live = False  # nothing left in the pty
         self._maybe_finish()
@@ -246,7 +252,7 @@ class Port:
         lost = 0
         for _ in range(_DRAIN_READS):
             try:
-                chunk = self.pty.read(_READ_SIZE)
+                chunk = self.pty.read()
             except OSError:
                 break
             if chunk is None or chunk.closed:
@@ -267,23 +273,32 @@ class Port:
 
     def _on_readable(self) -> None:
         self._read_some()
-        self._update_io()
+        if not (self._live and self.link.writable):
+            self._set_reading(False)
 
     def _read_some(self) -> int:
-        """Read and pass on what the pty holds, a bounded number of times; how many data bytes came."""
+        """Read and pass on what the pty holds, within one wake-up's budget; how many data bytes came.
+
+        The data read before a status byte is sent before the status byte is acted on: settings changes
+        keep their place between the bytes."""
         got = 0
-        for _ in range(_READS_PER_WAKEUP):
-            if not self.link.writable or not self._live:
-                break
+        budget = _READ_BUDGET
+        link = self.link
+        while budget > 0 and self._live and link.writable:
             try:
-                chunk = self.pty.read(_READ_SIZE)
+                data, event = self.pty.read_data(budget)
             except OSError as exc:
                 log.error("%s: reading the pty failed: %s", self.name, exc)
                 break
-            if chunk is None:
-                break
-            self._handle(chunk)
-            got += len(chunk.data)
+            if data:
+                link.send(data)
+                if self.taps:
+                    self.taps.emit("data", dir="out", data=data.hex())
+                got += len(data)
+            if event is None:
+                break  # nothing more queued, or the budget is spent
+            self._handle(event)
+            budget -= len(data) + READ_SIZE  # a status byte costs a read
         return got
 
     def _handle(self, chunk: PtyRead) -> None:
@@ -506,29 +521,40 @@ class Port:
         """Network data for the program; ``bounded``: a split member drops its oldest beyond SPLIT_BUFFER."""
         if self.taps:
             self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._session or self._closing)
-        if not self._session or self._closing or not self.pty.slave_is_open():
+        if not self._session or self._closing:
             # A real UART drops what arrives while nobody has the port open.
             self.dropped_bytes += len(data)
             return
-        if not self._to_pty:
-            data = data[self._write_pty(data):]
-        self._to_pty += data
+        if self._to_pty:
+            self._to_pty += data
+        else:
+            try:
+                taken = self.pty.write(data)
+            except OSError as exc:
+                log.error("%s: writing to the pty failed: %s", self.name, exc)
+                taken = 0
+            if taken == len(data):
+                return
+            self._to_pty += memoryview(data)[taken:]
+            self._set_writing(True)
         if bounded and len(self._to_pty) > SPLIT_BUFFER:
             excess = len(self._to_pty) - SPLIT_BUFFER
             del self._to_pty[:excess]
             self.dropped_bytes += excess
-        self._set_writing(bool(self._to_pty))
 
     def link_writable(self, writable: bool) -> None:
         if writable:
-            self._refresh_settings()
+            if self._settings_for != self.link.stats.connects:
+                # A new connection: the settings as they are now (not on every end of back-pressure).
+                self._settings_for = self.link.stats.connects
+                self._refresh_settings()
             for waiter in self._writable_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
         self._update_io()
 
     def _on_pty_writable(self) -> None:
-        if self._closing or not self.pty.slave_is_open():
+        if self._closing:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         else:
