@@ -118,8 +118,17 @@ class LinkGroup:
         self._update_pause()
 
     def _update_pause(self) -> None:
-        accepting = [m for m in self.members if m.is_open]
-        if accepting and all(m.blocked for m in accepting):
+        """Hold the link back while no open member can take data, or while one whose program reads has
+        fallen SPLIT_BUFFER behind (a stalled one is not waited for)."""
+        members = self.members
+        if len(members) == 1:
+            if members[0].is_open and members[0].blocked:
+                self.link.pause_reading()
+            else:
+                self.link.resume_reading()
+            return
+        accepting = [m for m in members if m.is_open]
+        if accepting and (all(m.blocked for m in accepting) or any(m.holding_back for m in accepting)):
             self.link.pause_reading()
         else:
             self.link.resume_reading()
@@ -146,8 +155,10 @@ class LinkGroup:
     # -- LinkListener
 
     def link_data(self, data: bytes) -> None:
-        for member in self.members:
-            member.deliver(data, bounded=len(self.members) > 1)
+        members = self.members
+        bounded = len(members) > 1
+        for member in members:
+            member.deliver(data, bounded=bounded)
         self._update_pause()
 
     def link_writable(self, writable: bool) -> None:

@@ -29,6 +29,9 @@ _READ_BUDGET = 16 * (READ_SIZE - 1)
 # How long a closed program's last bytes may wait for the remote (the serial driver's default
 # closing_wait); after that they are dropped and counted, as a UART's close gives up.
 CLOSING_WAIT = 30.0
+# How long a split member's program may take nothing while its group waits for it; then it is stalled, and
+# loses its oldest data beyond SPLIT_BUFFER instead of holding the others back.
+STALL_TIME = 1.0
 # Reads of a closed slave's leftovers when they are dropped (bounded: nobody can write more).
 _DRAIN_READS = 64
 # The most an interposed change waits to send before it takes effect: far more than a pty holds (the
@@ -85,6 +88,11 @@ class Port:
         self._writable_waiters: list[asyncio.Future[None]] = []  # interposed calls waiting to send what came before
         self._to_pty = bytearray()  # network data the pty could not take yet
         self._writing = False
+        # Split groups: a member whose program took nothing for STALL_TIME while it held the others back
+        # is stalled; only then may it lose its oldest data.  _took: its pty took bytes since the last look.
+        self._stalled = False
+        self._took = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._settings_for = -1  # the link's connection count when the settings were last refreshed for it
         self._loop = asyncio.get_running_loop()
 
@@ -101,6 +109,11 @@ class Port:
     def blocked(self) -> bool:
         """The pty is full: this port cannot take network data now."""
         return bool(self._to_pty)
+
+    @property
+    def holding_back(self) -> bool:
+        """A split member whose program reads but has fallen SPLIT_BUFFER behind: the link waits for it."""
+        return not self._stalled and len(self._to_pty) >= SPLIT_BUFFER
 
     @property
     def holding(self) -> bool:
@@ -135,6 +148,7 @@ class Port:
         for the next manager, kept alive by the keeper or systemd's store."""
         self._cancel_break()
         self._cancel_closing_timer()
+        self._cancel_stall()
         self.modem_counter.cancel_all(OSError(errno.EIO, "the port was removed"))
         self._set_reading(False)
         self._set_writing(False)
@@ -219,6 +233,7 @@ class Port:
         if self._to_pty:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
+        self._cancel_stall()
         self._set_writing(False)
         # What was written for the program and not read (a UART's close loses it too): the kernel would keep
         # it for the next program.  This also catches what arrived between the close and this event, which
@@ -372,6 +387,7 @@ class Port:
         # what we still hold for the program go too.  TCOFLUSH discards what it wrote and we have not sent.
         if receive and self._to_pty:
             self._to_pty.clear()
+            self._cancel_stall()
             self._set_writing(False)
             self.group.member_drained()
         self.link.purge(receive=receive, transmit=transmit)
@@ -496,6 +512,7 @@ class Port:
         self._set_reading(False)
         self._set_writing(False)
         self._to_pty.clear()
+        self._cancel_stall()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
@@ -518,7 +535,8 @@ class Port:
     # -- the network's side
 
     def deliver(self, data: bytes, *, bounded: bool) -> None:
-        """Network data for the program; ``bounded``: a split member drops its oldest beyond SPLIT_BUFFER."""
+        """Network data for the program.  ``bounded``: a split member; one that has stalled keeps at most
+        SPLIT_BUFFER and drops its oldest, one that reads loses nothing (the group waits for it)."""
         if self.taps:
             self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._session or self._closing)
         if not self._session or self._closing:
@@ -537,10 +555,34 @@ class Port:
                 return
             self._to_pty += memoryview(data)[taken:]
             self._set_writing(True)
-        if bounded and len(self._to_pty) > SPLIT_BUFFER:
+        if not bounded:
+            return
+        if self._stalled and len(self._to_pty) > SPLIT_BUFFER:
             excess = len(self._to_pty) - SPLIT_BUFFER
             del self._to_pty[:excess]
             self.dropped_bytes += excess
+        elif not self._stalled and len(self._to_pty) >= SPLIT_BUFFER and self._stall_timer is None:
+            self._took = False
+            self._stall_timer = self._loop.call_later(STALL_TIME, self._stall_check)
+
+    def _stall_check(self) -> None:
+        """This member has been holding its group back: stalled if its program took nothing meanwhile."""
+        self._stall_timer = None
+        if not self.holding_back:
+            return
+        if self._took:
+            self._took = False
+            self._stall_timer = self._loop.call_later(STALL_TIME, self._stall_check)
+            return
+        self._stalled = True
+        log.info("%s: the program stopped reading; the other ports of the group go on without it", self.name)
+        self.group.member_drained()
+
+    def _cancel_stall(self) -> None:
+        self._stalled = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def link_writable(self, writable: bool) -> None:
         if writable:
@@ -554,13 +596,21 @@ class Port:
         self._update_io()
 
     def _on_pty_writable(self) -> None:
+        held_back = self.holding_back
         if self._closing:
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         else:
-            del self._to_pty[:self._write_pty(self._to_pty)]
+            taken = self._write_pty(self._to_pty)
+            if taken:
+                del self._to_pty[:taken]
+                self._took = True
+                self._stalled = False  # its program reads again: from now on it loses nothing
         if not self._to_pty:
             self._set_writing(False)
+            self._cancel_stall()
+            self.group.member_drained()
+        elif held_back and not self.holding_back:
             self.group.member_drained()
 
     def _write_pty(self, data: bytes | bytearray) -> int:
