@@ -686,25 +686,24 @@ class Link:
             return
         decoding = time.perf_counter()
         payload, reply = session.receive(data)
+        decoded = time.perf_counter()
         if reply:
             self._write(reply)
-        self._account(len(data), decoding, read_started)
-        if type(session) is not RawSession:  # raw data never changes negotiation or suspension
-            self._after_input()
         if payload:
             self.stats.bytes_from_remote += len(payload)
-            self._listener.link_data(payload)
+            self._listener.link_data(payload)  # first: the rest is bookkeeping a round trip need not wait for
+        if type(session) is not RawSession:  # raw data never changes negotiation or suspension
+            self._after_input()
+        self._account(len(data), decoded - decoding, read_started)
 
-    def _account(self, size: int, decoding: float, read_started: float | None) -> None:
-        """Charge a read to this link's share of the loop, and size the next read.
+    def _account(self, size: int, cost: float, read_started: float | None) -> None:
+        """Charge a read to this link's share of the loop, and size the next read by what decoding cost.
 
-        The decoding is always charged; the read itself only when it filled the buffer (the server has
-        more waiting: the link could take the whole loop).  A port's round trips, one short read each, and
-        a healthy stream, 64 KiB reads of plain data, stay far below their share; a server that floods
-        commands reaches it and waits.  What a read delivers is not charged: the ports' back-pressure
-        bounds it."""
+        A read that filled the buffer (the server has more waiting: the link could take the whole loop) is
+        charged whole, from the read to the delivery; any other read only its decoding.  A port's round
+        trips (short reads) and a healthy stream (64 KiB reads of plain data, a few hundred a second) stay
+        far below their share; a server that floods commands reaches it and waits."""
         now = time.perf_counter()
-        cost = now - decoding
         view = self._receive_view
         full = size >= len(view)
         if cost > RECEIVE_SLICE:
@@ -714,7 +713,7 @@ class Link:
         elif full and len(view) < RECEIVE_MAX and cost < RECEIVE_SLICE / 2:
             self._receive_view = _RECEIVE_BUFFER[:len(view) * 2]
         if full and read_started is not None:
-            cost = now - read_started
+            cost = now - read_started  # the read, the decoding and the delivery
         credit = self._receive_credit + (now - self._receive_at) * RECEIVE_SHARE
         self._receive_credit = (RECEIVE_BURST if credit > RECEIVE_BURST else credit) - cost
         self._receive_at = now
