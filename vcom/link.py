@@ -694,16 +694,18 @@ class Link:
             self._listener.link_data(payload)  # first: the rest is bookkeeping a round trip need not wait for
         if type(session) is not RawSession:  # raw data never changes negotiation or suspension
             self._after_input()
-        self._account(len(data), decoded - decoding, read_started)
+        self._account(len(data), decoding, decoded, read_started)
 
-    def _account(self, size: int, cost: float, read_started: float | None) -> None:
+    def _account(self, size: int, decoding: float, decoded: float, read_started: float | None) -> None:
         """Charge a read to this link's share of the loop, and size the next read by what decoding cost.
 
         A read that filled the buffer (the server has more waiting: the link could take the whole loop) is
-        charged whole, from the read to the delivery; any other read only its decoding.  A port's round
-        trips (short reads) and a healthy stream (64 KiB reads of plain data, a few hundred a second) stay
-        far below their share; a server that floods commands reaches it and waits."""
+        charged its read and its decoding, any other read its decoding.  What a read delivers is not
+        charged: the ports' back-pressure bounds it.  A port's round trips (short reads) and a healthy
+        stream (64 KiB reads of plain data, a few hundred a second) stay far below their share; a server
+        that floods commands reaches it and waits."""
         now = time.perf_counter()
+        cost = decoded - decoding
         view = self._receive_view
         full = size >= len(view)
         if cost > RECEIVE_SLICE:
@@ -713,7 +715,7 @@ class Link:
         elif full and len(view) < RECEIVE_MAX and cost < RECEIVE_SLICE / 2:
             self._receive_view = _RECEIVE_BUFFER[:len(view) * 2]
         if full and read_started is not None:
-            cost = now - read_started  # the read, the decoding and the delivery
+            cost = decoded - read_started
         credit = self._receive_credit + (now - self._receive_at) * RECEIVE_SHARE
         self._receive_credit = (RECEIVE_BURST if credit > RECEIVE_BURST else credit) - cost
         self._receive_at = now
