@@ -69,7 +69,7 @@ install-system: install-app install-units install-rules install-group
 # they are dropped, and the byte code is compiled with the final paths in it.
 install-app:
 	rm -rf $(DESTDIR)$(LIB)
-	tmp=$$(mktemp -d) && mkdir "$$tmp/src" && cp -r pyproject.toml README.md vcom "$$tmp/src"/ && \
+	tmp=$$(mktemp -d) && mkdir "$$tmp/src" && cp -r pyproject.toml setup.py README.md vcom "$$tmp/src"/ && \
 	  $(PYTHON) -m venv "$$tmp/venv" && \
 	  "$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
 	    --no-warn-script-location --target $(DESTDIR)$(LIB) "$$tmp/src"; \
