@@ -72,6 +72,9 @@ RECEIVE_MIN = 64
 RECEIVE_SLICE = 50e-6
 RECEIVE_SHARE = 0.1
 RECEIVE_BURST = 5e-3
+# A short read that decoded in less is not charged (nor is the reckoning itself spent on it): a port's round
+# trips and a slow stream, read by read.  A command flood in short reads costs more per read.
+_UNCHARGED = 2e-6
 
 
 class LinkState(enum.Enum):
@@ -496,9 +499,13 @@ class Link:
 
     def send(self, data: bytes) -> None:
         session = self._session
-        if self._transport is None or session is None:
+        transport = self._transport
+        if transport is None or session is None:
             raise RuntimeError("send() while not connected")
-        self._write(session.encode(data))
+        if self._datagrams:
+            self._write(session.encode(data))
+        else:
+            transport.write(session.encode(data))
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -694,7 +701,8 @@ class Link:
             self._listener.link_data(payload)  # first: the rest is bookkeeping a round trip need not wait for
         if type(session) is not RawSession:  # raw data never changes negotiation or suspension
             self._after_input()
-        self._account(len(data), decoding, decoded, read_started)
+        if decoded - decoding > _UNCHARGED or len(data) >= len(self._receive_view):
+            self._account(len(data), decoding, decoded, read_started)
 
     def _account(self, size: int, decoding: float, decoded: float, read_started: float | None) -> None:
         """Charge a read to this link's share of the loop, and size the next read by what decoding cost.

@@ -319,20 +319,20 @@ class VirtualPty:
         A read that comes back short ends it: nothing more was queued, and another read would only learn
         that (a system call, and an exception, per wake-up).  Data bytes come without their status bytes."""
         fd = self.master_fd
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return b"", None
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b"", PtyRead(b"", closed=True)
+            raise
+        if chunk[:1] == b"\0" and len(chunk) < READ_SIZE:
+            return chunk[1:], None  # what a port with a trickle of data gets every time: one short read
         pieces: list[bytes] = []
         got = 0
         event: PtyRead | None = None
-        while got < limit:
-            try:
-                chunk = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EIO:
-                    event = PtyRead(b"", closed=True)
-                elif not pieces:
-                    raise
-                break  # the data read before the error goes first; the next read raises again
+        while True:
             if not chunk:
                 event = PtyRead(b"", closed=True)
                 break
@@ -341,8 +341,16 @@ class VirtualPty:
                 break
             pieces.append(chunk)
             got += len(chunk) - 1
-            if len(chunk) < READ_SIZE:
+            if len(chunk) < READ_SIZE or got >= limit:
                 break
+            try:
+                chunk = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    event = PtyRead(b"", closed=True)
+                break  # the data read before the error goes first; another error comes again next time
         if not pieces:
             return b"", event
         if len(pieces) == 1:

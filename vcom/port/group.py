@@ -157,9 +157,12 @@ class LinkGroup:
     def link_data(self, data: bytes) -> None:
         members = self.members
         bounded = len(members) > 1
+        blocked = False
         for member in members:
             member.deliver(data, bounded=bounded)
-        self._update_pause()
+            blocked = blocked or member.blocked
+        if blocked:  # only a member that could not take it all can call for a pause
+            self._update_pause()
 
     def link_writable(self, writable: bool) -> None:
         for member in self.members:
