@@ -181,27 +181,3 @@ def test_one_wakeup_reads_until_a_short_read_and_sends_once(tmp_path: Path, monk
         assert reads == 2 and got == 2 * (READ_SIZE - 1)
         assert events == [("data", payload[:got])]
 
-
-def test_what_the_program_left_unread_is_not_kept_for_the_next_one(tmp_path: Path):
-    async def scenario() -> tuple[bytes, int]:
-        port, _, program = await open_port(tmp_path)
-        try:
-            port.deliver(b"for the first program", bounded=False)
-            os.close(program)  # without reading it
-            port._slave_event(False)  # inotify's close
-            port.deliver(b"while closed", bounded=False)
-            # No tcsetattr(TCSAFLUSH) at this open: it would discard old input itself.
-            program = os.open(port.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            port._slave_event(True)
-            port.deliver(b"for the next", bounded=False)
-            await asyncio.sleep(0.05)
-            got = os.read(program, 4096)
-            return got, port.dropped_bytes
-        finally:
-            os.close(program)
-            await port.close()
-
-    got, dropped = asyncio.run(scenario())
-    # A UART's close loses what was not read, and what arrives while closed; the kernel would keep both.
-    assert got == b"for the next"
-    assert dropped == len(b"while closed")

@@ -237,11 +237,6 @@ class Port:
             self._to_pty.clear()
         self._cancel_stall()
         self._set_writing(False)
-        # What was written for the program and not read (a UART's close loses it too): the kernel would keep
-        # it for the next program.  This also catches what arrived between the close and this event, which
-        # is cheaper than asking the kernel whether the slave is open before every write.
-        with contextlib.suppress(OSError):
-            self.pty.discard_output()
         if self._live and not self.pty.has_pending():
             self._live = False  # nothing left in the pty
         self._maybe_finish()
@@ -541,8 +536,9 @@ class Port:
         SPLIT_BUFFER and drops its oldest, one that reads loses nothing (the group waits for it)."""
         if self.taps:
             self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._session or self._closing)
-        if not self._session or self._closing:
-            # A real UART drops what arrives while nobody has the port open.
+        if not self._session or self._closing or not self.pty.slave_is_open():
+            # A real UART drops what arrives while nobody has the port open.  The kernel would keep it for the
+            # next program; the poll also covers a close that inotify has not reported yet.
             self.dropped_bytes += len(data)
             return
         if self._to_pty:
@@ -599,7 +595,7 @@ class Port:
 
     def _on_pty_writable(self) -> None:
         held_back = self.holding_back
-        if self._closing:
+        if self._closing or not self.pty.slave_is_open():  # the slave's close wakes this too (POLLHUP)
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
         else:
