@@ -118,16 +118,9 @@ class LinkGroup:
         self._update_pause()
 
     def _update_pause(self) -> None:
-        """Hold the link back while no open member can take data, or while one whose program reads has
-        fallen SPLIT_BUFFER behind (a stalled one is not waited for)."""
-        members = self.members
-        if len(members) == 1:
-            if members[0].is_open and members[0].blocked:
-                self.link.pause_reading()
-            else:
-                self.link.resume_reading()
-            return
-        accepting = [m for m in members if m.is_open]
+        # Held back while no open member can take data, or while one whose program reads has fallen
+        # SPLIT_BUFFER behind (a stalled one is not waited for).
+        accepting = [m for m in self.members if m.is_open]
         if accepting and (all(m.blocked for m in accepting) or any(m.holding_back for m in accepting)):
             self.link.pause_reading()
         else:
@@ -156,12 +149,11 @@ class LinkGroup:
 
     def link_data(self, data: bytes) -> None:
         members = self.members
-        bounded = len(members) > 1
-        blocked = False
         for member in members:
-            member.deliver(data, bounded=bounded)
-            blocked = blocked or member.blocked
-        if blocked:  # only a member that could not take it all can call for a pause
+            member.deliver(data, bounded=len(members) > 1)
+        # Nearly every read: the one port is open and took it all, which cannot change whether the link
+        # reads (it was reading).  Anything else may.
+        if len(members) != 1 or not members[0].is_open or members[0].blocked:
             self._update_pause()
 
     def link_writable(self, writable: bool) -> None:
