@@ -69,12 +69,13 @@ install-system: install-app install-units install-rules install-group
 # Built from a copy of the sources, so that setuptools leaves no build/ here, with the pip of a
 # throw-away venv (Debian's python3 has no pip of its own; python3-venv brings one).  pip's own
 # launchers (bin/), direct_url.json and RECORD name the build machine's interpreter and directories:
-# they are dropped, and the byte code is compiled with the final paths in it.
+# they are dropped, and the byte code is compiled with the final paths in it.  LDSHARED: an interpreter
+# built with a run path (pyenv) would write it into vcom._speedups, which needs no library of it.
 install-app:
 	rm -rf $(DESTDIR)$(LIB)
 	tmp=$$(mktemp -d) && mkdir "$$tmp/src" && cp -r pyproject.toml README.md vcom "$$tmp/src"/ && \
 	  $(PYTHON) -m venv "$$tmp/venv" && \
-	  "$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
+	  LDSHARED="$${CC:-cc} -shared" "$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
 	    --no-warn-script-location --target $(DESTDIR)$(LIB) "$$tmp/src"; \
 	  rc=$$?; rm -rf "$$tmp"; exit $$rc
 	rm -rf $(DESTDIR)$(LIB)/bin

@@ -54,8 +54,8 @@ RSS_EVERY = 0.2  # seconds between samples of the manager's memory
 # auto-tuning follows the reader's pace, a trickle or nothing here.  vcom's own
 # part, which is what these tests are about:
 #   the pty's queue ................................... ~16 KiB (twice with a pty UART at the far end)
-#   asyncio's write buffer: the link's 64 KiB high-water mark + one 64 KiB pty read that crosses it
-#   network to program: one socket read (asyncio reads <= 256 KiB) waiting for the full pty
+#   asyncio's write buffer: the link's 64 KiB high-water mark + one 8 KiB pty read that crosses it
+#   network to program: one socket read (vcom reads <= 64 KiB) waiting for the full pty
 #   RFC 2217 share: the client's inbox (one socket read, <= 256 KiB) and the device's 16 KiB buffer
 # That is under 0.5 MiB (seen: 85-140 KiB program to network, 125 KiB network
 # to program); VCOM_HELD_BOUND allows it with margin, and is checked on its own

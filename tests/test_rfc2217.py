@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers import PtyDevice, Ser2net, Socat
 
+import vcom.rfc2217 as codec
 from vcom.rfc2217 import (
     BINARY,
     COM_PORT_OPTION,
@@ -78,6 +79,20 @@ from vcom.rfc2217 import (
     stop_from_code,
 )
 from vcom.settings import FlowControl, LineSettings, Parity, Signals, StopBits
+
+# The codec's data loops exist twice: in C (vcom/_speedups.c, built where a compiler and Python's headers
+# were at install time) and in Python.  Every test of this module runs against each that is there.
+IMPLEMENTATIONS = ["python"] + (["c"] if codec._speedups is not None else [])
+
+
+@pytest.fixture(scope="module", autouse=True, params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    saved = codec._escape, codec._undouble
+    if request.param == "python":
+        codec._escape, codec._undouble = codec._escape_python, None
+    yield request.param
+    codec._escape, codec._undouble = saved
+
 
 EVENT_TYPES = (
     Data,
@@ -448,6 +463,32 @@ def test_a_firmware_image_of_0xff_comes_through_whole() -> None:
     for at in range(0, len(wire), 4097):  # odd-sized reads split pairs of IACs
         events += receiver.receive_data(wire[at:at + 4097])
     assert merged(events) == [Data(image[:300_001]), NotifyModemState(ModemState.CTS), Data(image[300_001:])]
+
+
+def undoubled(data: bytes) -> bytes | None:
+    """Reference: IAC IAC pairs taken from the left made one 0xFF; None if an IAC is left alone."""
+    out, at = bytearray(), 0
+    while at < len(data):
+        if data[at] != IAC:
+            out.append(data[at])
+            at += 1
+        elif data[at + 1:at + 2] == b"\xff":
+            out.append(IAC)
+            at += 2
+        else:
+            return None
+    return bytes(out)
+
+
+@given(st.lists(st.sampled_from([b"\xff", b"\xff\xff", b"\xff" * 5, b"a", b"\r", b"\x00"]), max_size=30)
+       .map(b"".join))
+def test_a_read_of_doubled_iacs_is_its_data_in_one_event(data: bytes) -> None:
+    plain = undoubled(data)
+    if codec._undouble is not None:
+        assert codec._undouble(data) == plain
+    assert codec._escape(data) == data.replace(b"\xff", b"\xff\xff")
+    if plain:
+        assert binary_client().receive_data(data) == [Data(plain)]
 
 
 def test_a_read_without_iac_is_one_event_and_no_copy() -> None:

@@ -13,12 +13,12 @@ the status of ``vcom share sim:echo``, the server the ports reach.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
 from pathlib import Path
 
-import pytest
 from bp_peers import PatternChecker, PatternSource, pattern
 from peers import Vcom, drain, open_program, stty, wait_until
 
@@ -72,11 +72,47 @@ def test_a_stalled_member_loses_its_oldest_data_and_never_stalls_the_other(
     assert status["split_group"] == [str(a), str(b)]
 
 
-@pytest.mark.xfail(strict=True, reason="one socket read over 64 KiB is cut to SPLIT_BUFFER for a member that reads")
 def test_a_reading_member_gets_every_byte_of_a_fast_burst(vcom: Vcom, start_peer, open_port, tmp_path: Path):
     # As fast as the socket takes it: vcom's reads reach 256 KiB, and each read goes to both members.
     a, _, _ = stream_to_split_ports(vcom, start_peer, open_port, tmp_path, TOTAL, rate=0)
     assert vcom.status(a)["dropped_bytes"] == 0
+
+
+def test_a_slow_reader_holds_the_group_back_and_loses_nothing(vcom: Vcom, start_peer, open_port, tmp_path: Path):
+    # A reads at once, C reads 4 KiB at a time with pauses (far slower than the source), B never reads.
+    # Whoever reads gets every byte: the connection waits for C; only B, stalled, loses its oldest.
+    total = 512 * 1024
+    source = start_peer(PatternSource(tmp_path / "source", total, 0))
+    a, b, c = tmp_path / "ttyA", tmp_path / "ttyB", tmp_path / "ttyC"
+    target = f"tcp://127.0.0.1:{source.port}"
+    vcom.add(a, target)
+    vcom.add(b, target, "--split-of", str(a))
+    vcom.add(c, target, "--split-of", str(a))
+    fast, stalled, slow = open_port(a), open_port(b), open_port(c)
+    vcom.wait_status(a, lambda s: s["state"] == "connected", what="the shared connection")
+    source.go()
+    checkers = {fast: PatternChecker(), slow: PatternChecker()}
+    deadline = time.monotonic() + 90
+    while checkers[slow].offset < total:
+        assert time.monotonic() < deadline, f"A got {checkers[fast].offset}, C {checkers[slow].offset} of {total}"
+        for fd in select.select([fast, slow], [], [], 0.2)[0]:
+            if fd == fast:
+                checkers[fast].take(drain(fast))
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    checkers[slow].take(os.read(slow, 4096))
+                time.sleep(0.005)
+    wait_until(lambda: checkers[fast].take(drain(fast)) or checkers[fast].offset == total, 15, "A to get everything")
+    assert vcom.status(a)["dropped_bytes"] == 0 and vcom.status(c)["dropped_bytes"] == 0
+    got = bytearray()
+
+    def settled() -> bool:
+        got.extend(drain(stalled))
+        return len(got) + vcom.query(b)["dropped_bytes"] == total
+
+    wait_until(settled, 15, "B's data and drops to account for every byte")
+    assert vcom.status(b)["dropped_bytes"] > 0
+    assert bytes(got[-SPLIT_BUFFER:]) == pattern(total - SPLIT_BUFFER, SPLIT_BUFFER)
 
 
 def test_settings_pass_to_the_member_open_longest_when_the_first_closes(vcom: Vcom, open_port, tmp_path: Path):

@@ -24,6 +24,12 @@ Rules this module keeps:
   :meth:`Link.pause_reading`.  No buffer grows without bound.
 * Reconnect with capped exponential back-off and full jitter (so that many
   ports behind one server that just rebooted do not reconnect in lock step).
+* No connection takes more than its share of the event loop, whatever its
+  server sends: one wake-up reads at most what the session can decode in
+  about ``RECEIVE_SLICE`` (cheap data up to 64 KiB at once; a flood of telnet
+  commands a few bytes), and a connection whose decoding keeps taking more
+  than ``RECEIVE_SHARE`` of the time stops being read until its share has
+  built up again.  The ports beside it keep their round trip.
 """
 
 from __future__ import annotations
@@ -82,6 +88,18 @@ PURGE_ANSWER_TIMEOUT = 0.5
 # The link's buffer holds data up to the high-water mark plus one read of the port's that crosses it; beyond
 # that only answers the server asked for and does not read can be there.
 _CONTROL_LIMIT = 2 * _WRITE_HIGH_WATER + CONTROL_BACKLOG
+# Fairness, per connection: the most one wake-up reads (also the size of the one receive buffer all links
+# share), the least, the decoding time one wake-up aims at, and the share of the time that decoding may
+# take over a longer stretch (a token bucket holding at most RECEIVE_BURST).  Plain data decodes at well
+# under a nanosecond a byte: a busy healthy link reads 64 KiB at a time and never comes near its share.
+RECEIVE_MAX = 64 * 1024
+RECEIVE_MIN = 64
+RECEIVE_SLICE = 50e-6
+RECEIVE_SHARE = 0.1
+RECEIVE_BURST = 5e-3
+# A short read that decoded in less is not charged (nor is the reckoning itself spent on it): a port's round
+# trips and a slow stream, read by read.  A command flood in short reads costs more per read.
+_UNCHARGED = 2e-6
 
 
 class LinkState(enum.Enum):
@@ -486,12 +504,23 @@ class _LinkProtocol:
         self._link._socket_writable(True)
 
 
-class _StreamProtocol(_LinkProtocol, asyncio.Protocol):
-    def data_received(self, data: bytes) -> None:
-        self._link._received(data)
+class _StreamProtocol(_LinkProtocol, asyncio.BufferedProtocol):
+    """Reads into one buffer shared by every link, as much as the link's budget allows: asyncio's own
+    reads would allocate 256 KiB for each, even for one byte.  The loop runs one callback at a time and
+    each read is handed on (copied) before the next, so one buffer serves all."""
 
-    def eof_received(self) -> bool:
-        return False  # close our side too: the server has gone
+    def get_buffer(self, sizehint: int) -> memoryview:
+        link = self._link
+        link._read_started = time.perf_counter()  # the read itself may count against the link's share
+        return link._receive_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        link = self._link
+        link._received(bytes(_RECEIVE_BUFFER[:nbytes]), link._read_started)
+
+
+# The one receive buffer of every stream link (see _StreamProtocol).
+_RECEIVE_BUFFER = memoryview(bytearray(RECEIVE_MAX))
 
 
 class _DatagramProtocol(_LinkProtocol, asyncio.DatagramProtocol):
@@ -545,6 +574,14 @@ class Link:
         self._sent_at_connect = 0  # bytes_to_remote when this connection began
         self._loss: int | None = None  # measured as the connection went
         self._violation_reason: str | None = None
+        self._datagrams = target.transport is Transport.UDP
+        # The fairness budget: what the next read may take, the seconds of the loop this link may still use
+        # before it waits (and when that was reckoned), and the timer of such a wait.
+        self._receive_view = _RECEIVE_BUFFER
+        self._receive_credit = RECEIVE_BURST
+        self._receive_at = time.perf_counter()
+        self._read_started = 0.0
+        self._throttle: asyncio.TimerHandle | None = None
 
     # -- the port's side
 
@@ -585,9 +622,13 @@ class Link:
 
     def send(self, data: bytes) -> None:
         session = self._session
-        if self._transport is None or session is None:
+        transport = self._transport
+        if transport is None or session is None:
             raise RuntimeError("send() while not connected")
-        self._write(session.encode(data))
+        if self._datagrams:
+            self._write(session.encode(data))
+        else:
+            transport.write(session.encode(data))
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -655,12 +696,20 @@ class Link:
             delay = min(delay * 2, 0.02)
 
     def pause_reading(self) -> None:
+        if self._reading_paused:
+            return  # the group asks after every delivery: no system call when nothing changes
         self._reading_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
         self._reading_paused = False
+        if self._throttle is None:
+            self._resume_transport()
+
+    def _resume_transport(self) -> None:
         if self._transport is not None and self._transport.is_reading() is False:
             self._transport.resume_reading()
 
@@ -908,17 +957,57 @@ class Link:
 
     # -- callbacks from the protocol
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes, read_started: float | None = None) -> None:
         session = self._session
         if session is None:
             return
+        decoding = time.perf_counter()
         payload, reply = session.receive(data)
+        decoded = time.perf_counter()
         if reply:
             self._write(reply)
-        self._after_input()
         if payload:
             self.stats.bytes_from_remote += len(payload)
-            self._listener.link_data(payload)
+            self._listener.link_data(payload)  # first: the rest is bookkeeping a round trip need not wait for
+        if type(session) is not RawSession:  # raw data never changes negotiation or suspension
+            self._after_input()
+        if decoded - decoding > _UNCHARGED or len(data) >= len(self._receive_view):
+            self._account(len(data), decoding, decoded, read_started)
+
+    def _account(self, size: int, decoding: float, decoded: float, read_started: float | None) -> None:
+        """Charge a read to this link's share of the loop, and size the next read by what decoding cost.
+
+        A read that filled the buffer (the server has more waiting: the link could take the whole loop) is
+        charged its read and its decoding, any other read its decoding.  What a read delivers is not
+        charged: the ports' back-pressure bounds it.  A port's round trips (short reads) and a healthy
+        stream (64 KiB reads of plain data, a few hundred a second) stay far below their share; a server
+        that floods commands reaches it and waits."""
+        now = time.perf_counter()
+        cost = decoded - decoding
+        view = self._receive_view
+        full = size >= len(view)
+        if cost > RECEIVE_SLICE:
+            wanted = max(RECEIVE_MIN, int(size * RECEIVE_SLICE / cost))
+            if wanted < len(view):
+                self._receive_view = _RECEIVE_BUFFER[:wanted]
+        elif full and len(view) < RECEIVE_MAX and cost < RECEIVE_SLICE / 2:
+            self._receive_view = _RECEIVE_BUFFER[:len(view) * 2]
+        if full and read_started is not None:
+            cost = decoded - read_started
+        credit = self._receive_credit + (now - self._receive_at) * RECEIVE_SHARE
+        self._receive_credit = (RECEIVE_BURST if credit > RECEIVE_BURST else credit) - cost
+        self._receive_at = now
+        if self._receive_credit < 0 and self._throttle is None and self._transport is not None:
+            # Wait until half a burst has built up again: a few long waits, not a pause per read.
+            wait = (RECEIVE_BURST / 2 - self._receive_credit) / RECEIVE_SHARE
+            if not self._reading_paused:
+                self._transport.pause_reading()
+            self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        if not self._reading_paused:
+            self._resume_transport()
 
     def _socket_writable(self, ok: bool) -> None:
         self._socket_ok = ok
@@ -948,7 +1037,7 @@ class Link:
         transport = self._transport
         if not data or transport is None:
             return
-        if self.target.transport is Transport.UDP:
+        if self._datagrams:
             view = memoryview(data)  # slices of a view: no copy per datagram
             for start in range(0, len(data), DATAGRAM_SIZE):
                 transport.sendto(view[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]

@@ -78,6 +78,9 @@ TIOCPKT_DOSTOP = 0x20
 TIOCPKT_IOCTL = 0x40
 # The pty number of a master: _IOR('T', 0x30, unsigned int); not exported by the termios module.
 TIOCGPTN = 0x80045430
+# The most one read of a master returns, status byte included: the line discipline hands over its buffer
+# (N_TTY_BUF_SIZE, 4 KiB) and is refilled only after the read.  Asking for more only allocates more.
+READ_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class VirtualPty:
         # discard_output raises TIOCPKT_FLUSHREAD itself; that one is not
         # the program's flush and must not be reported as such.
         self._own_flush_pending = False
+        self._poller: select.poll | None = None
+        self._poller_fd = -1
 
     # -- life cycle -----------------------------------------------------
 
@@ -293,16 +298,66 @@ class VirtualPty:
         return struct.unpack("i", raw)[0]
 
     def _poll(self) -> int:
-        poller = select.poll()
-        poller.register(self.master_fd, select.POLLIN)
+        # One poll object per master, made once: this runs for every delivery of network data.
+        if self._poller_fd != self.master_fd:
+            self._poller = select.poll()
+            self._poller.register(self.master_fd, select.POLLIN)
+            self._poller_fd = self.master_fd
+        assert self._poller is not None
         events = 0
-        for _, revents in poller.poll(0):
+        for _, revents in self._poller.poll(0):
             events |= revents
         return events
 
     # -- data -----------------------------------------------------------
 
-    def read(self, size: int = 65536) -> PtyRead | None:
+    def read_data(self, limit: int) -> tuple[bytes, PtyRead | None]:
+        """What the program wrote, from as many reads as it takes up to ``limit`` bytes, and what ended the
+        reads if not the data running out: a status byte or the slave's close, to be handled *after* the
+        data (the program wrote that data before it).
+
+        A read that comes back short ends it: nothing more was queued, and another read would only learn
+        that (a system call, and an exception, per wake-up).  Data bytes come without their status bytes."""
+        fd = self.master_fd
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return b"", None
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b"", PtyRead(b"", closed=True)
+            raise
+        if chunk[:1] == b"\0" and len(chunk) < READ_SIZE:
+            return chunk[1:], None  # what a port with a trickle of data gets every time: one short read
+        pieces: list[bytes] = []
+        got = 0
+        event: PtyRead | None = None
+        while True:
+            if not chunk:
+                event = PtyRead(b"", closed=True)
+                break
+            if chunk[0] != TIOCPKT_DATA:
+                event = self._parse(chunk)
+                break
+            pieces.append(chunk)
+            got += len(chunk) - 1
+            if len(chunk) < READ_SIZE or got >= limit:
+                break
+            try:
+                chunk = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    event = PtyRead(b"", closed=True)
+                break  # the data read before the error goes first; another error comes again next time
+        if not pieces:
+            return b"", event
+        if len(pieces) == 1:
+            return pieces[0][1:], event
+        return b"".join([memoryview(piece)[1:] for piece in pieces]), event
+
+    def read(self, size: int = READ_SIZE) -> PtyRead | None:
         """One read of the master; None when nothing is queued."""
         if size < 2:
             raise ValueError("a packet-mode read needs room for the status byte and data")

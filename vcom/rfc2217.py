@@ -49,6 +49,11 @@ from dataclasses import astuple, dataclass
 
 from .settings import FlowControl, LineSettings, Parity, Signals, StopBits
 
+try:  # C loops for the data path, built at install time where a C compiler and Python's headers are
+    from . import _speedups
+except ImportError:  # the same results from the Python below
+    _speedups = None  # type: ignore[assignment]
+
 # -- Telnet (RFC 854) -------------------------------------------------------
 
 IAC = 255
@@ -388,7 +393,7 @@ def _encode_value(command: PortCommand) -> bytes:
             return _uint(value, 1, type(command).__name__)
 
 
-def _escape(data: bytes) -> bytes:
+def _escape_python(data: bytes) -> bytes:
     # RFC 854: a data byte 255 is sent as IAC IAC; RFC 855 applies the same
     # rule inside subnegotiations, which is why values must be doubled too.
     if data.find(_IAC_RUN_OF_4) < 0:
@@ -403,6 +408,12 @@ def _escape(data: bytes) -> bytes:
         pos = end
     parts.append(data[pos:])
     return b"".join(parts)
+
+
+_escape = _speedups.escape if _speedups is not None else _escape_python
+# Every IAC IAC of data made one 0xFF, or None when an IAC starts a command or ends the data: what the
+# parser below does a slice per 0xFF for, in one pass (None without the C loops).
+_undouble = _speedups.undouble if _speedups is not None else None
 
 
 # -- Option negotiation state (RFC 1143) --------------------------------------
@@ -573,10 +584,14 @@ class Connection:
         """Events for the bytes that arrived; any split of the input gives the same events."""
         if type(data) is not bytes:
             data = bytes(data)  # Data events must not alias a buffer the caller reuses
-        if self._parse is _Parse.DATA and self._binary_in and data and data.find(_IAC_BYTE) < 0:
-            # Nearly every read of a busy link: all data, handed on as it came.
-            self._cr_seen = False
-            return [Data(data)]
+        if self._parse is _Parse.DATA and self._binary_in and data:
+            if data.find(_IAC_BYTE) < 0:
+                # Nearly every read of a busy link: all data, handed on as it came.
+                self._cr_seen = False
+                return [Data(data)]
+            if _undouble is not None and (plain := _undouble(data)) is not None:
+                self._cr_seen = False  # all data too, its 0xFF doubled
+                return [Data(plain)]
         out = _Events()
         pos, end = 0, len(data)
         while pos < end:

@@ -46,8 +46,9 @@ def main() -> int:
                         help="ports streaming 11.5 KB/s both ways, vcom against as many socat processes (default 1000)")
     parser.add_argument("--nofile", type=int, default=1024,
                         help="soft RLIMIT_NOFILE the scale test's manager starts with (default 1024, systemd's)")
-    parser.add_argument("--only", default="relay,preload,add,scale,stream,tls",
-                        help="comma-separated parts to run: relay, preload, add, scale, stream, tls (default: all)")
+    parser.add_argument("--only", default="relay,preload,add,scale,stream,tls,fair",
+                        help="comma-separated parts to run: relay, preload, add, scale, stream, tls, fair "
+                             "(default: all)")
     args = parser.parse_args()
 
     progress = Progress()
@@ -75,6 +76,8 @@ def main() -> int:
                 rows += stream_figures(children, echo, work, progress, args.streams)
             if "tls" in parts:
                 rows += tls_figures(work, progress)
+            if "fair" in parts:
+                rows += fairness_figures(children, echo, work, progress)
         finally:
             progress("stopping everything the bench started")
             children.close()
@@ -366,6 +369,59 @@ def stream_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: 
         manager.stop()
         children.stop_many(relays)
     return [row]
+
+
+# -- healthy ports beside hostile servers ---------------------------------------------------------------------
+
+
+def fairness_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Progress, healthy: int = 10,
+                     phase: float = 4.0, phases: int = 2) -> list[R.Row]:
+    """Ten healthy RFC 2217 ports' round trips in one manager, alone and with three hostile servers beside them
+    (random bytes, a DO/WILL flood that never reads, an endless subnegotiation), in alternating phases."""
+    home = work / "fair"
+    progress(f"{healthy} healthy ports, alone and beside 3 hostile RFC 2217 servers, {phases} x {phase:g} s each")
+    manager = P.Manager(children, home)
+    ports = [home / f"h{i}" for i in range(healthy)]
+    for port in ports:
+        manager.add(port, echo.target("rfc2217"))
+    manager.wait_connected(ports)
+    servers = {}
+    for mode in ("random", "dowill", "subneg"):
+        proc = children.start([sys.executable, str(P.HERE / "hostile.py"), mode], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        servers[mode] = int(proc.stdout.readline())
+    fds = [T.open_port(port) for port in ports]
+    samples: dict[str, list[int]] = {"alone": [], "beside": []}
+    cpu = {"alone": 0.0, "beside": 0.0}
+    try:
+        for fd in fds:
+            T.round_trips(fd, 20)
+        for _ in range(phases):
+            for who in ("alone", "beside"):
+                hostile = [home / f"x-{mode}" for mode in servers]
+                if who == "beside":
+                    for device, port in zip(hostile, servers.values(), strict=True):
+                        manager.add(device, f"rfc2217://127.0.0.1:{port}")
+                    time.sleep(1.0)  # connected, and flooding
+                before, until = P.cpu_seconds(manager.pid), time.monotonic() + phase
+                while time.monotonic() < until:
+                    for fd in fds:
+                        samples[who] += T.round_trips(fd, 5, timeout=30)
+                cpu[who] += P.cpu_seconds(manager.pid) - before
+                if who == "beside":
+                    for device in hostile:
+                        manager.ask("remove", device=str(device))
+    finally:
+        for fd in fds:
+            os.close(fd)
+        manager.stop()
+    alone, beside = (R.percentile(samples[k], 50) / 1e3 for k in ("alone", "beside"))
+    return [R.Row("fair_rtt_p50", f"1-byte round trip p50, {healthy} ports beside 3 hostile servers", "us", beside,
+                  alone, reference_name="without them", goals=[R.at_most_ratio(2.0)],
+                  details={who: {"p90_us": R.percentile(s, 90) / 1e3, "p99_us": R.percentile(s, 99) / 1e3,
+                                 "samples": len(s), "manager_cpu_percent": cpu[who] / (phase * phases) * 100}
+                           for who, s in samples.items()})]
 
 
 def wait_for_connections(pids: list[int], port: int, count: int, *, alive: Callable[[], bool] = lambda: True,

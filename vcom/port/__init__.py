@@ -15,10 +15,12 @@ Back-pressure, in both directions, by not reading:
   buffer is full, as on a UART held off by flow control.
 * network -> program: when a pty cannot take more (the program does not
   read), the link stops reading its socket and TCP pushes back on the
-  server.  In a split group the link stops only when *every* open member is
-  full; a member that stays behind keeps at most ``SPLIT_BUFFER`` bytes and
-  then drops its oldest data (counted), so one stalled reader never stalls
-  the others.
+  server.  In a split group the link stops when every open member is full,
+  or when one whose program reads has fallen ``SPLIT_BUFFER`` bytes behind:
+  a reading member loses nothing.  A member whose program took nothing for
+  ``STALL_TIME`` while the others waited is stalled: it keeps its newest
+  ``SPLIT_BUFFER`` bytes and drops older ones (counted) until its program
+  reads again, so one stalled reader holds the others back only that long.
 
 A program's *session* runs from the first open vcom sees (or infers: a
 program that opened, wrote and closed before the manager looked still left

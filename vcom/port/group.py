@@ -124,6 +124,9 @@ class LinkGroup:
         self._update_pause()
 
     def _update_pause(self) -> None:
+        # Held back while no open member can take data, or while one whose program reads has fallen
+        # SPLIT_BUFFER behind (a stalled one is not waited for).  With no open member at all, what arrives
+        # is dropped at the line rate (_pace_closed).
         if not self.members:
             return
         accepting = [m for m in self.members if m.is_open]
@@ -132,7 +135,7 @@ class LinkGroup:
             return
         self._cancel_pace()
         self._paced_upto = self.link.stats.bytes_from_remote
-        if all(m.blocked for m in accepting):
+        if all(m.blocked for m in accepting) or any(m.holding_back for m in accepting):
             self.link.pause_reading()
         else:
             self.link.resume_reading()
@@ -185,9 +188,13 @@ class LinkGroup:
     # -- LinkListener
 
     def link_data(self, data: bytes) -> None:
-        for member in self.members:
-            member.deliver(data, bounded=len(self.members) > 1)
-        self._update_pause()
+        members = self.members
+        for member in members:
+            member.deliver(data, bounded=len(members) > 1)
+        # Nearly every read: the one port is open and took it all, which cannot change whether the link
+        # reads (it was reading).  Anything else may.
+        if len(members) != 1 or not members[0].is_open or members[0].blocked:
+            self._update_pause()
 
     def link_writable(self, writable: bool) -> None:
         for member in self.members:

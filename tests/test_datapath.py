@@ -1,0 +1,183 @@
+"""The port's data path in one process: a real pty, the real Port, and a link that records.
+
+What the manager reads from a pty in one wake-up leaves in one send, but never
+across a status byte: bytes read before a settings change is seen go out before
+the change, bytes after it after.  The kernel reports a termios change ahead of
+data already queued (tests/test_pty.py pins that), so the only way a change can
+land between data bytes of one wake-up is a program that changes settings while
+the manager is between two reads; the test makes the program do exactly that,
+by acting inside the manager's read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import termios
+import tty
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vcom.pty
+from vcom.config import PortConfig
+from vcom.link import Lines, LinkStats
+from vcom.port import LinkGroup, Port
+from vcom.pty import READ_SIZE
+
+
+class RecordingLink:
+    """Stands in for a connected link: takes everything, and notes what went out in which order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.writable = True
+        self.lines = Lines()
+        self.stats = LinkStats()
+        self.unsent = 0
+        self.target = "tcp://127.0.0.1:9"
+
+    def send(self, data: bytes) -> None:
+        self.events.append(("data", bytes(data)))
+
+    def apply_settings(self, settings: Any) -> None:
+        if not self.events or self.events[-1] != ("settings", settings.baud):
+            self.events.append(("settings", settings.baud))
+
+    def purge(self, **_: bool) -> None:
+        pass
+
+    def set_lines(self, lines: Lines) -> None:
+        self.lines = lines
+
+    def start(self) -> None:
+        pass
+
+    def stop_nowait(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def data(self) -> bytes:
+        return b"".join(value for kind, value in self.events if kind == "data")
+
+
+def no_watch(_path: str, _callback: Any) -> Any:
+    return lambda: None  # the test tells the port about opens itself
+
+
+async def open_port(tmp_path: Path) -> tuple[Port, RecordingLink, int]:
+    config = PortConfig(device=str(tmp_path / "ttyV0"), target="tcp://127.0.0.1:9", connect="always")
+    group = LinkGroup(config)
+    link = RecordingLink()
+    group.link = link  # type: ignore[assignment]
+    port = Port(config, group, no_watch)
+    port.link = link  # type: ignore[assignment]
+    port.start()
+    program = os.open(port.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(program)
+    port._slave_event(True)
+    port._on_readable()  # the raw mode's status byte
+    link.events.clear()
+    # The test calls the port's read itself, when it has arranged what the pty holds: the loop must not.
+    link.writable = False
+    port._update_io()
+    link.writable = True
+    return port, link, program
+
+
+def set_speed(fd: int, speed: int) -> None:
+    attrs = termios.tcgetattr(fd)
+    attrs[4] = attrs[5] = speed
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def test_a_settings_change_between_two_reads_goes_out_between_their_bytes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    first = bytes(range(256)) * 24  # 6 KiB: more than one read, so the manager reads again
+    second = b"written after the change"
+    real_read = os.read
+    reads = 0
+
+    def read_then_change(fd: int, size: int) -> bytes:
+        nonlocal reads
+        chunk = real_read(fd, size)
+        reads += 1
+        if reads == 1:  # the program acts while the manager is between two reads
+            set_speed(program, termios.B19200)
+            os.write(program, second)
+        return chunk
+
+    async def scenario() -> list[tuple[str, Any]]:
+        nonlocal program
+        port, link, program = await open_port(tmp_path)
+        try:
+            os.write(program, first)
+            await asyncio.sleep(0.05)  # the kernel moves the bytes to the master (a workqueue)
+            monkeypatch.setattr(vcom.pty.os, "read", read_then_change)
+            for _ in range(20):
+                port._on_readable()
+                if link.data() == first + second:
+                    break
+                await asyncio.sleep(0.05)
+            return link.events
+        finally:
+            monkeypatch.undo()
+            os.close(program)
+            await port.close()
+
+    program = -1
+    events = asyncio.run(scenario())
+    kinds = [kind for kind, _ in events]
+    change = kinds.index("settings")
+    assert events[change] == ("settings", 19200)
+    before = b"".join(value for kind, value in events[:change] if kind == "data")
+    after = b"".join(value for kind, value in events[change + 1:] if kind == "data")
+    # One read's worth went before the change (it was read first), everything else after it.
+    assert before == first[:READ_SIZE - 1]
+    assert after == first[READ_SIZE - 1:] + second
+
+
+@pytest.mark.parametrize("size", [3 * 1024, 10 * 1024])
+def test_one_wakeup_reads_until_a_short_read_and_sends_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            size: int):
+    payload = bytes(range(256)) * (size // 256)
+    real_read = os.read
+    reads = 0
+
+    def counted(fd: int, n: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return real_read(fd, n)
+
+    async def scenario() -> tuple[list[tuple[str, Any]], int]:
+        port, link, program = await open_port(tmp_path)
+        try:
+            os.write(program, payload)
+            await asyncio.sleep(0.05)  # the kernel moves the bytes to the master (a workqueue)
+            monkeypatch.setattr(vcom.pty.os, "read", counted)
+            got = port._read_some()
+            monkeypatch.undo()
+            return link.events, got
+        finally:
+            monkeypatch.undo()
+            os.close(program)
+            await port.close()
+
+    events, got = asyncio.run(scenario())
+    if size < READ_SIZE:
+        # One short read: all there was.  No second read only to learn that nothing is left.
+        assert (reads, events) == (1, [("data", payload)])
+    else:
+        # Two full reads (the wake-up's budget), in one send; the rest is for the next wake-up.
+        assert reads == 2 and got == 2 * (READ_SIZE - 1)
+        assert events == [("data", payload[:got])]
+
