@@ -188,6 +188,10 @@ def add(
     hangup_on_dcd: Annotated[bool | None, typer.Option(
         "--hangup-on-dcd/--no-hangup-on-dcd", show_default=False,
         help="Hang the program up when the remote drops DCD and its termios has CLOCAL off [default: on]")] = None,
+    emulate_baud: Annotated[bool | None, typer.Option(
+        "--emulate-baud/--no-emulate-baud", show_default=False,
+        help="Take the program's data no faster than the line rate in force, as a local UART does: writes "
+             "block, write timeouts fire and tcdrain waits for the line time [default: no]")] = None,
     tls_ca: Annotated[str | None, typer.Option(
         metavar="FILE", show_default=False,
         help="TLS targets: the CA certificate(s) that must have signed the server's certificate (a PEM file, or a "
@@ -214,8 +218,8 @@ def add(
     options = _port_options(baud=baud, connect=connect, linger=linger, owner=owner, group=group, mode=mode,
                             retry_max=retry_max, peer_timeout=peer_timeout, split_of=split_of, data_bits=data_bits,
                             parity=parity, stop_bits=stop_bits, pin_baud=pin_baud, hangup_on_dcd=hangup_on_dcd,
-                            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
-                            tls_insecure=tls_insecure)
+                            emulate_baud=emulate_baud, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                            tls_server_name=tls_server_name, tls_insecure=tls_insecure)
     if from_file is not None:
         if device is not None or target is not None:
             fail("--from takes the ports from the file: give no DEVICE or TARGET with it", 2)

@@ -93,6 +93,10 @@ class PortConfig:
     stop_bits: str | None = None
     pin_baud: bool = False
     hangup_on_dcd: bool = True  # hang the program up when the remote drops DCD and CLOCAL is off
+    # Take the program's data no faster than the line rate in force (plus a UART's 4 KiB), so that writes,
+    # write timeouts and tcdrain take as long as on a local UART at that speed.  Off: the network and the
+    # server pace the data.
+    emulate_baud: bool = False
     # TLS (rfc2217+tls:// and tcp+tls:// targets); see vcom.tls.  Written to the file only when set.
     tls_ca: str | None = None  # None: the system's trust store
     tls_cert: str | None = None
@@ -192,7 +196,7 @@ def validate(port: PortConfig) -> None:
         raise ConfigError(f"must be one of {', '.join(p.value for p in Parity)}", "parity", port.parity)
     if port.stop_bits is not None and port.stop_bits not in {s.value for s in StopBits}:
         raise ConfigError(f"must be one of {', '.join(s.value for s in StopBits)}", "stop_bits", port.stop_bits)
-    for name in ("pin_baud", "hangup_on_dcd"):
+    for name in ("pin_baud", "hangup_on_dcd", "emulate_baud"):
         if not isinstance(getattr(port, name), bool):
             raise ConfigError("must be true or false", name, getattr(port, name))
     if not isinstance(port.mode, int) or isinstance(port.mode, bool):

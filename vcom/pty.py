@@ -319,15 +319,16 @@ class VirtualPty:
         A read that comes back short ends it: nothing more was queued, and another read would only learn
         that (a system call, and an exception, per wake-up).  Data bytes come without their status bytes."""
         fd = self.master_fd
+        size = min(READ_SIZE, max(limit, 1) + 1)  # up to limit data bytes (a paced port takes no more)
         try:
-            chunk = os.read(fd, READ_SIZE)
+            chunk = os.read(fd, size)
         except BlockingIOError:
             return b"", None
         except OSError as exc:
             if exc.errno == errno.EIO:
                 return b"", PtyRead(b"", closed=True)
             raise
-        if chunk[:1] == b"\0" and len(chunk) < READ_SIZE:
+        if chunk[:1] == b"\0" and len(chunk) < size:
             return chunk[1:], None  # what a port with a trickle of data gets every time: one short read
         pieces: list[bytes] = []
         got = 0
@@ -341,10 +342,11 @@ class VirtualPty:
                 break
             pieces.append(chunk)
             got += len(chunk) - 1
-            if len(chunk) < READ_SIZE or got >= limit:
+            if len(chunk) < size or got >= limit:
                 break
+            size = min(READ_SIZE, limit - got + 1)
             try:
-                chunk = os.read(fd, READ_SIZE)
+                chunk = os.read(fd, size)
             except BlockingIOError:
                 break
             except OSError as exc:

@@ -35,6 +35,9 @@ class FlowControl(enum.Enum):
     RTSCTS = "rtscts"
 
 
+_STOP_BITS = {StopBits.ONE: 1.0, StopBits.ONE_POINT_FIVE: 1.5, StopBits.TWO: 2.0}
+
+
 @dataclass(frozen=True, slots=True)
 class LineSettings:
     """What a UART is configured to: speed, framing and flow control.
@@ -60,6 +63,15 @@ class LineSettings:
 
     def with_(self, **changes: object) -> LineSettings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def bits_per_character(self) -> float:
+        """Bits on the wire per character: start bit, data bits, parity bit if any, stop bits."""
+        return 1 + self.data_bits + (0 if self.parity is Parity.NONE else 1) + _STOP_BITS[self.stop_bits]
+
+    @property
+    def chars_per_second(self) -> float:
+        return self.baud / self.bits_per_character
 
     def describe(self) -> str:
         """Short human form, e.g. ``19200 8N2 rtscts``."""

@@ -20,6 +20,7 @@ from ..settings import LineSettings
 from ..tap import Taps
 from ..termio import Termios2
 from .group import SPLIT_BUFFER, LinkGroup
+from .pacer import LinePacer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class Port:
         self._took = False
         self._stall_timer: asyncio.TimerHandle | None = None
         self._settings_for = -1  # the link's connection count when the settings were last refreshed for it
+        # --emulate-baud: the program's data taken at the line rate (a timer wakes reading when the
+        # emulated transmitter has room again).
+        self._pacer = LinePacer(self.effective_settings) if config.emulate_baud else None
+        self._pace_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -151,6 +156,9 @@ class Port:
         self._cancel_break()
         self._cancel_closing_timer()
         self._cancel_stall()
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
         self.modem_counter.cancel_all(OSError(errno.EIO, "the port was removed"))
         self._set_reading(False)
         self._set_writing(False)
@@ -177,6 +185,7 @@ class Port:
             "settings_exact": self._settings_exact(),
             "hangup": self.hangup,
             "hangup_on_dcd": self.config.hangup_on_dcd,
+            "emulate_baud": self.config.emulate_baud,
             "hangups": self.hangups,
             "dropped_bytes": self.dropped_bytes,
             "lost_at_close": self.lost_bytes,
@@ -288,8 +297,8 @@ class Port:
 
     def _on_readable(self) -> None:
         self._read_some()
-        if not (self._live and self.link.writable):
-            self._set_reading(False)
+        if not (self._live and self.link.writable) or self._pacer is not None:
+            self._update_io()
 
     def _read_some(self) -> int:
         """Read and pass on what the pty holds, within one wake-up's budget; how many data bytes came.
@@ -299,7 +308,12 @@ class Port:
         got = 0
         budget = _READ_BUDGET
         link = self.link
+        pacer = self._pacer
         while budget > 0 and self._live and link.writable:
+            if pacer is not None:
+                budget = min(budget, pacer.room())
+                if budget <= 0:
+                    break
             try:
                 data, event = self.pty.read_data(budget)
             except OSError as exc:
@@ -307,6 +321,8 @@ class Port:
                 break
             if data:
                 link.send(data)
+                if pacer is not None:
+                    pacer.took(len(data))
                 if self.taps:
                     self.taps.emit("data", dir="out", data=data.hex())
                 got += len(data)
@@ -342,6 +358,9 @@ class Port:
         Bounded: a writer in another thread that never stops cannot hold the change back for ever."""
         left = _PENDING_LIMIT
         while self._live and left > 0 and self.pty.has_pending():
+            if self._pacer is not None and self._pacer.room() == 0:
+                await asyncio.sleep(self._pacer.ready_in())  # the emulated line takes them at its rate
+                continue
             if self.link.writable:
                 read = self._read_some()
                 left -= max(read, 1)
@@ -360,6 +379,8 @@ class Port:
     def _refresh_settings(self) -> None:
         self.read_settings()
         self.group.member_settings(self)
+        if self._pacer is not None:
+            self._pacer.set_settings(self.effective_settings)
 
     def read_settings(self) -> None:
         """Take the program's termios (from the pty, with what it asked through the interposer)."""
@@ -390,6 +411,8 @@ class Port:
             self._cancel_stall()
             self._set_writing(False)
             self.group.member_drained()
+        if transmit and self._pacer is not None:
+            self._pacer.clear()  # a UART's TCOFLUSH empties its transmit FIFO
         self.link.purge(receive=receive, transmit=transmit)
 
     # -- the interposer's requests (vcom.interposer.server)
@@ -448,9 +471,12 @@ class Port:
         await done  # tcsendbreak returns when the break is over, as on a UART
 
     async def program_drain(self) -> None:
-        """tcdrain: until everything the program wrote before it has been received by the server."""
+        """tcdrain: until everything the program wrote before it has been received by the server (and,
+        with --emulate-baud, sent at the line rate)."""
         await self._send_pending()
         await self.link.drained()
+        if self._pacer is not None:
+            await asyncio.sleep(self._pacer.idle_in())
 
     def program_outq(self) -> int:
         """TIOCOUTQ: bytes the program wrote that the server has not received yet.  Of what is still in
@@ -460,7 +486,10 @@ class Port:
             pending = self.pty.pending_bytes()
         except OSError:
             pending = 0
-        return pending + self.link.in_flight()
+        in_flight = self.link.in_flight()
+        if self._pacer is not None:
+            in_flight = max(in_flight, self._pacer.backlog())  # taken, but the line has not sent it yet
+        return pending + in_flight
 
     def program_flush(self, *, receive: bool, transmit: bool) -> None:
         """tcflush through the interposer: done here, at once, so that the program's next read cannot
@@ -624,7 +653,16 @@ class Port:
     # -- event-loop registration
 
     def _update_io(self) -> None:
-        self._set_reading(self._live and self.link.writable)
+        reading = self._live and self.link.writable
+        if reading and self._pacer is not None and self._pacer.room() == 0:
+            reading = False
+            if self._pace_timer is None:
+                self._pace_timer = self._loop.call_later(self._pacer.ready_in(), self._paced)
+        self._set_reading(reading)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        self._update_io()
 
     def _set_reading(self, on: bool) -> None:
         if on == self._reading:

@@ -15,22 +15,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..device import DeviceError
-from ..settings import LineSettings, Parity, StopBits
+from ..settings import LineSettings
 
 TICK = 0.01  # seconds between deliveries of a busy line
 MAX_BURST = 0.05  # a late timer delivers at most this much line time at once
 
-_STOP_BITS = {StopBits.ONE: 1.0, StopBits.ONE_POINT_FIVE: 1.5, StopBits.TWO: 2.0}
-
-
 def bits_per_character(settings: LineSettings) -> float:
     """Bits on the wire per character: start bit, data bits, parity bit if any, stop bits."""
-    parity_bits = 0 if settings.parity is Parity.NONE else 1
-    return 1 + settings.data_bits + parity_bits + _STOP_BITS[settings.stop_bits]
+    return settings.bits_per_character
 
 
 def chars_per_second(settings: LineSettings) -> float:
-    return settings.baud / bits_per_character(settings)
+    return settings.chars_per_second
 
 
 # -- Time ---------------------------------------------------------------------
