@@ -1,8 +1,8 @@
 """Reconnecting: capped exponential back-off with jitter, and TCP keepalive.
 
 README: "A lost connection is retried with capped exponential back-off and
-jitter (0.25 s doubling up to --retry-max)" and "TCP keepalive and TCP_USER_TIMEOUT
-notice a silent peer within the port's peer timeout (15 s by default)".  The delays are
+jitter (0.25 s doubling up to --retry-max)" and "TCP keepalive and the link's own watch on
+unacknowledged data notice a silent peer within the port's peer timeout (15 s by default)".  The delays are
 checked two ways: the Backoff policy itself over many draws, and a real port against a server that
 hangs up at once, whose accept times give lower bounds only (a loaded
 machine can only make the gaps longer) and whose count within a deadline
@@ -11,9 +11,13 @@ shows the cap.  Keepalive is read from the manager's own socket.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import select
 import socket
+import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -99,10 +103,11 @@ def test_the_link_socket_has_keepalive_to_notice_a_silent_peer(vcom: Vcom, start
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
     # The default peer timeout, 15 s: probes after 5 s of silence, every 2 s; the kernel gives up on a
-    # silent peer (keepalive) or on unacknowledged data (TCP_USER_TIMEOUT) at 15 s.
+    # silent peer (keepalive) at 15 s.  Unacknowledged data is the link's own watch, not TCP_USER_TIMEOUT:
+    # the kernel would apply that to a closed window too (test_a_server_that_keeps_its_window_shut...).
     assert options[0] == 1 and options[1] + options[2] * options[3] <= 15, options
     assert options[1:4] == keepalive_times(PEER_TIMEOUT) == (5, 2, 5) and options[4] == 1
-    assert options[5] == 15000
+    assert options[5] == 0
 
 
 def test_the_peer_timeout_is_a_per_port_option(vcom: Vcom, start_peer, tmp_path: Path):
@@ -111,7 +116,6 @@ def test_the_peer_timeout_is_a_per_port_option(vcom: Vcom, start_peer, tmp_path:
     vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always", "--peer-timeout", "30")
     wait_until(lambda: server.connections() == 1, 15, "the connection")
     with _socket_of(vcom.manager_pid(), server.port) as sock:
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
     assert vcom.status(port)["peer_timeout"] == 30
     assert "peer_timeout = 30.0" in (vcom.home / "vcom.toml").read_text()
@@ -124,3 +128,48 @@ def test_the_first_retries_after_a_healthy_connection_are_quick() -> None:
     for timeout in (1, 5, 15, 60):
         idle, interval, count = keepalive_times(timeout)
         assert idle + interval * count >= timeout and idle <= max(1, timeout / 3), (timeout, idle, interval, count)
+
+
+def test_a_server_that_keeps_its_window_shut_is_alive_and_loses_nothing(vcom: Vcom, tmp_path: Path):
+    """A server whose UART is held off (a printer out of paper) takes nothing for many peer timeouts but
+    answers the kernel's window probes: the connection stays, and every byte arrives once it reads again.
+    Peer timeout 1 s, window shut 6 s: the probes' gaps grow past 1 s (0.2, 0.4 ... 3.2 s)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    payload = os.urandom(512 * 1024)
+    got = bytearray()
+    try:
+        port = tmp_path / "ttyV0"
+        vcom.add(port, f"tcp://127.0.0.1:{listener.getsockname()[1]}", "--connect", "always",
+                 "--peer-timeout", "1")
+        listener.settimeout(15)
+        server, _ = listener.accept()
+        with server:
+            fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                tty.setraw(fd)
+                view = memoryview(payload)
+                shut_until = time.monotonic() + 6
+                while time.monotonic() < shut_until and view:  # fill everything up to the shut window
+                    if select.select([], [fd], [], 0.1)[1]:
+                        with contextlib.suppress(BlockingIOError):
+                            view = view[os.write(fd, view[:65536]):]
+                assert view, "the shut window held nothing back"
+                status = vcom.status(port)
+                assert status["state"] == "connected" and status["timeouts"] == 0, status
+                server.settimeout(10)
+                deadline = time.monotonic() + 60
+                while len(got) < len(payload) and time.monotonic() < deadline:
+                    if view and select.select([], [fd], [], 0)[1]:
+                        with contextlib.suppress(BlockingIOError):
+                            view = view[os.write(fd, view[:65536]):]
+                    with contextlib.suppress(TimeoutError):
+                        server.settimeout(0.05)
+                        got += server.recv(65536)
+            finally:
+                os.close(fd)
+    finally:
+        listener.close()
+    assert bytes(got) == payload
+    status = vcom.status(port)
+    assert (status["connects"], status["timeouts"], status["lost_bytes"]) == (1, 0, 0), status

@@ -71,6 +71,9 @@ _HEALTHY_AFTER = 10.0
 QUICK_RETRY = 2.0
 QUICK_RETRY_FOR = 60.0
 PEER_TIMEOUT = 15.0  # default seconds a server may leave vcom without an answer before the connection is dead
+# While data waits for the server's acknowledgement the link looks this often (at most) whether the server
+# still answers (see _ack_check).
+ACK_CHECK_INTERVAL = 3.0
 # What a server may make vcom hold for it: answers to its requests that it does not read (beyond the data's
 # own high-water mark), and telnet commands within COMMAND_WINDOW seconds.  Past either it is disconnected.
 CONTROL_BACKLOG = 64 * 1024
@@ -574,6 +577,8 @@ class Link:
         self._sent_at_connect = 0  # bytes_to_remote when this connection began
         self._loss: int | None = None  # measured as the connection went
         self._violation_reason: str | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._unanswered = False  # the ACK check gave up on the connection
         self._datagrams = target.transport is Transport.UDP
         # The fairness budget: what the next read may take, the seconds of the loop this link may still use
         # before it waits (and when that was reckoned), and the timer of such a wait.
@@ -629,6 +634,8 @@ class Link:
             self._write(session.encode(data))
         else:
             transport.write(session.encode(data))
+            if self._ack_timer is None and self.peer_timeout:
+                self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -806,7 +813,8 @@ class Link:
         if self._violation_reason is not None:
             reason, self._violation_reason = self._violation_reason, None
             return f"disconnected from {self.target}: {reason}"
-        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT and self.peer_timeout:
+        unanswered, self._unanswered = self._unanswered, False
+        if (unanswered or isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT) and self.peer_timeout:
             self.stats.timeouts += 1
             return (f"connection to {self.target} lost: no answer from the server within {self.peer_timeout:g} s "
                     "(peer timeout)")
@@ -853,6 +861,7 @@ class Link:
         self._sent_at_connect = self.stats.bytes_to_remote
         self._loss = None
         self._violation_reason = None
+        self._unanswered = False
         self._socket_ok = True
         self.remote = RemoteState(line_errors=self.remote.line_errors)  # counts live as long as the port
         settle = self._tls_connected(transport) if self._tls is not None else None
@@ -1043,10 +1052,42 @@ class Link:
                 transport.sendto(view[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
         else:
             transport.write(data)
+            if self._ack_timer is None and self.peer_timeout:
+                self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
+
+    def _ack_interval(self) -> float:
+        return min(ACK_CHECK_INTERVAL, max(self.peer_timeout / 4, 0.25))
+
+    def _ack_check(self) -> None:
+        """A dead server with data on its way: abort after ``peer_timeout`` without an acknowledgement.
+
+        TCP_USER_TIMEOUT would do this in the kernel, but Linux applies it to a closed receive window too,
+        so a live server that takes nothing for a while (its UART held off by flow control: a printer out
+        of paper) would be cut off and what it had not taken lost.  Here a connection counts as dead only
+        while the kernel is retransmitting or its window probes go unanswered (tcp_info's retransmits and
+        probes) and the last acknowledgement is older than the peer timeout.  A server that answers its
+        window probes is alive however long it keeps the window shut; one that dies while it does is
+        noticed at its second unanswered probe (the kernel spaces them up to 2 minutes apart).  Nothing in
+        flight: keepalive watches a quiet connection."""
+        self._ack_timer = None
+        transport = self._transport
+        if transport is None or not self.peer_timeout:
+            return
+        if not transport.get_write_buffer_size() and not _socket_queue(transport):
+            return
+        silence = _unanswered_for(transport)
+        if silence is not None and silence >= self.peer_timeout:
+            self._unanswered = True
+            transport.abort()
+            return
+        self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
 
     def _drop_transport(self) -> None:
         transport, self._transport = self._transport, None
         self._session = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if transport is not None:
             transport.abort()
         self._update_writable()
@@ -1112,8 +1153,32 @@ def _socket_queue(transport: asyncio.BaseTransport) -> int:
     return int.from_bytes(raw, sys.byteorder)
 
 
-# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a __u64 at this offset (Linux 4.2 and later).
+# struct tcp_info (linux/tcp.h): tcpi_retransmits and tcpi_probes (__u8: unanswered retransmissions and
+# window probes in a row), tcpi_last_ack_recv (__u32, ms since the last acknowledgement), tcpi_bytes_acked
+# (__u64, Linux 4.2 and later).
+_TCPI_RETRANSMITS = 2
+_TCPI_PROBES = 3
+_TCPI_LAST_ACK_RECV = 56
 _TCPI_BYTES_ACKED = 120
+
+
+def _unanswered_for(transport: asyncio.BaseTransport) -> float | None:
+    """Seconds since the server last acknowledged anything, while the kernel waits for an answer to a
+    retransmission or to window probes; None while it waits for nothing (or cannot say)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LAST_ACK_RECV + 4)
+    except OSError:
+        return None
+    # One unanswered window probe means little: a receiver answers out-of-window segments at most twice a
+    # second (tcp_invalid_ratelimit), and probes start 0.2 s apart.  Two in a row, or a retransmission
+    # (the window was open), and the server is not answering.
+    if len(info) < _TCPI_LAST_ACK_RECV + 4 or not (info[_TCPI_RETRANSMITS] or info[_TCPI_PROBES] >= 2):
+        return None
+    (since_ms,) = struct.unpack_from("=I", info, _TCPI_LAST_ACK_RECV)
+    return since_ms / 1000
 
 
 def _unacknowledged(transport: asyncio.BaseTransport, handed: int) -> int:
@@ -1154,10 +1219,8 @@ def _tune_socket(transport: asyncio.BaseTransport, peer_timeout: float = PEER_TI
 
     * keepalive probes while nothing is waiting to be sent, so a quiet connection whose server has gone
       silent (a partition, a server that lost power) ends;
-    * TCP_USER_TIMEOUT, so that data that stays unacknowledged that long ends the connection too, where
-      the kernel's own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour.
-      Linux applies it to a closed receive window as well: a server that takes no data for that long
-      (its UART held off by flow control, its buffers full) counts as gone, and the port reconnects."""
+    * data that stays unacknowledged is watched by the link itself (Link._ack_check), where the kernel's
+      own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
@@ -1170,7 +1233,6 @@ def _tune_socket(transport: asyncio.BaseTransport, peer_timeout: float = PEER_TI
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(peer_timeout * 1000))
 
 
 __all__ = ["PEER_TIMEOUT", "Backoff", "FlowControl", "Link", "LinkListener", "LinkState", "LinkStats", "RemoteState"]
