@@ -157,7 +157,7 @@ class InterposerServer:
             case "flush":
                 if args[0] not in protocol.FLUSH_QUEUES:
                     return protocol.err(errno.EINVAL)
-                port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
+                await port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
                 return protocol.ok()
         return protocol.err(errno.EINVAL)
 

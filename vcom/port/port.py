@@ -491,13 +491,19 @@ class Port:
             in_flight = max(in_flight, self._pacer.backlog())  # taken, but the line has not sent it yet
         return pending + in_flight
 
-    def program_flush(self, *, receive: bool, transmit: bool) -> None:
-        """tcflush through the interposer: done here, at once, so that the program's next read cannot
-        see what vcom wrote before it."""
+    async def program_flush(self, *, receive: bool, transmit: bool) -> None:
+        """tcflush through the interposer: done here, before the call returns, so that the program's next
+        read cannot see what vcom wrote before it.  The purge goes on the wire in order with the data: what
+        the program wrote before a receive flush leaves before the PURGE-DATA (a transmit flush discards it
+        instead)."""
         if receive:
             self.pty.discard_output()  # what vcom wrote that the program has not read
         if transmit:
             termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
+        else:
+            await self._send_pending()
+            if receive:
+                self.pty.discard_output()  # and what vcom wrote meanwhile
         self._flush(receive=receive, transmit=transmit)
 
     def icount(self) -> tuple[int, ...]:
