@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from peers import Vcom, free_port
 
-from vcom.link import _reason
+from vcom.link import connect_failure
 
 # Wording that belongs to a library, not to vcom.
 LIBRARY_WORDING = [
@@ -173,8 +173,9 @@ def test_help_names_every_side_and_no_type_placeholders() -> None:
 
 
 def test_unresolvable_host_in_vcoms_words() -> None:
-    assert _reason(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "nohost.invalid") == \
+    assert connect_failure(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "nohost.invalid") == \
         "cannot resolve host nohost.invalid"
-    assert _reason(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "h") == \
+    assert connect_failure(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "h") == \
         "cannot resolve host h (temporary failure in name resolution)"
-    assert _reason(ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)"), "h") == "Connection refused"
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+    assert connect_failure(refused, "h") == "Connection refused"

@@ -36,61 +36,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
-import fcntl
 import logging
-import os
-import random
-import socket
 import ssl
-import struct
-import sys
-import termios
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from . import rfc2217
-from .config import ConfigError
-from .ratelog import RateLog
-from .settings import FlowControl, LineSettings, Signals
-from .target import Target, Transport
-from .tls import HANDSHAKE_TIMEOUT, ClientSide, ClientTls, handshake_failure
+from ..config import ConfigError
+from ..ratelog import RateLog
+from ..settings import LineSettings, Signals
+from ..target import Target, Transport
+from ..tls import HANDSHAKE_TIMEOUT, ClientSide, ClientTls, handshake_failure
+from .session import (
+    PURGE_ANSWER_TIMEOUT,
+    WRITE_HIGH_WATER,
+    RawSession,
+    Rfc2217Session,
+    Session,
+    SessionOwner,
+    SettlingSession,
+)
+from .sockets import (
+    PEER_TIMEOUT,
+    TlsFailure,
+    connect_failure,
+    connect_socket,
+    socket_queue,
+    tune_socket,
+    unacknowledged,
+    unanswered_for,
+)
+from .state import HEALTHY_AFTER, Backoff, Lines, LinkListener, LinkState, LinkStats, RemoteState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vcom.link")  # one logger name for the whole package
 # Problems a server can repeat without end (refusals, junk, being hung up on): a few lines a minute per port.
 _problems = RateLog(log)
 
-# A connection that stayed up this long counts as healthy: the back-off restarts from its shortest delay.
-_HEALTHY_AFTER = 10.0
-# After a healthy connection is lost, the first retries wait at most this long (the network may be back in a
-# moment: a switch rebooting, a cable replugged), for this long, before the back-off doubles towards retry_max.
-QUICK_RETRY = 2.0
-QUICK_RETRY_FOR = 60.0
-PEER_TIMEOUT = 15.0  # default seconds a server may leave vcom without an answer before the connection is dead
 # While data waits for the server's acknowledgement the link looks this often (at most) whether the server
 # still answers (see _ack_check).
 ACK_CHECK_INTERVAL = 3.0
-# What a server may make vcom hold for it: answers to its requests that it does not read (beyond the data's
-# own high-water mark), and telnet commands within COMMAND_WINDOW seconds.  Past either it is disconnected.
-CONTROL_BACKLOG = 64 * 1024
-COMMAND_LIMIT = 10_000
-COMMAND_WINDOW = 10.0
-_WRITE_HIGH_WATER = 64 * 1024
-SOCKET_SEND_BUFFER = 64 * 1024
+
 # UDP payload per datagram: small enough to cross any path (IPv6 minimum MTU 1280) without fragmentation,
 # where one lost fragment would lose the whole datagram.
 DATAGRAM_SIZE = 1024
+# The link's write buffer drains to this before the port reads its pty again.
 _WRITE_LOW_WATER = 16 * 1024
-# How long a receive purge waits for the server's answer before data flows again (a server that never
-# answers PURGE-DATA is then not waited for again on that connection).
-PURGE_ANSWER_TIMEOUT = 0.5
-# The link's buffer holds data up to the high-water mark plus one read of the port's that crosses it; beyond
-# that only answers the server asked for and does not read can be there.
-_CONTROL_LIMIT = 2 * _WRITE_HIGH_WATER + CONTROL_BACKLOG
+
 # Fairness, per connection: the most one wake-up reads (also the size of the one receive buffer all links
 # share), the least, the decoding time one wake-up aims at, and the share of the time that decoding may
 # take over a longer stretch (a token bucket holding at most RECEIVE_BURST).  Plain data decodes at well
@@ -100,387 +91,10 @@ RECEIVE_MIN = 64
 RECEIVE_SLICE = 50e-6
 RECEIVE_SHARE = 0.1
 RECEIVE_BURST = 5e-3
+
 # A short read that decoded in less is not charged (nor is the reckoning itself spent on it): a port's round
 # trips and a slow stream, read by read.  A command flood in short reads costs more per read.
 _UNCHARGED = 2e-6
-
-
-class LinkState(enum.Enum):
-    IDLE = "idle"  # not wanted (on-open policy and no program)
-    CONNECTING = "connecting"  # TCP connect or option negotiation in progress
-    CONNECTED = "connected"
-    BACKOFF = "backoff"  # waiting before the next attempt
-
-
-class LinkListener(Protocol):
-    def link_data(self, data: bytes) -> None: ...
-
-    def link_writable(self, writable: bool) -> None: ...
-
-    def link_changed(self) -> None: ...
-
-
-@dataclass(slots=True)
-class LinkStats:
-    bytes_to_remote: int = 0
-    bytes_from_remote: int = 0
-    connects: int = 0
-    reconnects: int = 0
-    last_error: str | None = None
-    purged_bytes: int = 0  # arrived after a program's input flush, from before it: discarded
-    lost_bytes: int = 0  # handed to the link, not acknowledged by the server when its connection died
-    timeouts: int = 0  # connections ended because the server did not answer within the peer timeout
-    bound_disconnects: int = 0  # connections vcom closed because the server went past a bound
-
-
-@dataclass(slots=True)
-class RemoteState:
-    """What the server said is in force (``None``: not answered yet)."""
-
-    com_port: bool | None = None
-    signature: str | None = None
-    baud: int | None = None
-    data_bits: int | None = None
-    parity: str | None = None
-    stop_bits: str | None = None
-    flow_out: str | None = None
-    flow_in: str | None = None
-    suspended: bool = False
-    modem: Signals = field(default_factory=Signals)  # cts, dsr, dcd, ri as last notified
-    line_errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LINE_ERRORS, 0))
-
-    def settings_json(self) -> dict[str, Any]:
-        return {
-            "baud": self.baud,
-            "data_bits": self.data_bits,
-            "parity": self.parity,
-            "stop_bits": self.stop_bits,
-            "flow_out": self.flow_out,
-            "flow_in": self.flow_in,
-        }
-
-
-# NOTIFY-LINESTATE bits counted per port (RFC 2217, SET-LINESTATE-MASK).
-LINE_ERRORS = {
-    "overrun": rfc2217.LineState.OVERRUN,
-    "parity": rfc2217.LineState.PARITY_ERROR,
-    "framing": rfc2217.LineState.FRAMING_ERROR,
-    "break": rfc2217.LineState.BREAK,
-}
-# What we ask the server to notify.  Modem: every line and delta except trailing-edge RI, so the mask is
-# never 0xFF: sredird's fixed-length parser leaks the byte after a doubled 0xFF onto the serial line.
-MODEMSTATE_MASK = rfc2217.ModemState(0xFF & ~rfc2217.ModemState.TRAILING_RI)
-LINESTATE_MASK = rfc2217.LineState(sum(LINE_ERRORS.values()))
-
-
-@dataclass(frozen=True, slots=True)
-class Lines:
-    """The modem lines this side drives; ``None``: leave as the server has them."""
-
-    dtr: bool | None = None
-    rts: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial: float = 0.25
-    maximum: float = 15.0
-    quick: float = QUICK_RETRY  # the longest wait right after a healthy connection was lost
-    quick_for: float = QUICK_RETRY_FOR
-
-    def delay(self, attempt: int) -> float:
-        # Full jitter between half and all of the capped exponential delay.
-        ceiling = min(self.maximum, self.initial * (2 ** min(attempt, 30)))
-        return random.uniform(ceiling / 2, ceiling)
-
-
-# -- sessions: what one transport puts on the wire ------------------------------------------------
-
-
-class Session(Protocol):
-    negotiated: bool
-
-    def start(self, settings: LineSettings) -> bytes: ...
-
-    def receive(self, data: bytes) -> tuple[bytes, bytes]: ...
-
-    def encode(self, data: bytes) -> bytes: ...
-
-    def settings(self, settings: LineSettings) -> bytes: ...
-
-    def purge(self, receive: bool, transmit: bool) -> bytes: ...
-
-    def lines(self, lines: Lines) -> bytes: ...
-
-    def send_break(self, on: bool) -> bytes: ...
-
-    def negotiation_timed_out(self) -> bytes: ...
-
-    @property
-    def awaiting_purge(self) -> bool: ...
-
-    def purge_unanswered(self) -> None: ...
-
-
-class RawSession:
-    """Raw TCP: bytes are bytes; there is nowhere to send settings (nor a purge to wait for)."""
-
-    negotiated = True
-    awaiting_purge = False
-
-    def purge_unanswered(self) -> None:
-        pass
-
-    def start(self, settings: LineSettings) -> bytes:
-        return b""
-
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        return data, b""
-
-    def encode(self, data: bytes) -> bytes:
-        return data
-
-    def settings(self, settings: LineSettings) -> bytes:
-        return b""
-
-    def purge(self, receive: bool, transmit: bool) -> bytes:
-        return b""
-
-    def lines(self, lines: Lines) -> bytes:
-        return b""
-
-    def send_break(self, on: bool) -> bytes:
-        return b""
-
-    def negotiation_timed_out(self) -> bytes:
-        return b""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOwner:
-    """What an RFC 2217 session asks of its link: the values in force now, and where modem news goes."""
-
-    settings: Callable[[], LineSettings]
-    lines: Callable[[], Lines]
-    modem_changed: Callable[[Signals, int], None]  # the lines as now known, and the raw state with its delta bits
-    discarded: Callable[[int], None] = lambda count: None  # data dropped because a purge had not been answered
-    backlog: Callable[[], int] = lambda: 0  # bytes written to the server that it has not taken yet
-    violation: Callable[[str], None] = lambda reason: None  # the server went past a bound: disconnect it
-    clock: Callable[[], float] = time.monotonic
-
-
-class _SettlingSession(RawSession):
-    """Raw TCP over TLS 1.3 right after the handshake: no data until the server has had time to refuse our
-    certificate (see :meth:`Link._tls_connected`), or has sent data, which it would not have done then."""
-
-    def __init__(self) -> None:
-        self.negotiated = False
-
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        self.negotiated = True
-        return data, b""
-
-    def negotiation_timed_out(self) -> bytes:
-        self.negotiated = True
-        return b""
-
-
-class Rfc2217Session:
-    """RFC 2217 client role on top of the sans-I/O codec.
-
-    ``receive`` returns (user data, bytes to send back); answers and
-    notifications update :attr:`remote`.  Commands are only sent once the
-    server agreed to COM-PORT-OPTION; a server that refuses it gets one
-    warning and carries plain data (RFC 2217 section 2: without the option the
-    connection is an ordinary telnet one).
-    """
-
-    def __init__(self, remote: RemoteState, name: str, owner: SessionOwner) -> None:
-        self._codec = rfc2217.Connection(rfc2217.Role.CLIENT, command_limit=COMMAND_LIMIT)
-        self._counting_since = owner.clock()
-        self._remote = remote
-        self._name = name
-        self._owner = owner
-        self._settings = LineSettings()
-        self._sent: list[Any] = []  # last value sent per command, to send only changes
-        self._sent_lines = Lines()
-        self.negotiated = False
-        # PURGE-DATA sent and not answered yet, oldest first: whether each discards the receive buffer.
-        # RFC 2217 answers in order, in the data stream: data before the answer left the remote UART
-        # before the purge and is what the program flushed.
-        self._purges: deque[bool] = deque()
-        self.answers_purge: bool | None = None  # learned per connection
-
-    def start(self, settings: LineSettings) -> bytes:
-        self._settings = settings
-        return self._codec.initiate()
-
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        events = self._codec.receive_data(data)
-        if not self._purges and len(events) == 1 and type(events[0]) is rfc2217.Data:
-            # A busy link's every read: the payload goes on as the codec made it, without a copy.
-            return events[0].data, self._codec.data_to_send()
-        payload = []
-        replies = [b""]  # the codec's own answers (option negotiation) go first
-        for event in events:
-            if type(event) is rfc2217.Data:
-                if any(self._purges):
-                    self._owner.discarded(len(event.data))  # received before the purge: flushed
-                else:
-                    payload.append(event.data)
-            else:
-                replies.append(self._event(event))
-        replies[0] = self._codec.data_to_send()
-        return b"".join(payload), b"".join(replies)
-
-    def encode(self, data: bytes) -> bytes:
-        return self._codec.send_data(data)
-
-    def settings(self, settings: LineSettings) -> bytes:
-        self._settings = settings
-        if not self._remote.com_port:
-            return b""
-        commands = rfc2217.settings_commands(settings)
-        changed = [c for i, c in enumerate(commands) if i >= len(self._sent) or self._sent[i] != c]
-        self._sent = commands
-        return b"".join(self._codec.send(c) for c in changed)
-
-    def lines(self, lines: Lines) -> bytes:
-        if not self._remote.com_port:
-            return b""
-        out = b""
-        if lines.dtr is not None and lines.dtr != self._sent_lines.dtr:
-            out += self._codec.send(rfc2217.SetControl(rfc2217.dtr_control(lines.dtr)))
-        if lines.rts is not None and lines.rts != self._sent_lines.rts:
-            out += self._codec.send(rfc2217.SetControl(rfc2217.rts_control(lines.rts)))
-        self._sent_lines = lines
-        return out
-
-    def send_break(self, on: bool) -> bytes:
-        if not self._remote.com_port:
-            return b""
-        return self._codec.send(rfc2217.SetControl(rfc2217.break_control(on)))
-
-    def purge(self, receive: bool, transmit: bool) -> bytes:
-        if not self._remote.com_port or not (receive or transmit):
-            return b""
-        which = rfc2217.Purge.BOTH if receive and transmit else (
-            rfc2217.Purge.RECEIVE if receive else rfc2217.Purge.TRANSMIT)
-        if self.answers_purge is not False:
-            self._purges.append(receive)
-        return self._codec.send(rfc2217.PurgeData(which))
-
-    @property
-    def awaiting_purge(self) -> bool:
-        """A receive purge is unanswered: incoming data is being discarded."""
-        return any(self._purges)
-
-    def purge_unanswered(self) -> None:
-        """The server did not answer PURGE-DATA in time: stop discarding, and do not wait on it again."""
-        if self._purges:
-            self._purges.clear()
-            if self.answers_purge is None:
-                log.warning("%s: server does not answer PURGE-DATA; after a flush, data it sent before the flush "
-                            "may still reach the program", self._name)
-            self.answers_purge = False
-
-    def negotiation_timed_out(self) -> bytes:
-        if self.negotiated:
-            return b""
-        _problems.warning((self._name, "no-negotiation"), "%s: server did not negotiate COM-PORT-OPTION; "
-                          "carrying plain data, settings are not sent", self._name)
-        self.negotiated = True
-        return b""
-
-    def _event(self, event: object) -> bytes:
-        backlog = self._owner.backlog()
-        if backlog > _CONTROL_LIMIT:
-            # Every answer is written whether or not the server reads: one that keeps asking and never reads
-            # would make vcom hold its answers without end.
-            self._owner.violation(f"the server does not read what vcom sends ({backlog:,} bytes waiting) "
-                                  "and keeps sending requests")
-            return b""
-        remote = self._remote
-        match event:
-            case rfc2217.ComPortOption(enabled=True):
-                remote.com_port = True
-                self.negotiated = True
-                self._sent = []
-                self._sent_lines = Lines()
-                # RFC 2217 recommends settings first; the masks come before them so that the first
-                # notifications already describe the line as the settings leave it.
-                return (self._codec.send(rfc2217.Signature(""))
-                        + self._codec.send(rfc2217.SetModemStateMask(MODEMSTATE_MASK))
-                        + self._codec.send(rfc2217.SetLineStateMask(LINESTATE_MASK))
-                        + self.settings(self._owner.settings())
-                        + self.lines(self._owner.lines()))
-            case rfc2217.ComPortOption(enabled=False):
-                if remote.com_port is not False:
-                    _problems.warning((self._name, "refused"), "%s: server refused COM-PORT-OPTION (RFC 2217); "
-                                      "carrying plain data, line settings stay as the server has them", self._name)
-                remote.com_port = False
-                self.negotiated = True
-            case rfc2217.Signature(text=text) if text:
-                remote.signature = text
-            case rfc2217.Signature():
-                # The server asks who we are (RFC 2217 section 3: either side may ask).
-                return self._codec.send(rfc2217.Signature("vcom"))
-            case rfc2217.SetBaudRate(baud=baud):
-                remote.baud = baud
-            case rfc2217.SetDataSize(bits=bits):
-                remote.data_bits = bits
-            case rfc2217.SetParity(parity=code):
-                parity = rfc2217.parity_from_code(code)
-                remote.parity = parity.value if parity else f"code {code}"
-            case rfc2217.SetStopSize(stop=code):
-                stop = rfc2217.stop_from_code(code)
-                remote.stop_bits = stop.value if stop else f"code {code}"
-            case rfc2217.SetControl(value=value):
-                self._control_answer(value)
-            case rfc2217.PurgeData():
-                if self._purges:
-                    self._purges.popleft()
-                    self.answers_purge = True
-            case rfc2217.FlowControlSuspend():
-                remote.suspended = True
-            case rfc2217.FlowControlResume():
-                remote.suspended = False
-            case rfc2217.NotifyModemState(state=state):
-                remote.modem = rfc2217.modem_signals(state, remote.modem)
-                self._owner.modem_changed(remote.modem, int(state))
-            case rfc2217.NotifyLineState(state=state):
-                for name, bit in LINE_ERRORS.items():
-                    if state & bit:
-                        remote.line_errors[name] += 1
-            case rfc2217.ProtocolError(message=message):
-                _problems.info((self._name, "ignored"), "%s: ignored from server: %s", self._name, message)
-            case rfc2217.LimitExceeded(what="subnegotiation", message=message):
-                self._owner.violation(f"the server sent a {message.removesuffix(' skipped')}")
-            case rfc2217.LimitExceeded(what="commands"):
-                self._commands_counted()
-        return b""
-
-    def _commands_counted(self) -> None:
-        """COMMAND_LIMIT telnet commands since the count started: too many if that took under COMMAND_WINDOW."""
-        now = self._owner.clock()
-        took = now - self._counting_since
-        if took < COMMAND_WINDOW:
-            self._owner.violation(f"the server sent {COMMAND_LIMIT:,} telnet commands within {took:.1f} s")
-        self._counting_since = now
-        self._codec.restart_command_count()
-
-    def _control_answer(self, value: int) -> None:
-        decoded = rfc2217.flow_from_control(value)
-        if decoded is None:
-            return  # DTR/RTS/BREAK answers: modem lines are tracked elsewhere
-        direction, flow = decoded
-        if direction == "out":
-            self._remote.flow_out = flow.value
-        else:
-            self._remote.flow_in = flow.value
-
-
-# -- the link ---------------------------------------------------------------------------------------
 
 
 class _LinkProtocol:
@@ -691,7 +305,7 @@ class Link:
         transport = self._transport
         if transport is None:
             return 0
-        return transport.get_write_buffer_size() + _socket_queue(transport)
+        return transport.get_write_buffer_size() + socket_queue(transport)
 
     async def drained(self) -> None:
         """Until the server has received everything handed to the link (TCP has its acknowledgement), or
@@ -762,7 +376,7 @@ class Link:
                 started = loop.time()
                 reached = await self._connect_once(after_loss)
                 after_loss = after_loss or reached
-                if reached and loop.time() - started >= _HEALTHY_AFTER:
+                if reached and loop.time() - started >= HEALTHY_AFTER:
                     attempt = 0
                     outage = loop.time()
                 delay = self._backoff.delay(attempt)
@@ -792,7 +406,7 @@ class Link:
             return False
         except OSError as exc:
             self._drop_transport()
-            self._error(f"connect to {self.target}: {_reason(exc, self.target.host)}")
+            self._error(f"connect to {self.target}: {connect_failure(exc, self.target.host)}")
             return False
         if after_loss:  # a connect on open, or after a deliberate disconnect, is not a reconnect
             self.stats.reconnects += 1
@@ -833,7 +447,7 @@ class Link:
         transport = self._transport
         if transport is None or self._loss is not None or self.target.transport is Transport.UDP:
             return
-        self._loss = _unacknowledged(transport, self.stats.bytes_to_remote - self._sent_at_connect)
+        self._loss = unacknowledged(transport, self.stats.bytes_to_remote - self._sent_at_connect)
 
     def _violation(self, reason: str) -> None:
         """The server went past a bound: close the connection (retried after the back-off), say why once."""
@@ -843,7 +457,7 @@ class Link:
         self._violation_reason = reason
         self.stats.bound_disconnects += 1
         # What waits for the server is given up with the connection.
-        self._loss = transport.get_write_buffer_size() + _socket_queue(transport)
+        self._loss = transport.get_write_buffer_size() + socket_queue(transport)
         asyncio.get_running_loop().call_soon(self._abort_if, transport)
 
     def _abort_if(self, transport: asyncio.BaseTransport) -> None:
@@ -855,8 +469,8 @@ class Link:
         """Called by the protocol before it can deliver a byte: the server may speak first (ser2net
         sends its whole negotiation at accept), so the session must exist from here on.  Over TLS this is
         after the handshake, the server's certificate verified."""
-        _tune_socket(transport, self.peer_timeout)
-        transport.set_write_buffer_limits(_WRITE_HIGH_WATER, _WRITE_LOW_WATER)
+        tune_socket(transport, self.peer_timeout)
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, _WRITE_LOW_WATER)
         self._transport = transport
         self._sent_at_connect = self.stats.bytes_to_remote
         self._loss = None
@@ -935,7 +549,7 @@ class Link:
         except ConfigError as exc:
             raise TlsFailure(f"TLS files: {exc}") from None
         self._tls_handshake_at = loop.time()
-        sock = await _connect_socket(loop, self.target.host, self.target.port)
+        sock = await connect_socket(loop, self.target.host, self.target.port)
         timeout = self._tls_handshake_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -954,7 +568,7 @@ class Link:
                                  modem_changed=self._modem_changed, discarded=self._purged, backlog=self._backlog,
                                  violation=self._violation)
             return Rfc2217Session(self.remote, self.name, owner)
-        return _SettlingSession() if settling else RawSession()
+        return SettlingSession() if settling else RawSession()
 
     def _backlog(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
@@ -1073,9 +687,9 @@ class Link:
         transport = self._transport
         if transport is None or not self.peer_timeout:
             return
-        if not transport.get_write_buffer_size() and not _socket_queue(transport):
+        if not transport.get_write_buffer_size() and not socket_queue(transport):
             return
-        silence = _unanswered_for(transport)
+        silence = unanswered_for(transport)
         if silence is not None and silence >= self.peer_timeout:
             self._unanswered = True
             transport.abort()
@@ -1101,138 +715,3 @@ class Link:
         if message != self.stats.last_error:
             _problems.warning((self.name, "error", message), "%s: %s", self.name, message)
         self.stats.last_error = message
-
-
-class TlsFailure(OSError):
-    """A TLS connection that could not be made, in vcom's words (no errno)."""
-
-
-async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A connected TCP socket to ``host:port``, trying its addresses in order (as create_connection does)."""
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"cannot resolve host {host}")
-    last: OSError | None = None
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    assert last is not None
-    raise last
-
-
-def _reason(exc: OSError, host: str) -> str:
-    # getaddrinfo's codes are negative and os.strerror() knows none of them ("Unknown error -2").
-    if isinstance(exc, socket.gaierror):
-        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
-            return f"cannot resolve host {host}"
-        return f"cannot resolve host {host} ({str(exc.strerror or exc).lower()})"
-    # asyncio's "Connect call failed (addr)" hides the errno's own words ("Connection refused").
-    if exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc)
-
-
-def _socket_queue(transport: asyncio.BaseTransport) -> int:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return 0
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ for a socket
-    except OSError:
-        return 0
-    return int.from_bytes(raw, sys.byteorder)
-
-
-# struct tcp_info (linux/tcp.h): tcpi_retransmits and tcpi_probes (__u8: unanswered retransmissions and
-# window probes in a row), tcpi_last_ack_recv (__u32, ms since the last acknowledgement), tcpi_bytes_acked
-# (__u64, Linux 4.2 and later).
-_TCPI_RETRANSMITS = 2
-_TCPI_PROBES = 3
-_TCPI_LAST_ACK_RECV = 56
-_TCPI_BYTES_ACKED = 120
-
-
-def _unanswered_for(transport: asyncio.BaseTransport) -> float | None:
-    """Seconds since the server last acknowledged anything, while the kernel waits for an answer to a
-    retransmission or to window probes; None while it waits for nothing (or cannot say)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LAST_ACK_RECV + 4)
-    except OSError:
-        return None
-    # One unanswered window probe means little: a receiver answers out-of-window segments at most twice a
-    # second (tcp_invalid_ratelimit), and probes start 0.2 s apart.  Two in a row, or a retransmission
-    # (the window was open), and the server is not answering.
-    if len(info) < _TCPI_LAST_ACK_RECV + 4 or not (info[_TCPI_RETRANSMITS] or info[_TCPI_PROBES] >= 2):
-        return None
-    (since_ms,) = struct.unpack_from("=I", info, _TCPI_LAST_ACK_RECV)
-    return since_ms / 1000
-
-
-def _unacknowledged(transport: asyncio.BaseTransport, handed: int) -> int:
-    """Bytes of a connection that just died that the server never acknowledged: the socket's queue
-    (SIOCOUTQ still counts them after the kernel gave up), or, when more, what was handed to the link
-    less what the server acknowledged (tcp_info), which also covers what asyncio had not written yet
-    (it empties its buffer before the protocol hears of the loss).  The second figure counts telnet
-    commands as acknowledged data, so it never overstates."""
-    queued = _socket_queue(transport)
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return queued
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_BYTES_ACKED + 8)
-    except OSError:
-        return queued
-    if len(info) < _TCPI_BYTES_ACKED + 8:
-        return queued
-    (acked,) = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)
-    return max(queued, handed - acked)
-
-
-def keepalive_times(peer_timeout: float) -> tuple[int, int, int]:
-    """TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT for a peer timeout: the first probe after a third of it
-    of silence, then probes close enough that the last unanswered one lands at the timeout."""
-    if not peer_timeout:
-        return 10, 5, 3  # probes after 10 s of silence, every 5 s, 3 unanswered: within 25 s
-    idle = max(1, int(peer_timeout / 3))
-    interval = max(1, int(peer_timeout / 6))
-    count = max(1, -(-int(peer_timeout - idle) // interval))
-    return idle, interval, count
-
-
-def _tune_socket(transport: asyncio.BaseTransport, peer_timeout: float = PEER_TIMEOUT) -> None:
-    """Low latency for interactive serial traffic, a fixed send buffer (Linux would grow it to megabytes
-    (tcp_wmem) towards a server that drains at serial speed, and a program's write() would return long
-    before its bytes could reach the UART), and a dead peer noticed within ``peer_timeout``:
-
-    * keepalive probes while nothing is waiting to be sent, so a quiet connection whose server has gone
-      silent (a partition, a server that lost power) ends;
-    * data that stays unacknowledged is watched by the link itself (Link._ack_check), where the kernel's
-      own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
-    idle, interval, count = keepalive_times(peer_timeout)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-
-
-__all__ = ["PEER_TIMEOUT", "Backoff", "FlowControl", "Link", "LinkListener", "LinkState", "LinkStats", "RemoteState"]
