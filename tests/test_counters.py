@@ -13,7 +13,7 @@ import socket
 import threading
 from pathlib import Path
 
-from peers import Vcom, open_program
+from peers import Vcom, open_program, wait_until
 from rich.console import Console
 
 from vcom.dashboard import Dashboard
@@ -71,12 +71,15 @@ def test_opens_are_connects_and_only_a_loss_makes_a_reconnect(vcom: Vcom, tmp_pa
                              what=f"connection {opened}")
             os.close(fd)
             vcom.wait_status(port, lambda s: s["state"] == "idle", what="disconnected after the close")
+        # The server's accept thread may take a moment after the kernel completed the connection.
+        wait_until(lambda: server.count == 3, 10, "the server to accept the third connection")
         status = vcom.status(port)
         assert (status["connects"], status["reconnects"], server.count) == (3, 0, 3)
 
         fd = open_program(port)
         try:
             vcom.wait_status(port, lambda s: s["state"] == "connected" and s["connects"] == 4, what="connection 4")
+            wait_until(lambda: server.count == 4, 10, "the server to accept the fourth connection")
             server.drop_all()  # the server goes away under an open port
             status = vcom.wait_status(port, lambda s: s["state"] == "connected" and s["connects"] == 5,
                                       timeout=30, what="reconnected after the loss")

@@ -21,6 +21,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import tty
@@ -549,12 +550,15 @@ def cyclades(tmp_path: Path, device: PtyDevice, pty_share: Callable[..., Running
         pytest.skip("cyclades-ser-cli is not installed")
     running = pty_share()
     port = running.port
-    link = tmp_path / "cyc0"
+    # cyclades-ser-cli silently fails on a long pty link path (about 64 characters): keep it short.
+    short = Path(tempfile.mkdtemp(prefix="vc-cyc-"))
+    link = short / "cyc0"
     log = open(tmp_path / "cyclades.log", "wb")
     # "-p BASE" and port 1 connect to BASE + 1; -x: foreground, log to stdout; -m 1: ignore DCD
     # (a pty has none, and cyclades-ser-cli would otherwise hold the port closed).
     process = subprocess.Popen(
         ["cyclades-ser-cli", "-x", "-d", "3", "-m", "1", "-p", str(port - 1), str(link), "127.0.0.1", "1"],
+        stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -570,6 +574,7 @@ def cyclades(tmp_path: Path, device: PtyDevice, pty_share: Callable[..., Running
             process.kill()
             process.wait(TIMEOUT)
         log.close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_cyclades_ser_cli_settings_and_data(device: PtyDevice, cyclades: tuple) -> None:
