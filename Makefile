@@ -34,8 +34,11 @@ peers:
 demo: venv
 	$(VENV)/bin/vcom demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS))
 
+# Three workers (pytest-xdist): the tests mostly wait on peers and sockets, so even 2 cores keep three busy.
+# TEST_ARGS="-n 0" runs them one at a time.
+TEST_ARGS ?= -n 3
 test: venv peers
-	$(PY) -m pytest
+	$(PY) -m pytest $(TEST_ARGS)
 
 # vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
 bench: venv peers
