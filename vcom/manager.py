@@ -127,6 +127,8 @@ class Manager:
             self._start_configured(loaded)
             handover.release_unclaimed()
             await self._start_configured_shares()
+            # The pid file before the control socket: whoever sees the manager answer may look it up.
+            _write_pid(self.paths.pid)
             server = await controlserver.serve(self.paths.socket, self.handle)
             interposer = InterposerServer(self.paths.interposer, self._port_by_rdev)
             await interposer.start()
@@ -134,7 +136,6 @@ class Manager:
                 metrics = await start_metrics(self._metrics_addr, self.snapshot)
             udev = UdevWatcher(loop, self._link_up, self._tty_added, lambda node: None)
             udev.start()
-            _write_pid(self.paths.pid)
             log.info("manager ready: %d port(s), control socket %s", len(self.ports), self.paths.socket)
             handover.notifier.notify(f"READY=1\nSTATUS={self._status_line()}")
             self._check_fds()
