@@ -76,20 +76,26 @@ _TCPI_LAST_ACK_RECV = 56
 _TCPI_BYTES_ACKED = 120
 
 
-def unanswered_for(transport: asyncio.BaseTransport) -> float | None:
-    """Seconds since the server last acknowledged anything, while the kernel waits for an answer to a
-    retransmission or to window probes; None while it waits for nothing (or cannot say)."""
+def _tcp_info(transport: asyncio.BaseTransport, size: int) -> bytes | None:
+    """The first ``size`` bytes of the connection's struct tcp_info; None if the kernel gives fewer."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LAST_ACK_RECV + 4)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
     except OSError:
         return None
+    return info if len(info) >= size else None
+
+
+def unanswered_for(transport: asyncio.BaseTransport) -> float | None:
+    """Seconds since the server last acknowledged anything, while the kernel waits for an answer to a
+    retransmission or to window probes; None while it waits for nothing (or cannot say)."""
+    info = _tcp_info(transport, _TCPI_LAST_ACK_RECV + 4)
     # One unanswered window probe means little: a receiver answers out-of-window segments at most twice a
     # second (tcp_invalid_ratelimit), and probes start 0.2 s apart.  Two in a row, or a retransmission
     # (the window was open), and the server is not answering.
-    if len(info) < _TCPI_LAST_ACK_RECV + 4 or not (info[_TCPI_RETRANSMITS] or info[_TCPI_PROBES] >= 2):
+    if info is None or not (info[_TCPI_RETRANSMITS] or info[_TCPI_PROBES] >= 2):
         return None
     (since_ms,) = struct.unpack_from("=I", info, _TCPI_LAST_ACK_RECV)
     return since_ms / 1000
@@ -102,14 +108,8 @@ def unacknowledged(transport: asyncio.BaseTransport, handed: int) -> int:
     (it empties its buffer before the protocol hears of the loss).  The second figure counts telnet
     commands as acknowledged data, so it never overstates."""
     queued = socket_queue(transport)
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return queued
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_BYTES_ACKED + 8)
-    except OSError:
-        return queued
-    if len(info) < _TCPI_BYTES_ACKED + 8:
+    info = _tcp_info(transport, _TCPI_BYTES_ACKED + 8)
+    if info is None:
         return queued
     (acked,) = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)
     return max(queued, handed - acked)
