@@ -500,7 +500,7 @@ class Port:
             self.pty.discard_output()  # what vcom wrote that the program has not read
         if transmit:
             termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
-        else:
+        elif self.link.writable:  # with no connection nothing can go first: the flush does not wait for one
             await self._send_pending()
             if receive:
                 self.pty.discard_output()  # and what vcom wrote meanwhile
