@@ -160,6 +160,33 @@ def test_tcdrain_lasts_the_line_time(line, vcom: Vcom):
     assert collector.wait_for(3840, 10) == b"x" * 3840
 
 
+SPEED_UP = textwrap.dedent("""
+    import os, sys, termios, time, tty
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[4] = attrs[5] = termios.B300
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    assert os.write(fd, bytes(range(256)) * 40) == 10240  # the pty holds it all
+    time.sleep(0.5)  # one FIFO taken; at 300 baud the next bytes would be taken in a minute
+    attrs[4] = attrs[5] = termios.B115200
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    os.close(fd)  # no tcdrain: nothing but the new speed may hurry the queue
+""")
+
+
+def test_a_new_speed_applies_to_what_is_still_queued(line, vcom: Vcom):
+    """A UART sends what is still queued at the speed set with TCSANOW: 10 KB written at 300 baud (about
+    6 minutes of line time) go out at once after a switch to 115200, and the program's TCSANOW does not wait
+    for the old speed."""
+    port, collector = line("--emulate-baud")
+    payload = bytes(range(256)) * 40
+    result = subprocess.run([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", SPEED_UP, str(port)], env=vcom.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert collector.wait_for(len(payload), 30) == payload
+
+
 FLUSH = textwrap.dedent("""
     import os, sys, termios, time, tty
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)

@@ -381,6 +381,7 @@ class Port:
         self.group.member_settings(self)
         if self._pacer is not None:
             self._pacer.set_settings(self.effective_settings)
+            self._repace()
 
     def read_settings(self) -> None:
         """Take the program's termios (from the pty, with what it asked through the interposer)."""
@@ -413,6 +414,7 @@ class Port:
             self.group.member_drained()
         if transmit and self._pacer is not None:
             self._pacer.clear()  # a UART's TCOFLUSH empties its transmit FIFO
+            self._repace()
         self.link.purge(receive=receive, transmit=transmit)
 
     # -- the interposer's requests (vcom.interposer.server)
@@ -425,7 +427,10 @@ class Port:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
         with the bytes written before it."""
         if mode == "now":
-            await self._send_pending()
+            if self._pacer is None:
+                await self._send_pending()
+            # With --emulate-baud the bytes still queued are the UART's transmit queue: as on a UART they
+            # go at the new settings, and the call does not wait for the old line rate to send them.
         else:
             await self.program_drain()  # TCSADRAIN and TCSAFLUSH: after all written has been received
         flush = mode == "flush"
@@ -669,6 +674,13 @@ class Port:
     def _paced(self) -> None:
         self._pace_timer = None
         self._update_io()
+
+    def _repace(self) -> None:
+        """The emulated line's rate or queue changed: the wait armed for the old one no longer holds."""
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+            self._update_io()
 
     def _set_reading(self, on: bool) -> None:
         if on == self._reading:
