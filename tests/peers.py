@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vcom import control as vcom_control
+
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
@@ -1015,6 +1017,36 @@ class Vcom:
                     os.kill(pid, sig)
             with contextlib.suppress(AssertionError):
                 wait_until(lambda pids=pids: not any(_alive(p) for p in pids), 5, "vcom processes to exit")
+
+
+class NamespacedManager:
+    """``vcom run`` (or a script that ends in it) under ``unshare --net`` and whatever more ``unshare`` is
+    given: a network namespace of its own; ``inside()`` runs a command in that network namespace.  The
+    manager's output goes to ``namespaced.log`` in the home."""
+
+    def __init__(self, vcom: Vcom, script: str, *args: str, unshare: Sequence[str] = ("--net",)) -> None:
+        self.log = vcom.home / "namespaced.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["unshare", *unshare, "sh", "-c", script, *args], env=vcom.env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_until(lambda: self.proc.poll() is not None or vcom_control.manager_running(vcom.home / "vcom.sock"),
+                   15, "the manager in its namespace")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def prefix(self) -> list[str]:
+        return ["nsenter", "--target", str(self.proc.pid), "--net", "--"]
+
+    def inside(self, *command: str) -> None:
+        subprocess.run([*self.prefix(), *command], check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
 
 def run_as(uid: int, gid: int, groups: Sequence[int], action: Callable[[], str], timeout: float = 30.0) -> str:

@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from peers import HERE, PYTHON, HostileServer, PtyDevice, Vcom, wait_until
-
-from vcom import control
+from peers import HERE, PYTHON, HostileServer, NamespacedManager, PtyDevice, Vcom
 
 HOUR = 3600.0
 # The manager, with every timer it could act on by itself pushed past the test's deadlines.  The
@@ -60,42 +58,18 @@ def _namespaces_work() -> str | None:
     return None if probe.returncode == 0 else f"cannot make network and mount namespaces: {probe.stderr.strip()}"
 
 
-class NamespacedManager:
-    """``vcom run`` in new network and mount namespaces; ``inside()`` runs a command in its network namespace."""
-
-    def __init__(self, vcom: Vcom, devices: Path) -> None:
-        script = "; ".join([
-            "set -e",
-            "ip link set lo up",
-            "mount -t tmpfs tmpfs /run",
-            "mkdir -p /run/udev",
-            "touch /run/udev/control",  # what the watcher looks for to listen to udevd
-            f'mount --bind "{devices}" /dev/shm',
-            f'exec "{sys.executable}" -c "$0"',
-        ])
-        self.log = vcom.home / "namespaced.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
-                                          script, _MANAGER], env=vcom.env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log)
-        wait_until(lambda: self.proc.poll() is not None or control.manager_running(vcom.home / "vcom.sock"), 15,
-                   "the manager in its namespace")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def prefix(self) -> list[str]:
-        return ["nsenter", "--target", str(self.proc.pid), "--net", "--"]
-
-    def inside(self, *command: str) -> None:
-        subprocess.run([*self.prefix(), *command], check=True, capture_output=True, timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+def _namespaced_manager(vcom: Vcom, devices: Path) -> NamespacedManager:
+    """``vcom run`` in new network and mount namespaces, with /run private and ``devices`` as /dev/shm."""
+    script = "; ".join([
+        "set -e",
+        "ip link set lo up",
+        "mount -t tmpfs tmpfs /run",
+        "mkdir -p /run/udev",
+        "touch /run/udev/control",  # what the watcher looks for to listen to udevd
+        f'mount --bind "{devices}" /dev/shm',
+        f'exec "{sys.executable}" -c "$0"',
+    ])
+    return NamespacedManager(vcom, script, _MANAGER, unshare=("--net", "--mount", "--propagation", "private"))
 
 
 class NamespacedHostile(HostileServer):
@@ -116,7 +90,7 @@ def namespaced(vcom: Vcom, tmp_path: Path) -> Iterator[tuple[NamespacedManager, 
         pytest.skip(reason)
     devices = tmp_path / "devshm"
     devices.mkdir()
-    manager = NamespacedManager(vcom, devices)
+    manager = _namespaced_manager(vcom, devices)
     try:
         yield manager, devices
     finally:

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import Socat, Vcom, wait_until
-
-from vcom import control
+from peers import NamespacedManager, Socat, Vcom
 
 
 def _missing() -> str | None:
@@ -33,37 +31,13 @@ def _missing() -> str | None:
     return None if probe.returncode == 0 else f"cannot use nft in a network namespace: {probe.stderr.strip()}"
 
 
-class Namespace:
-    """``vcom run`` in a network namespace of its own; ``inside()`` runs a command in that namespace."""
-
-    def __init__(self, vcom: Vcom) -> None:
-        self.log = vcom.home / "namespaced.log"
-        script = f'set -e; ip link set lo up; exec "{sys.executable}" -m vcom run --no-keeper'
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(["unshare", "--net", "sh", "-c", script], env=vcom.env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        wait_until(lambda: self.proc.poll() is not None or control.manager_running(vcom.home / "vcom.sock"), 15,
-                   "the manager in its namespace")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def prefix(self) -> list[str]:
-        return ["nsenter", "--target", str(self.proc.pid), "--net", "--"]
-
-    def inside(self, *command: str) -> None:
-        subprocess.run([*self.prefix(), *command], check=True, capture_output=True, timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+def _namespace(vcom: Vcom) -> NamespacedManager:
+    """``vcom run`` in a network namespace of its own."""
+    return NamespacedManager(vcom, f'set -e; ip link set lo up; exec "{sys.executable}" -m vcom run --no-keeper')
 
 
 class NamespacedEcho(Socat):
-    def __init__(self, workdir: Path, namespace: Namespace) -> None:
+    def __init__(self, workdir: Path, namespace: NamespacedManager) -> None:
         super().__init__(workdir, "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE")
         self.namespace = namespace
 
@@ -72,11 +46,11 @@ class NamespacedEcho(Socat):
 
 
 @pytest.fixture
-def namespace(vcom: Vcom) -> Iterator[Namespace]:
+def namespace(vcom: Vcom) -> Iterator[NamespacedManager]:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    space = Namespace(vcom)
+    space = _namespace(vcom)
     try:
         yield space
     finally:
@@ -99,7 +73,7 @@ def _pump(fd: int, until: float) -> int:
     return written
 
 
-def test_a_silent_partition_is_noticed_and_healed(vcom: Vcom, namespace: Namespace, start_peer, open_port,
+def test_a_silent_partition_is_noticed_and_healed(vcom: Vcom, namespace: NamespacedManager, start_peer, open_port,
                                                    tmp_path: Path):
     echo = start_peer(NamespacedEcho(tmp_path / "echo", namespace))
     device = tmp_path / "ttyV0"
