@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -139,20 +137,7 @@ def listening(port: int) -> bool:
 
 def query(vcom: Vcom, device: str | os.PathLike[str]) -> dict[str, Any]:
     """What `vcom status DEVICE --json` shows, asked on the control socket: cheap enough to poll."""
-    name = str(device)
-    request = {"cmd": "status", "device": name if name.lower().startswith("sim:") else os.path.abspath(name)}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(vcom.home / "vcom.sock"))
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            assert chunk, f"the manager closed the connection after {answer!r}"
-            answer += chunk
-    reply = json.loads(answer)
-    assert reply.get("ok"), f"status {device}: {reply.get('error')}"
-    return reply.get("port") or reply.get("share")
+    return vcom.query(device)
 
 
 def wait_query(vcom: Vcom, device: str | os.PathLike[str], predicate: Any, what: str,
