@@ -841,6 +841,16 @@ def com_port_commands(items: Iterable[Item], command: int | None = None) -> list
     ]
 
 
+def data_and_commands(items: Iterable[Item], *commands: int) -> list[bytes | Subnegotiation]:
+    """In wire order: the data among ``items`` (bytes) and their RFC 2217 subnegotiations of ``commands``."""
+    return [
+        item.data if isinstance(item, Data) else item
+        for item in items
+        if isinstance(item, Data)
+        or isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command in commands
+    ]
+
+
 # ---------------------------------------------------------------------------
 # The vcom CLI
 

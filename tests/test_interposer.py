@@ -26,19 +26,17 @@ from pathlib import Path
 import pytest
 from modbus_peer import DEVICE_ID, REGISTERS, modbus_behind_ser2net
 from peers import (
-    COM_PORT_OPTION,
     PYTHON,
     SET_BAUDRATE,
     SET_CONTROL,
     SET_DATASIZE,
     SET_PARITY,
     SET_STOPSIZE,
-    Data,
     Ser2net,
-    Subnegotiation,
     Vcom,
     WireProxy,
     com_port_commands,
+    data_and_commands,
     wait_until,
 )
 
@@ -317,14 +315,13 @@ def test_settings_and_lines_are_ordered_with_the_data_written_before_them(vcom: 
 
     def wire() -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []
-        for item in proxy.client_items():
-            if isinstance(item, Data):
-                out.append(("data", item.data))
-            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION:
-                if item.command == SET_BAUDRATE:
-                    out.append(("baud", item.number))
-                elif item.command == SET_CONTROL and item.value[:1] == b"\x0c":
-                    out.append(("rts", False))
+        for item in data_and_commands(proxy.client_items(), SET_BAUDRATE, SET_CONTROL):
+            if isinstance(item, bytes):
+                out.append(("data", item))
+            elif item.command == SET_BAUDRATE:
+                out.append(("baud", item.number))
+            elif item.value[:1] == b"\x0c":
+                out.append(("rts", False))
         return out
 
     def merged() -> list[tuple[str, object]]:

@@ -31,6 +31,7 @@ from peers import (
     Subnegotiation,
     Vcom,
     WireProxy,
+    data_and_commands,
     refusing_port,
     wait_settings,
     wait_until,
@@ -161,13 +162,8 @@ def test_dtr_drops_after_the_last_byte_of_a_short_lived_writer(vcom: Vcom, start
         shell(f"printf 'last words' > {port}")
 
     def events() -> list[object]:
-        out: list[object] = []
-        for item in proxy.client_items():
-            if isinstance(item, Data):
-                out.append(item.data)
-            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command == SET_CONTROL:
-                out.append(item.value[0])
-        return out
+        return [item if isinstance(item, bytes) else item.value[0]
+                for item in data_and_commands(proxy.client_items(), SET_CONTROL)]
 
     wait_until(lambda: 9 in events()[events().index(8):] if 8 in events() else False, 15, "DTR down after up")
     seen = events()

@@ -16,15 +16,13 @@ import tty
 
 import pytest
 from peers import (
-    COM_PORT_OPTION,
     PURGE_DATA,
     PYTHON,
     SET_CONTROL,
-    Data,
-    Subnegotiation,
     Vcom,
     WireProxy,
     bound_addresses,
+    data_and_commands,
     wait_until,
 )
 
@@ -224,12 +222,11 @@ def test_rs485_style_rts_around_a_drained_write(vcom: Vcom, start_peer, tmp_path
 
     def events() -> list[object]:
         out: list[object] = []
-        for item in proxy.client_items():
-            if isinstance(item, Data):
-                out.append(item.data)
-            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command == SET_CONTROL:
-                if item.value[:1] in (b"\x0b", b"\x0c"):
-                    out.append("RTS+" if item.value[:1] == b"\x0b" else "RTS-")
+        for item in data_and_commands(proxy.client_items(), SET_CONTROL):
+            if isinstance(item, bytes):
+                out.append(item)
+            elif item.value[:1] in (b"\x0b", b"\x0c"):
+                out.append("RTS+" if item.value[:1] == b"\x0b" else "RTS-")
         return out
 
     def frames() -> list[object]:
@@ -264,13 +261,8 @@ def test_purge_reaches_the_wire_in_order(vcom: Vcom, start_peer, tmp_path):
     """)
 
     def wire() -> list[object]:
-        out: list[object] = []
-        for item in proxy.client_items():
-            if isinstance(item, Data):
-                out.append(item.data)
-            elif isinstance(item, Subnegotiation) and item.option == COM_PORT_OPTION and item.command == PURGE_DATA:
-                out.append(("purge", item.value[0]))
-        return out
+        return [item if isinstance(item, bytes) else ("purge", item.value[0])
+                for item in data_and_commands(proxy.client_items(), PURGE_DATA)]
 
     wait_until(lambda: b"two" in [e for e in wire() if isinstance(e, bytes)], 15, "all on the wire")
     seen = wire()
