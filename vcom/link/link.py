@@ -249,7 +249,7 @@ class Link:
         else:
             transport.write(session.encode(data))
             if self._ack_timer is None and self.peer_timeout:
-                self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
+                self._arm_ack_check()
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -667,10 +667,11 @@ class Link:
         else:
             transport.write(data)
             if self._ack_timer is None and self.peer_timeout:
-                self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
+                self._arm_ack_check()
 
-    def _ack_interval(self) -> float:
-        return min(ACK_CHECK_INTERVAL, max(self.peer_timeout / 4, 0.25))
+    def _arm_ack_check(self) -> None:
+        interval = min(ACK_CHECK_INTERVAL, max(self.peer_timeout / 4, 0.25))
+        self._ack_timer = asyncio.get_running_loop().call_later(interval, self._ack_check)
 
     def _ack_check(self) -> None:
         """A dead server with data on its way: abort after ``peer_timeout`` without an acknowledgement.
@@ -694,7 +695,7 @@ class Link:
             self._unanswered = True
             transport.abort()
             return
-        self._ack_timer = asyncio.get_running_loop().call_later(self._ack_interval(), self._ack_check)
+        self._arm_ack_check()
 
     def _drop_transport(self) -> None:
         transport, self._transport = self._transport, None
