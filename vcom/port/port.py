@@ -501,14 +501,12 @@ class Port:
         read cannot see what vcom wrote before it.  The purge goes on the wire in order with the data: what
         the program wrote before a receive flush leaves before the PURGE-DATA (a transmit flush discards it
         instead)."""
-        if receive:
-            self.pty.discard_output()  # what vcom wrote that the program has not read
         if transmit:
             termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
         elif self.link.writable:  # with no connection nothing can go first: the flush does not wait for one
             await self._send_pending()
-            if receive:
-                self.pty.discard_output()  # and what vcom wrote meanwhile
+        if receive:
+            self.pty.discard_output()  # what vcom wrote that the program has not read
         self._flush(receive=receive, transmit=transmit)
 
     def icount(self) -> tuple[int, ...]:
