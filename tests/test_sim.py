@@ -36,7 +36,6 @@ from vcom.sim import (
     EchoDevice,
     GpsDevice,
     ModemDevice,
-    chars_per_second,
     nmea_checksum,
     open_sim,
     parse_position,
@@ -186,7 +185,7 @@ def test_speed_above_a_uart_ceiling_is_answered_with_the_ceiling() -> None:
     ],
 )
 def test_chars_per_second_counts_start_data_parity_and_stop_bits(line: LineSettings, expected: float) -> None:
-    assert chars_per_second(line) == pytest.approx(expected)
+    assert line.chars_per_second == pytest.approx(expected)
     device, _, _ = started(EchoDevice, line)
     assert device.chars_per_second == pytest.approx(expected)
 
@@ -276,7 +275,7 @@ def test_echo_loses_the_bits_a_short_character_cannot_carry(data_bits: int) -> N
 )
 def test_echo_is_paced_at_the_line_rate_in_small_batches(line: LineSettings) -> None:
     device, sink, clock = started(EchoDevice, line)
-    rate = chars_per_second(line)
+    rate = line.chars_per_second
     assert device.write(bytes(TX_QUEUE)) == TX_QUEUE
     t0 = clock.now
     step = 0.005
@@ -332,7 +331,7 @@ def test_echo_is_exact_and_never_faster_than_the_line_even_with_a_late_loop(
 ) -> None:
     line = LineSettings(baud, data_bits, parity, stop)
     device, sink, clock = started(EchoDevice, line)
-    rate = chars_per_second(line)
+    rate = line.chars_per_second
     sent = bytearray()
     busy_since: float | None = None  # the line has been busy since then
     delivered_before = 0
@@ -560,7 +559,7 @@ def test_gps_rate_follows_the_simulated_clock_not_the_wall() -> None:
 def test_gps_is_paced_and_drops_what_a_slow_line_cannot_carry() -> None:
     line = LineSettings(300)
     device, sink, clock = _gps(line)
-    rate = chars_per_second(line)
+    rate = line.chars_per_second
     t0 = clock.now
     for _ in range(600):
         clock.advance(0.1)
@@ -579,7 +578,7 @@ def test_gps_at_4800_baud_takes_about_a_third_of_a_second_per_fix() -> None:
     run_until(clock, lambda: len(sink.data) > 0, 2.0, step=0.001)
     first = clock.now
     run_until(clock, lambda: sink.data.count(b"\n") == 2, 2.0, step=0.001)
-    expected = len(sink.data) / chars_per_second(LineSettings(4800))
+    expected = len(sink.data) / LineSettings(4800).chars_per_second
     assert expected == pytest.approx(0.29, abs=0.03)
     assert clock.now - first >= expected - 2 * TICK
 

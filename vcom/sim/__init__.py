@@ -41,13 +41,13 @@ from __future__ import annotations
 from ..device import Device, DeviceError
 from .echo import EchoDevice
 from .gps import CENTER, GPS_BACKLOG, GpsDevice, gps_sentences, nmea_checksum, parse_position
-from .line import MAX_BURST, TICK, bits_per_character, chars_per_second
+from .line import MAX_BURST, TICK
 from .modem import ModemDevice
 from .uart import MAX_BAUD, RX_QUEUE, TX_LOW_WATER, TX_QUEUE, SimDevice
 
 __all__ = [
     "CENTER", "GPS_BACKLOG", "MAX_BAUD", "MAX_BURST", "RX_QUEUE", "SIMULATORS", "TICK", "TX_LOW_WATER", "TX_QUEUE",
-    "EchoDevice", "GpsDevice", "ModemDevice", "SimDevice", "bits_per_character", "chars_per_second",
+    "EchoDevice", "GpsDevice", "ModemDevice", "SimDevice",
     "gps_sentences", "nmea_checksum", "open_sim", "parse_position",
 ]
 

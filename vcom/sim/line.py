@@ -15,18 +15,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..device import DeviceError
-from ..settings import LineSettings
 
 TICK = 0.01  # seconds between deliveries of a busy line
 MAX_BURST = 0.05  # a late timer delivers at most this much line time at once
-
-def bits_per_character(settings: LineSettings) -> float:
-    """Bits on the wire per character: start bit, data bits, parity bit if any, stop bits."""
-    return settings.bits_per_character
-
-
-def chars_per_second(settings: LineSettings) -> float:
-    return settings.chars_per_second
 
 
 # -- Time ---------------------------------------------------------------------

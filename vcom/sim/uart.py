@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from ..device import DeviceError, DeviceSink
 from ..settings import FlowControl, LineSettings, Signals
-from .line import CallLater, Clock, Pacer, Timebase, chars_per_second
+from .line import CallLater, Clock, Pacer, Timebase
 
 MAX_BAUD = 20_000_000
 TX_QUEUE = 4096  # bytes, like a UART driver's transmit buffer
@@ -45,7 +45,7 @@ class SimDevice:
         self._want_writable = False
         self._reported: Inputs | None = None
         self._counts = {"bytes_in": 0, "bytes_out": 0, "breaks": 0, "dropped": 0}
-        rate = chars_per_second(self._settings)
+        rate = self._settings.chars_per_second
         self._tx = Pacer(self._time, rate, self._transmit_done)
         self._rx = Pacer(self._time, rate, self._receive_done)
 
@@ -91,7 +91,7 @@ class SimDevice:
         self._settings = settings
         if settings.flow_out is not FlowControl.XONXOFF:
             self._xoff = False
-        rate = chars_per_second(settings)
+        rate = settings.chars_per_second
         self._tx.set_rate(rate)
         self._rx.set_rate(rate)
         self._update_holds()
@@ -157,7 +157,7 @@ class SimDevice:
 
     @property
     def chars_per_second(self) -> float:
-        return chars_per_second(self._settings)
+        return self._settings.chars_per_second
 
     # What subclasses define
 
