@@ -191,6 +191,9 @@ class Keeper:
                 log("the manager did not stop in time; killing it")
                 self._kill(signal.SIGKILL)
             return None
+        # What it sent before exiting is queued by now: read it before judging the exit (a `vcom shutdown`
+        # whose last FDSTOREREMOVE is still unread would look like a crash and bring the ports back).
+        self._receive()
         status = self.child_status
         if self.stopping == "handover":
             self._hand_over()
