@@ -9,6 +9,7 @@ plug echoed is still in flight when the program flushes.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import termios
 import textwrap
@@ -248,7 +249,9 @@ def test_rs485_style_rts_around_a_drained_write(vcom: Vcom, start_peer, tmp_path
 def test_purge_reaches_the_wire_in_order(vcom: Vcom, start_peer, tmp_path):
     proxy = start_peer(WireProxy(tmp_path / "proxy", vcom.share("sim:echo")))
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"127.0.0.1:{proxy.port}")
+    # Connected first: a flush with no connection has no remote buffer to purge (and sends no purge).
+    vcom.add(port, f"127.0.0.1:{proxy.port}", "--connect", "always")
+    vcom.wait_status(port, lambda s: s["state"] == "connected", what="connected")
     vcom.wrap(f"""
         import json, os, termios, tty
         fd = os.open({str(port)!r}, os.O_RDWR | os.O_NOCTTY)
@@ -269,3 +272,31 @@ def test_purge_reaches_the_wire_in_order(vcom: Vcom, start_peer, tmp_path):
     # (tty.setraw's TCSAFLUSH purges too, before "one".)
     one, two = seen.index(b"one"), seen.index(b"two")
     assert ("purge", 1) in seen[one:two], seen
+
+
+def test_a_flush_before_the_connection_neither_waits_nor_loses_what_was_written(vcom: Vcom, tmp_path):
+    """A receive flush while the server is unreachable returns at once (there is no remote buffer to
+    purge); what the program wrote before and after it still goes out, in order, once the server is up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))  # bound, not listening: every connect is refused for now
+        port = tmp_path / "ttyV0"
+        vcom.add(port, f"tcp://127.0.0.1:{server.getsockname()[1]}", "--connect", "always")
+        vcom.wrap(f"""
+            import json, os, termios, tty
+            fd = os.open({str(port)!r}, os.O_RDWR | os.O_NOCTTY)
+            tty.setraw(fd, termios.TCSANOW)
+            os.write(fd, b"one")
+            termios.tcflush(fd, termios.TCIFLUSH)
+            os.write(fd, b"two")
+            os.close(fd)
+            print(json.dumps({{}}))
+        """, timeout=20)
+        server.listen()
+        server.settimeout(30)  # the link's back-off after the refusals is at most 15 s
+        peer, _ = server.accept()
+        with peer:
+            peer.settimeout(10)
+            got = b""
+            while len(got) < 6 and (chunk := peer.recv(64)):
+                got += chunk
+    assert got == b"onetwo"

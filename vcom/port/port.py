@@ -14,7 +14,7 @@ from .. import termio
 from ..config import PortConfig
 from ..interposer.server import holds_open
 from ..interposer.view import ModemCounter, ProgramView
-from ..link import Lines
+from ..link import Lines, LinkState
 from ..pty import READ_SIZE, Ownership, PtyRead, VirtualPty
 from ..settings import LineSettings
 from ..tap import Taps
@@ -503,7 +503,10 @@ class Port:
         instead)."""
         if transmit:
             termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
-        elif self.link.writable:  # with no connection nothing can go first: the flush does not wait for one
+        elif self.link.state is LinkState.CONNECTED:
+            # What was written before goes first, waiting out back-pressure as a write would: the purge
+            # must not overtake it.  With no connection there is no remote buffer to purge, so the flush
+            # does not wait for one (and the purge is not sent).
             await self._send_pending()
         if receive:
             self.pty.discard_output()  # what vcom wrote that the program has not read
