@@ -35,6 +35,11 @@ CLOSING_WAIT = 30.0
 # How long a split member's program may take nothing while its group waits for it; then it is stalled, and
 # loses its oldest data beyond SPLIT_BUFFER instead of holding the others back.
 STALL_TIME = 1.0
+# Network data a port keeps for its program beyond what the pty took, before the link stops reading.  A pty
+# takes about 14 KiB per wake-up of a fast reader and a read brings up to 16 KiB: with no allowance every
+# chunk would pause and resume the link (two epoll_ctl calls), with this much a program that keeps up
+# never does.
+PTY_BACKLOG = 32 * 1024
 # Reads of a closed slave's leftovers when they are dropped (bounded: nobody can write more).
 _DRAIN_READS = 64
 # The most an interposed change waits to send before it takes effect: far more than a pty holds (the
@@ -114,8 +119,8 @@ class Port:
 
     @property
     def blocked(self) -> bool:
-        """The pty is full: this port cannot take network data now."""
-        return bool(self._to_pty)
+        """The program has fallen PTY_BACKLOG behind: this port takes no more network data for now."""
+        return len(self._to_pty) >= PTY_BACKLOG
 
     @property
     def holding_back(self) -> bool:
@@ -638,7 +643,7 @@ class Port:
         self._update_io()
 
     def _on_pty_writable(self) -> None:
-        held_back = self.holding_back
+        blocked, held_back = self.blocked, self.holding_back
         if self._closing or not self.pty.slave_is_open():  # the slave's close wakes this too (POLLHUP)
             self.dropped_bytes += len(self._to_pty)
             self._to_pty.clear()
@@ -651,8 +656,7 @@ class Port:
         if not self._to_pty:
             self._set_writing(False)
             self._cancel_stall()
-            self.group.member_drained()
-        elif held_back and not self.holding_back:
+        if (blocked and not self.blocked) or (held_back and not self.holding_back):
             self.group.member_drained()
 
     def _write_pty(self, data: bytes | bytearray) -> int:
