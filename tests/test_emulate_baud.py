@@ -140,7 +140,7 @@ DRAIN = textwrap.dedent("""
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     attrs = termios.tcgetattr(fd)
-    attrs[4] = attrs[5] = termios.B19200
+    attrs[4] = attrs[5] = getattr(termios, "B" + sys.argv[3])
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
     data = b"x" * int(sys.argv[2])
     start = time.monotonic()
@@ -150,15 +150,18 @@ DRAIN = textwrap.dedent("""
 """)
 
 
-def test_tcdrain_lasts_the_line_time(line, vcom: Vcom):
-    """3,840 bytes at 19200 8N1 (1,920 bytes a second) are 2 s of line time: an interposed tcdrain
-    returns no sooner (a lower bound: load can only add to it)."""
+@pytest.mark.parametrize("baud", [300, 19200, 115200])
+def test_tcdrain_lasts_the_line_time(line, vcom: Vcom, baud: int):
+    """Two seconds of line time at 8N1 (baud/10 bytes a second: 60 bytes at 300, 3,840 at 19200, 23,040 at
+    115200, more than the pty and the FIFO hold): an interposed tcdrain returns no sooner (a lower bound:
+    load can only add to it), and every byte has reached the device."""
     port, collector = line("--emulate-baud")
-    result = subprocess.run([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", DRAIN, str(port), "3840"], env=vcom.env,
-                            capture_output=True, text=True, timeout=60)
+    count = baud // 10 * 2
+    result = subprocess.run([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", DRAIN, str(port), str(count), str(baud)],
+                            env=vcom.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout) >= 3840 / 1920 * 0.99, result.stdout
-    assert collector.wait_for(3840, 10) == b"x" * 3840
+    assert float(result.stdout) >= 2 * 0.99, result.stdout
+    assert collector.wait_for(count, 10) == b"x" * count
 
 
 SPEED_UP = textwrap.dedent("""
