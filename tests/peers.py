@@ -92,6 +92,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def shared_port(result: subprocess.CompletedProcess[str]) -> int:
+    """The port a ``vcom share ... --listen HOST:0`` bound: "DEVICE shared as PROTOCOL[ over TLS] on HOST:PORT"."""
+    return int(result.stdout.strip().rsplit(":", 1)[1])
+
+
 @contextlib.contextmanager
 def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A port that refuses every connection while the ``with`` block runs.
@@ -888,9 +893,7 @@ class Vcom:
     def share(self, device: str | os.PathLike[str], *options: str, host: str = "127.0.0.1") -> int:
         """``vcom share DEVICE --listen HOST:0 OPTIONS``: the port the share bound."""
         listen = f"[{host}]:0" if ":" in host else f"{host}:0"
-        result = self.ok("share", str(device), "--listen", listen, *options)
-        # "DEVICE shared as PROTOCOL on HOST:PORT"
-        return int(result.stdout.strip().rsplit(":", 1)[1])
+        return shared_port(self.ok("share", str(device), "--listen", listen, *options))
 
     def start_manager(self, *options: str, env: dict[str, str] | None = None, stderr: int | None = None,
                       wait: bool = True) -> subprocess.Popen[bytes]:

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from peers import PtyDevice, Vcom, free_port, read_exact
+from peers import PtyDevice, Vcom, read_exact
 from tls_peers import Certs, wait_query
 
 from vcom.access import AccessError, AllowList, is_loopback, parse_network
@@ -38,9 +38,7 @@ def closed_without_a_word(sock: socket.socket) -> bool:
 
 
 def share(vcom: Vcom, device: str, *options: str) -> int:
-    port = free_port()
-    vcom.ok("share", device, "--listen", f"127.0.0.1:{port}", *options)
-    return port
+    return vcom.share(device, *options)
 
 
 def test_raw_and_rfc2217_shares_admit_only_allowed_addresses(vcom: Vcom, device: PtyDevice, make_device) -> None:
@@ -99,11 +97,11 @@ def test_udp_share_ignores_other_addresses(vcom: Vcom, device: PtyDevice) -> Non
 
 
 def test_one_warning_for_an_open_share(vcom: Vcom, device: PtyDevice, make_device) -> None:
-    result = vcom.ok("share", device.path, "--listen", f"0.0.0.0:{free_port()}", "--protocol", "tcp")
+    result = vcom.ok("share", device.path, "--listen", "0.0.0.0:0", "--protocol", "tcp")
     assert result.stderr.count("\n") == 1 and "neither --tls-client-ca nor --allow" in result.stderr
     assert vcom.log_tail().count("neither --tls-client-ca nor --allow") == 1
-    quiet = [vcom.ok("share", make_device().path, "--listen", f"0.0.0.0:{free_port()}", "--allow", "192.0.2.0/24"),
-             vcom.ok("share", make_device().path, "--listen", f"127.0.0.1:{free_port()}")]
+    quiet = [vcom.ok("share", make_device().path, "--listen", "0.0.0.0:0", "--allow", "192.0.2.0/24"),
+             vcom.ok("share", make_device().path, "--listen", "127.0.0.1:0")]
     assert [r.stderr for r in quiet] == ["", ""]
 
 

@@ -17,7 +17,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from peers import PtyDevice, Vcom, free_port, handshake
+from peers import PtyDevice, Vcom, handshake
 from tls_peers import Certs, OpenSslClient, days, need, query, wait_query
 
 from vcom.link import Link
@@ -27,9 +27,7 @@ from vcom.target import parse_target
 
 
 def share_with(vcom: Vcom, device: str, *options: str) -> int:
-    port = free_port()
-    vcom.ok("share", device, "--listen", f"127.0.0.1:{port}", "--protocol", "tcp", *options)
-    return port
+    return vcom.share(device, "--protocol", "tcp", *options)
 
 
 def test_client_role_every_bad_server_is_one_line(vcom: Vcom, tmp_path: Path, make_device) -> None:
@@ -43,8 +41,7 @@ def test_client_role_every_bad_server_is_one_line(vcom: Vcom, tmp_path: Path, ma
     expired = tls_share(certs.server("old", not_before=days(-30), not_after=days(-1)))
     not_yet = tls_share(certs.server("new", not_before=days(2), not_after=days(30)))
     mutual = tls_share(certs.server("mtls"), "--tls-client-ca", str(certs.ca_file))
-    plain = free_port()
-    vcom.ok("share", make_device().path, "--listen", f"127.0.0.1:{plain}")  # RFC 2217, no TLS
+    plain = vcom.share(make_device().path)  # RFC 2217, no TLS
     stranger = other.client()
     ca = ("--tls-ca", str(certs.ca_file))
     cases = {

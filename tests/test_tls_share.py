@@ -16,17 +16,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from peers import PtyDevice, Vcom, free_port, handshake, read_until, stty, wait_settings, wait_until
+from peers import (
+    PtyDevice,
+    Vcom,
+    free_port,
+    handshake,
+    read_until,
+    shared_port,
+    stty,
+    wait_settings,
+    wait_until,
+)
 from tls_peers import Certs, OpenSslClient, listening, need, query, run_ok, wait_query
 
 
 def tls_share(vcom: Vcom, device: str, certs: Certs, *options: str, protocol: str = "tcp",
               label: str = "server") -> int:
     pair = certs.server(label)
-    port = free_port()
-    vcom.ok("share", device, "--listen", f"127.0.0.1:{port}", "--protocol", protocol, "--tls-cert", str(pair.cert),
-            "--tls-key", str(pair.key), *options)
-    return port
+    return shared_port(vcom.ok("share", device, "--listen", "127.0.0.1:0", "--protocol", protocol,
+                               "--tls-cert", str(pair.cert), "--tls-key", str(pair.key), *options))
 
 
 @pytest.fixture
@@ -131,9 +139,8 @@ def test_reload_and_sighup_swap_certificates_without_dropping_anyone(vcom: Vcom,
                                                                      start_peer) -> None:
     need("openssl")
     first = certs.issue("first", "127.0.0.1", common_name="first")
-    port = free_port()
-    vcom.ok("share", device.path, "--listen", f"127.0.0.1:{port}", "--protocol", "tcp", "--tls-cert", str(first.cert),
-            "--tls-key", str(first.key))
+    port = shared_port(vcom.ok("share", device.path, "--listen", "127.0.0.1:0", "--protocol", "tcp",
+                               "--tls-cert", str(first.cert), "--tls-key", str(first.key)))
     tty = tmp_path / "ttyR0"
     vcom.add(tty, f"tcp+tls://127.0.0.1:{port}", "--tls-ca", str(certs.ca_file), "--connect", "always")
     fd = open_port(tty)
@@ -198,7 +205,7 @@ def test_share_options_in_the_config_file(vcom: Vcom, device: PtyDevice, certs: 
         f'tls_key = "{pair.key}"\n'
         f'tls_client_ca = "{certs.ca_file}"\n'
         'allow = ["127.0.0.0/8", "::1"]\n')
-    vcom.ok("share", "sim:echo", "--listen", f"127.0.0.1:{free_port()}")  # starts the manager, which reads the file
+    vcom.ok("share", "sim:echo", "--listen", "127.0.0.1:0")  # starts the manager, which reads the file
     wait_until(lambda: listening(port), 15, "the configured share")
     client = start_peer(OpenSslClient(tmp_path, port, certs.ca_file, certs.client()))
     client.send(b"from-config\n")
@@ -247,9 +254,8 @@ def test_expiring_certificates_are_warned_about(vcom: Vcom, device: PtyDevice, c
     from tls_peers import days
 
     soon = certs.issue("soon", "127.0.0.1", common_name="soon", not_after=days(5))
-    port = free_port()
-    vcom.ok("share", device.path, "--listen", f"127.0.0.1:{port}", "--protocol", "tcp", "--tls-cert", str(soon.cert),
-            "--tls-key", str(soon.key))
+    port = shared_port(vcom.ok("share", device.path, "--listen", "127.0.0.1:0", "--protocol", "tcp",
+                               "--tls-cert", str(soon.cert), "--tls-key", str(soon.key)))
     tty = tmp_path / "ttyX0"
     vcom.add(tty, f"tcp+tls://127.0.0.1:{port}", "--tls-ca", str(certs.ca_file))
     fd = open_port(tty)
