@@ -105,6 +105,10 @@ def test_stty_from_a_program_that_is_gone_is_applied(vcom: Vcom, device, start_p
         with frozen(vcom) if n % 2 else contextlib.nullcontext():
             shell(f"stty -F {port} {speed} {'cstopb' if stop else '-cstopb'}")
         wait_settings(device, ispeed=speed, cstopb=stop)
+    # Then hundreds in a row, each gone before the next starts: the device ends with the last one's.
+    shell(f"i=0; while [ $i -lt {RUNS} ]; do stty -F {port} 19200 -cstopb; stty -F {port} 38400 cstopb; "
+          f"i=$((i+1)); done; stty -F {port} 57600 -cstopb")
+    wait_settings(device, ispeed=57600, cstopb=False)
 
 
 def test_each_byte_leaves_under_the_settings_it_was_written_with(vcom: Vcom, start_peer, tmp_path):
