@@ -174,6 +174,27 @@ def test_the_frames_go_on_the_wire_to_ser2net(vcom: Vcom, device, start_peer, in
     assert program.expect() == {"done": True}
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_pins_win_on_the_wire_while_the_program_reads_back_its_own_frame(vcom: Vcom, interactive, tmp_path, mode):
+    """`--data-bits 7 --parity even` pinned: an interposed program that asks for 8N2 reads back 8N2 (its
+    call succeeded as asked), the remote UART runs 7E2, and status says which values are pinned."""
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}", "--data-bits", "7", "--parity", "even")
+    frames = {"8N2": dict(bytesize=8, parity="N", stopbits=2)}
+    program = interactive(FRAME_SCRIPT.format(frames=frames, port=str(port)), mode)
+    assert program.expect() == {"frame": "8N2", "read_back": "8N2"}
+    vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"],
+                                            s["settings"]["stop_bits"]) == (7, "even", "2"), what="7E2 at the device")
+    status = vcom.status(port)
+    assert (status["settings"]["data_bits"], status["settings"]["parity"]) == (8, "none")
+    assert (status["effective_settings"]["data_bits"], status["effective_settings"]["parity"]) == (7, "even")
+    assert sorted(status["pinned"]) == ["data_bits", "parity"]
+    program.send()
+    assert program.expect() == {"frame": "8N2", "read_back": "8N2"}  # the reopen reads back the same
+    program.send()
+    assert program.expect() == {"done": True}
+
+
 @pytest.fixture(scope="module")
 def uart_static(tmp_path_factory) -> Path:
     if shutil.which("gcc") is None:
@@ -256,6 +277,47 @@ def test_pyserial_drives_and_reads_the_modem_lines(vcom: Vcom, tmp_path, mode):
     # The program has exited: its close (HUPCL) dropped both lines.
     status = vcom.wait_status(port, lambda s: s["signals"]["dtr"] is False, what="DTR dropped at the close")
     assert status["signals"]["rts"] is False
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tcsbrkp_and_tcsendbreak_send_a_timed_break_between_the_bytes(vcom: Vcom, start_peer, tmp_path, mode):
+    """TCSBRKP (a break of N tenths of a second) and tcsendbreak(fd, 0) (glibc's TCSBRK 0): each call lasts
+    the break (a lower bound) and puts BREAK on and off on the wire between the bytes written around it."""
+    proxy = start_peer(WireProxy(tmp_path / "proxy", share_echo(vcom)))
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{proxy.port}")
+    seen = run_wrapped(vcom, f"""
+        import fcntl, json, os, termios, time, tty
+        fd = os.open({str(port)!r}, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        os.write(fd, b"before")
+        start = time.monotonic()
+        fcntl.ioctl(fd, termios.TCSBRKP, 3)
+        tcsbrkp = time.monotonic() - start
+        os.write(fd, b"between")
+        start = time.monotonic()
+        termios.tcsendbreak(fd, 0)
+        tcsendbreak = time.monotonic() - start
+        os.write(fd, b"after")
+        termios.tcdrain(fd)
+        print(json.dumps({{"tcsbrkp": tcsbrkp, "tcsendbreak": tcsendbreak}}))
+    """, mode)
+    assert seen["tcsbrkp"] >= 0.3 * 0.99 and seen["tcsendbreak"] >= 0.25 * 0.99, seen
+
+    def wire() -> list[object]:
+        out: list[object] = []
+        for item in data_and_commands(proxy.client_items(), SET_CONTROL):
+            if isinstance(item, bytes):
+                if out and isinstance(out[-1], bytes):
+                    out[-1] += item
+                else:
+                    out.append(item)
+            elif item.value and item.value[0] in (5, 6):  # BREAK on, BREAK off
+                out.append("on" if item.value[0] == 5 else "off")
+        return out
+
+    wanted = [b"before", "on", "off", b"between", "on", "off", b"after"]
+    wait_until(lambda: wire()[-len(wanted):] == wanted, 15, f"{wanted} on the wire")
 
 
 def test_a_burst_of_line_changes_reaches_the_server_in_order(vcom: Vcom, start_peer, tmp_path):
