@@ -188,10 +188,16 @@ class OpenSslClient(PeerProcess):
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=out, stderr=log,
                                          start_new_session=True)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, may_be_refused: bool = False) -> None:
+        """Hand ``data`` to s_client.  ``may_be_refused``: a client the server is expected to refuse may have
+        exited already (its handshake failed), and then there is nobody to take it."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            if not may_be_refused:
+                raise
 
     def received(self) -> bytes:
         return self.out.read_bytes()
