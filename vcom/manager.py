@@ -486,5 +486,9 @@ def _share_key(device: object) -> str:
 
 
 def _write_pid(path: Path) -> None:
+    """Replaced in one step (a new file renamed over the old): whoever reads it, while a new manager takes
+    over, finds the old pid or the new one, never an empty file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
+    fresh = path.with_name(f".{path.name}.{os.getpid()}")
+    fresh.write_text(f"{os.getpid()}\n")
+    os.replace(fresh, path)
