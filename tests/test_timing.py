@@ -205,21 +205,29 @@ def test_xoff_looped_back_stops_the_plug_and_a_write_timeout_fires(vcom: Vcom, t
     assert echo["device_stats"]["tx_queued"] > 0  # held, not drained
 
 
-def test_rs485_style_rts_around_a_drained_write(vcom: Vcom, start_peer, tmp_path):
-    """RTS raised, data written, tcdrain, RTS lowered: on the wire, RTS up, every data byte, then RTS down."""
+@pytest.mark.parametrize("emulate", [False, True], ids=["network-paced", "emulate-baud"])
+def test_rs485_style_rts_around_a_drained_write(vcom: Vcom, start_peer, tmp_path, emulate: bool):
+    """RTS raised, data written, tcdrain, RTS lowered: on the wire, RTS up, every data byte, then RTS down.
+    With --emulate-baud each drain also lasts the frame's line time, as on a local UART (320 bytes at 9600
+    8N1: a third of a second; a lower bound)."""
     proxy = start_peer(WireProxy(tmp_path / "proxy", vcom.share("sim:echo")))
     port = tmp_path / "ttyV0"
-    vcom.add(port, f"127.0.0.1:{proxy.port}")
-    vcom.wrap(f"""
-        import fcntl, json, struct, termios, serial
+    vcom.add(port, f"127.0.0.1:{proxy.port}", *(["--emulate-baud"] if emulate else []))
+    drains = vcom.wrap(f"""
+        import json, time, serial
         s = serial.Serial({str(port)!r}, 9600, rtscts=False)
+        drains = []
         for n in range(3):
             s.rts = True
+            start = time.monotonic()
             s.write(b"frame %d;" % n * 40)
             s.flush()
+            drains.append(time.monotonic() - start)
             s.rts = False
-        print(json.dumps({{}}))
+        print(json.dumps(drains))
     """)
+    if emulate:
+        assert all(d >= 320 / 960 * 0.99 for d in drains), drains
 
     def events() -> list[object]:
         out: list[object] = []
