@@ -24,6 +24,7 @@ import pytest
 from peers import HostileServer, Vcom, wait_until
 
 from vcom.link import PEER_TIMEOUT, Backoff, keepalive_times
+from vcom.share import limits as share_limits
 
 FIRST = 0.25  # README: 0.25 s doubling
 
@@ -108,6 +109,27 @@ def test_the_link_socket_has_keepalive_to_notice_a_silent_peer(vcom: Vcom, start
     assert options[0] == 1 and options[1] + options[2] * options[3] <= 15, options
     assert options[1:4] == keepalive_times(PEER_TIMEOUT) == (5, 2, 5) and options[4] == 1
     assert options[5] == 0
+
+
+def test_a_share_keeps_its_clients_sockets_alive_to_notice_one_that_vanished(vcom: Vcom, device):
+    """A client that vanished without a word would hold its place: the share's side of every client
+    connection probes it (limits.KEEPALIVE: idle, interval, count)."""
+    shared = vcom.share(device.path, "--protocol", "tcp")
+    with socket.create_connection(("127.0.0.1", shared), timeout=10) as client:
+        client_port = client.getsockname()[1]
+
+        def accepted() -> socket.socket | None:
+            try:
+                return _socket_of(vcom.manager_pid(), client_port)
+            except AssertionError:  # not accepted yet
+                return None
+
+        with wait_until(accepted, 15, "the share to accept the client") as sock:
+            options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+    assert options == (1, *share_limits.KEEPALIVE), options
 
 
 def test_the_peer_timeout_is_a_per_port_option(vcom: Vcom, start_peer, tmp_path: Path):
