@@ -6,6 +6,8 @@ far end.  Also UDP in both roles, split ports and ``vcom demo``.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 
@@ -122,3 +124,25 @@ def test_demo_shows_positions_and_cleans_up(tmp_path):
     assert positions, result.stdout
     assert "server acknowledged 4800 baud" in result.stdout
     wait_until(lambda: not any(tmp_path.iterdir()), 5, "demo directory removed")
+
+
+def test_a_client_that_dies_with_device_data_unread_is_counted_as_lost(vcom: Vcom, device: PtyDevice):
+    """A client stops reading, the device keeps sending, the client's connection is reset: what the share
+    held for it (its queue and its socket's unacknowledged bytes) is counted in lost_bytes, not silently
+    gone."""
+    shared = vcom.share(device.path, "--protocol", "tcp")
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing: fills at once
+    client.connect(("127.0.0.1", shared))
+    try:
+        wait_until(lambda: len(vcom.query(device.path)["clients"]) == 1, 15, "the client admitted")
+        # 96 KiB: more than the client's and the share's sockets hold (the rest waits in the share's queue
+        # for the client), less than makes a lone slow client hold the device back.
+        device.write(bytes(range(256)) * 384)
+        wait_until(lambda: vcom.query(device.path)["clients"][0]["queued"] > 0, 15, "data queued for the client")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    finally:
+        client.close()
+    status = wait_until(lambda: (s := vcom.query(device.path))["lost_bytes"] > 0 and s, 15, "the loss counted")
+    assert status["clients"] == []
+    assert "never acknowledged" in vcom.log_tail(200)
