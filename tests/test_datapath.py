@@ -41,6 +41,9 @@ class RecordingLink:
     def send(self, data: bytes) -> None:
         self.events.append(("data", bytes(data)))
 
+    def lend_socket(self, reclaim: Any) -> None:
+        return None  # no socket: the port never goes express
+
     def apply_settings(self, settings: Any) -> None:
         if not self.events or self.events[-1] != ("settings", settings.baud):
             self.events.append(("settings", settings.baud))

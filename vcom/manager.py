@@ -427,6 +427,7 @@ class Manager:
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             watcher = port.taps.add()
+            port.express_stop()  # a monitored port's data goes through the loop, where it is tapped
             try:
                 yield {"t": time.time(), "kind": "start", "status": port.status()}
                 while True:

@@ -376,6 +376,10 @@ class VirtualPty:
             return PtyRead(b"", closed=True)
         return self._parse(chunk)
 
+    def parse(self, chunk: bytes) -> PtyRead:
+        """A read someone else made of the master (the express relay), as ``read`` would return it."""
+        return self._parse(chunk)
+
     def _parse(self, chunk: bytes) -> PtyRead:
         status = chunk[0]
         if status == TIOCPKT_DATA:

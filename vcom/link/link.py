@@ -40,6 +40,7 @@ import errno
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..config import ConfigError
@@ -201,6 +202,9 @@ class Link:
         self._receive_at = time.perf_counter()
         self._read_started = 0.0
         self._throttle: asyncio.TimerHandle | None = None
+        # While a port's express relay has the socket (vcom.port.express): how to take it back.  Everything
+        # here that touches the socket calls it first, so the loop and the relay never use it at once.
+        self._lender: Callable[[], None] | None = None
 
     # -- the port's side
 
@@ -218,6 +222,8 @@ class Link:
 
     def stop_nowait(self) -> asyncio.Task[None] | None:
         """Disconnect and stop reconnecting, at once: a start() right after begins a new connection."""
+        if self._lender is not None:
+            self._reclaim()
         task, self._task = self._task, None
         if task is None:
             return None
@@ -240,6 +246,8 @@ class Link:
         self._wake.set()
 
     def send(self, data: bytes) -> None:
+        if self._lender is not None:
+            self._reclaim()
         session = self._session
         transport = self._transport
         if transport is None or session is None:
@@ -319,6 +327,8 @@ class Link:
     def pause_reading(self) -> None:
         if self._reading_paused:
             return  # the group asks after every delivery: no system call when nothing changes
+        if self._lender is not None:
+            self._reclaim()
         self._reading_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
@@ -326,9 +336,60 @@ class Link:
     def resume_reading(self) -> None:
         if not self._reading_paused:
             return
+        if self._lender is not None:
+            self._reclaim()
         self._reading_paused = False
         if self._throttle is None:
             self._resume_transport()
+
+    # -- lending the socket to a port's express relay
+
+    def lend_socket(self, reclaim: Callable[[], None]) -> tuple[int, bool] | None:
+        """The socket's descriptor and whether its data is IAC-escaped (RFC 2217), for a relay that moves
+        data in both directions without the loop; None unless the connection is a plain TCP socket in its
+        steady state (negotiated, writable, reading, nothing queued in the link, no purge awaiting its
+        answer).  Until ``give_back``, the loop does not read it, and ``reclaim`` is called before anything
+        here touches it."""
+        transport, session = self._transport, self._session
+        if (transport is None or session is None or self._datagrams or self._tls is not None
+                or not self._writable or self._reading_paused or self._throttle is not None
+                or self._lender is not None or transport.get_write_buffer_size() or session.awaiting_purge
+                or transport.is_closing()):
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        transport.pause_reading()
+        self._lender = reclaim
+        if self._ack_timer is None and self.peer_timeout:
+            self._arm_ack_check()  # the relay's sends do not arm it
+        return sock.fileno(), type(session) is not RawSession
+
+    def give_back(self, unsent: bytes, sent: int, received: int) -> None:
+        """The relay has stopped: count what it moved, queue what the socket had not taken yet (encoded
+        already), and read again unless something asked for a pause meanwhile."""
+        self._lender = None
+        self.stats.bytes_to_remote += sent
+        self.stats.bytes_from_remote += received
+        transport = self._transport
+        if transport is None:
+            return
+        if unsent:
+            transport.write(unsent)
+            if self._ack_timer is None and self.peer_timeout:
+                self._arm_ack_check()
+        if not self._reading_paused and self._throttle is None:
+            self._resume_transport()
+
+    def received_by_relay(self, data: bytes) -> None:
+        """What the relay received from a telnet command on: the session takes it from here."""
+        self._received(data)
+
+    def _reclaim(self) -> None:
+        reclaim = self._lender
+        if reclaim is not None:
+            reclaim()
+        self._lender = None
 
     def _resume_transport(self) -> None:
         if self._transport is not None and self._transport.is_reading() is False:
@@ -462,6 +523,8 @@ class Link:
 
     def _abort_if(self, transport: asyncio.BaseTransport) -> None:
         # Not from inside the session's own callback: abort once the current read has been handled.
+        if self._lender is not None:
+            self._reclaim()
         if transport is self._transport:
             transport.abort()
 
@@ -629,6 +692,8 @@ class Link:
 
     def _unthrottle(self) -> None:
         self._throttle = None
+        if self._lender is not None:
+            self._reclaim()
         if not self._reading_paused:
             self._resume_transport()
 
@@ -657,6 +722,8 @@ class Link:
             self._listener.link_writable(writable)
 
     def _write(self, data: bytes) -> None:
+        if self._lender is not None:
+            self._reclaim()
         transport = self._transport
         if not data or transport is None:
             return
@@ -692,12 +759,16 @@ class Link:
             return
         silence = unanswered_for(transport)
         if silence is not None and silence >= self.peer_timeout:
+            if self._lender is not None:
+                self._reclaim()
             self._unanswered = True
             transport.abort()
             return
         self._arm_ack_check()
 
     def _drop_transport(self) -> None:
+        if self._lender is not None:
+            self._reclaim()
         transport, self._transport = self._transport, None
         self._session = None
         if self._ack_timer is not None:

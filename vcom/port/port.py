@@ -19,6 +19,7 @@ from ..pty import READ_SIZE, Ownership, PtyRead, VirtualPty
 from ..settings import LineSettings
 from ..tap import Taps
 from ..termio import Termios2
+from . import express
 from .group import SPLIT_BUFFER, LinkGroup
 from .pacer import LinePacer
 
@@ -106,6 +107,13 @@ class Port:
         # emulated transmitter has room again).
         self._pacer = LinePacer(self.effective_settings) if config.emulate_baud else None
         self._pace_timer: asyncio.TimerHandle | None = None
+        # Express (vcom.port.express): the relay that has the pty and the socket while the port is hot, and
+        # the wake-ups counted to find out that it is.
+        self._relay: express.Relay | None = None
+        self._heat = 0
+        self._heat_since = 0.0
+        self._express_asked = False
+        self.express_runs = 0  # times the port went express
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -158,6 +166,7 @@ class Port:
     async def close(self, *, keep: bool = False) -> None:
         """Remove the port; with ``keep`` (the manager hands over to a new one) the pty and its symlink stay
         for the next manager, kept alive by the keeper or systemd's store."""
+        self.express_stop()
         self._cancel_break()
         self._cancel_closing_timer()
         self._cancel_stall()
@@ -199,6 +208,12 @@ class Port:
             out["split_group"] = [m.name for m in self.group.members]
             out["settings_from"] = source.name if source else None
         out.update(self.link.status())
+        out["express"] = self._relay is not None
+        out["express_runs"] = self.express_runs
+        if self._relay is not None:
+            sent, received = self._relay.counts()
+            out["bytes_to_remote"] += sent
+            out["bytes_from_remote"] += received
         # Lost either way: written before a close and not sent within CLOSING_WAIT, or unacknowledged
         # when the connection died (the link's lost_at_disconnect).
         out["lost_bytes"] = self.lost_bytes + self.link.stats.lost_bytes
@@ -220,6 +235,7 @@ class Port:
 
     def _slave_event(self, opened: bool) -> None:
         """inotify saw opens or closes of the slave (``opened``: an open among them): find out what holds."""
+        self.express_stop()
         holders = self.pty.slave_is_open()
         if not self._session and (holders or opened or self.pty.has_pending()):
             # Also a program that opened, wrote and closed before we looked: its bytes are in the pty.
@@ -302,6 +318,7 @@ class Port:
 
     def _on_readable(self) -> None:
         self._read_some()
+        self._warm()
         if not (self._live and self.link.writable) or self._pacer is not None:
             self._update_io()
 
@@ -361,6 +378,7 @@ class Port:
         link, so that those bytes leave first, under the settings and lines they were written with.  While
         the link cannot take them (connecting, back-pressure) the program's call waits, as its writes do.
         Bounded: a writer in another thread that never stops cannot hold the change back for ever."""
+        self.express_stop()
         left = _PENDING_LIMIT
         while self._live and left > 0 and self.pty.has_pending():
             if self._pacer is not None and self._pacer.room() == 0:
@@ -408,6 +426,7 @@ class Port:
         self.settings = settings
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
+        self.express_stop()
         if self.taps:
             self.taps.emit("purge", receive=receive, transmit=transmit)
         # tcflush(TCIFLUSH) discards what the program has not read: the remote's receive buffer and
@@ -492,6 +511,7 @@ class Port:
         """TIOCOUTQ: bytes the program wrote that the server has not received yet.  Of what is still in
         the pty the kernel reports the line discipline's part only (up to 4 KiB; FIONREAD), so the count
         is exact once vcom has read the pty, and a lower bound while the connection cannot take data."""
+        self.express_stop()
         try:
             pending = self.pty.pending_bytes()
         except OSError:
@@ -506,6 +526,7 @@ class Port:
         read cannot see what vcom wrote before it.  The purge goes on the wire in order with the data: what
         the program wrote before a receive flush leaves before the PURGE-DATA (a transmit flush discards it
         instead)."""
+        self.express_stop()
         if transmit:
             termios.tcflush(self.pty.master_fd, termios.TCIFLUSH)  # what it wrote that vcom has not read
         elif self.link.state is LinkState.CONNECTED:
@@ -549,6 +570,7 @@ class Port:
         """Hang the program up as a modem line drop does on a real port: close the pty under it (EOF on
         read, SIGHUP to the session it controls) and put a new one behind the same path and termios."""
         log.warning("%s: hanging up the program: %s", self.name, reason)
+        self.express_stop()
         self.hangups += 1
         try:
             saved = self.pty.termios()
@@ -583,6 +605,8 @@ class Port:
     def deliver(self, data: bytes, *, bounded: bool) -> None:
         """Network data for the program.  ``bounded``: a split member; one that has stalled keeps at most
         SPLIT_BUFFER and drops its oldest, one that reads loses nothing (the group waits for it)."""
+        if self._relay is not None:
+            self.express_stop()
         if self.taps:
             self.taps.emit("data", dir="in", data=data.hex(), dropped=not self._session or self._closing)
         if not self._session or self._closing or not self.pty.slave_is_open():
@@ -599,6 +623,8 @@ class Port:
                 log.error("%s: writing to the pty failed: %s", self.name, exc)
                 taken = 0
             if taken == len(data):
+                if not bounded:
+                    self._warm()
                 return
             self._to_pty += memoryview(data)[taken:]
             self._set_writing(True)
@@ -688,6 +714,8 @@ class Port:
             self._update_io()
 
     def _set_reading(self, on: bool) -> None:
+        if self._relay is not None:
+            self.express_stop()
         if on == self._reading:
             return
         self._reading = on
@@ -697,6 +725,8 @@ class Port:
             self._loop.remove_reader(self.pty.master_fd)
 
     def _set_writing(self, on: bool) -> None:
+        if self._relay is not None:
+            self.express_stop()
         if on == self._writing:
             return
         self._writing = on
@@ -704,3 +734,79 @@ class Port:
             self._loop.add_writer(self.pty.master_fd, self._on_pty_writable)
         else:
             self._loop.remove_writer(self.pty.master_fd)
+
+    # -- express (vcom.port.express)
+
+    def _warm(self) -> None:
+        """One more wake-up that moved data: a port that has HOT_EVENTS of them within HOT_WINDOW is hot,
+        and goes express as soon as it may (each later wake-up tries again while it stays hot)."""
+        self._heat += 1
+        if self._heat < express.HOT_EVENTS:
+            return
+        now = self._loop.time()
+        if now - self._heat_since > express.HOT_WINDOW:
+            self._heat, self._heat_since = 0, now  # not that busy: count again
+            return
+        if self._relay is None and not self._express_asked:
+            self._express_asked = True
+            self._loop.call_soon(self._express_start)
+
+    def _express_start(self) -> None:
+        self._express_asked = False
+        if not self._express_eligible():
+            return
+        lent = self.link.lend_socket(self.express_stop)
+        if lent is None:
+            return
+        self._heat, self._heat_since = 0, self._loop.time()
+        sock, iac = lent
+        self._set_reading(False)
+        try:
+            relay = express.Relay(self.pty.master_fd, sock, iac)
+        except (OSError, RuntimeError) as exc:  # no eventfd (descriptors exhausted), no thread
+            log.debug("%s: cannot go express: %s", self.name, exc)
+            self.link.give_back(b"", 0, 0)
+            self._update_io()
+            return
+        self._relay = relay
+        self.express_runs += 1
+        relay.future.add_done_callback(lambda _: self._relay_done(relay))
+
+    def _relay_done(self, relay: express.Relay) -> None:
+        """In the relay's thread, when it has returned by itself: the loop takes the port back."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the port was closed before it
+            self._loop.call_soon_threadsafe(self._express_returned, relay)
+
+    def _express_eligible(self) -> bool:
+        return (express.room() and self._relay is None and self._session and self._live and not self._closing
+                and self._pacer is None and not self.taps and len(self.group.members) == 1
+                and not self._to_pty and not self._writing and not self._writable_waiters
+                and self._break_timer is None and self.link.writable)
+
+    def _express_returned(self, relay: express.Relay) -> None:
+        if relay is self._relay:
+            self._express_finish(relay.outcome())
+
+    def express_stop(self) -> None:
+        """Take the pty and the socket back from the relay (if it has them) before touching either."""
+        relay = self._relay
+        if relay is not None:
+            self._express_finish(relay.stop())
+
+    def _express_finish(self, outcome: express.Outcome) -> None:
+        """Back on the loop: what the relay read and did not pass on goes first, in each direction, then
+        what made it return (a status byte, a telnet command) is handled as the loop would have."""
+        self._relay = None
+        if outcome.status_read or outcome.command:
+            # Still busy: the next wake-up that moves data may take it express again.
+            self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
+        self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
+        if outcome.undelivered:
+            self.deliver(outcome.undelivered, bounded=False)
+        if outcome.carried:
+            self.link.received_by_relay(outcome.carried)
+        if outcome.command:
+            self.link.received_by_relay(outcome.extra)
+        if outcome.status_read:
+            self._handle(self.pty.parse(outcome.extra))
+        self._update_io()

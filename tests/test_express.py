@@ -1,0 +1,209 @@
+"""Express: a hot port's bytes moved in C off the event loop (vcom.port.express, vcom/_relay.c).
+
+The relay itself on a real vcom pty (packet mode, EXTPROC) and a socket pair: data both ways byte-exact,
+IAC doubling and undoubling including pairs split across receives, and every reason it hands the port
+back (a status byte, a telnet command, the wake descriptor, a quiet second, the slave's close, the peer's
+EOF) with what it held.  Then through the manager: a streaming port goes express, data stays exact both
+ways, and an unwrapped settings change in the middle of it reaches the server.  The whole suite also runs
+with VCOM_EXPRESS_HOT=1 (.ci/run), where every eligible port goes express at its second chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+from peers import PtyDevice, Vcom, read_exact, wait_settings, wait_until, write_all
+
+from vcom.port import express
+from vcom.pty import VirtualPty
+
+pytestmark = pytest.mark.skipif(not express.AVAILABLE, reason="vcom._relay was not built (no C compiler)")
+_relay = express._relay
+
+
+class Bench:
+    """A vcom pty (what the manager holds: the master in packet mode with EXTPROC), a program on its slave,
+    a connected socket pair (the relay's end and the server's), and a relay run in a thread."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.pty = VirtualPty(str(tmp_path / "ttyX"))
+        self.pty.open(lock_extproc=False)
+        self.program = os.open(self.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.program, termios.TCSANOW)
+        self.pty.ensure_extproc()
+        while self.pty.read() is not None:  # the status bytes of the set-up
+            pass
+        self.ours, self.server = socket.socketpair()
+        self.ours.setblocking(False)
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK)
+        self.counters = bytearray(16)
+        self._thread: threading.Thread | None = None
+        self._result: list[tuple] = []
+
+    def start(self, iac: bool, idle_ms: int = 5000) -> None:
+        self._result.clear()
+        self._thread = threading.Thread(target=lambda: self._result.append(_relay.relay(
+            self.pty.master_fd, self.ours.fileno(), self.wake, iac, idle_ms, self.counters)))
+        self._thread.start()
+
+    def result(self, timeout: float = 10) -> tuple:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the relay did not return"
+        return self._result[0]
+
+    def stop(self) -> tuple:
+        os.eventfd_write(self.wake, 1)
+        result = self.result()
+        os.eventfd_read(self.wake)
+        return result
+
+    def read_program(self, size: int, timeout: float = 10) -> bytes:
+        return read_exact(self.program, size, timeout)
+
+    def read_server(self, size: int, timeout: float = 10) -> bytes:
+        self.server.settimeout(timeout)
+        got = b""
+        while len(got) < size:
+            chunk = self.server.recv(size - len(got))
+            assert chunk, f"the relay's end closed after {got!r}"
+            got += chunk
+        return got
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            os.eventfd_write(self.wake, 1)
+            self._thread.join(10)
+        for fd in (self.program, self.wake):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.ours.close()
+        self.server.close()
+        self.pty.close(remove_link=True)
+
+
+@pytest.fixture
+def bench(tmp_path: Path):
+    made = Bench(tmp_path)
+    yield made
+    made.close()
+
+
+def test_raw_data_both_ways_at_once_byte_exact(bench: Bench) -> None:
+    up, down = random.Random(1).randbytes(1 << 20), random.Random(2).randbytes(1 << 20)
+    bench.start(iac=False)
+    writers = [threading.Thread(target=write_all, args=(bench.program, up, 30)),
+               threading.Thread(target=bench.server.sendall, args=(down,))]
+    for writer in writers:
+        writer.start()
+    got_down = bench.read_program(len(down), 30)
+    got_up = bench.read_server(len(up), 30)
+    for writer in writers:
+        writer.join(30)
+    assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+    reason, unsent, undelivered, extra, _, carried = bench.stop()
+    assert (reason, unsent, undelivered, extra, carried) == (_relay.WAKE, b"", b"", b"", b"")
+    assert tuple(int.from_bytes(bench.counters[i:i + 8], "little") for i in (0, 8)) == (len(up), len(down))
+
+
+def test_iac_doubled_out_and_undoubled_in_with_pairs_split_across_receives(bench: Bench) -> None:
+    bench.start(iac=True)
+    os.write(bench.program, b"a\xff\xff\xffb")
+    assert bench.read_server(8) == b"a\xff\xff\xff\xff\xff\xffb"
+    bench.server.sendall(b"x\xff")  # half a pair: the relay waits for the rest
+    time.sleep(0.2)
+    bench.server.sendall(b"\xffy\xff\xff\xff\xff")
+    assert bench.read_program(5) == b"x\xffy\xff\xff"
+    reason, unsent, undelivered, extra, _, carried = bench.stop()
+    assert (reason, extra, carried) == (_relay.WAKE, b"", b"")
+
+
+def test_a_telnet_command_hands_back_the_data_before_it_and_the_rest(bench: Bench) -> None:
+    bench.start(iac=True)
+    bench.server.sendall(b"data\xff\xffmore\xff\xfb\x2cafter")  # IAC WILL COM-PORT-OPTION
+    reason, unsent, undelivered, extra, _, carried = bench.result()
+    assert reason == _relay.COMMAND
+    assert undelivered == b"data\xffmore"  # not yet written: the port delivers it before the command
+    assert extra == b"\xff\xfb\x2cafter"
+    assert carried == b""
+
+
+def test_an_iac_that_ends_the_last_receive_is_handed_back_as_carried(bench: Bench) -> None:
+    bench.start(iac=True)
+    bench.server.sendall(b"one\xff")
+    assert bench.read_program(3) == b"one"
+    reason, _, undelivered, extra, _, carried = bench.stop()
+    assert (reason, undelivered, extra, carried) == (_relay.WAKE, b"", b"", b"\xff")
+
+
+def test_a_settings_change_returns_after_the_bytes_written_before_it(bench: Bench) -> None:
+    bench.start(iac=False)
+    os.write(bench.program, b"before")
+    assert bench.read_server(6) == b"before"
+    attrs = termios.tcgetattr(bench.program)
+    attrs[4] = attrs[5] = termios.B19200
+    termios.tcsetattr(bench.program, termios.TCSANOW, attrs)
+    reason, unsent, _, extra, _, _ = bench.result()
+    assert reason == _relay.STATUS and unsent == b""
+    assert bench.pty.parse(extra).ioctl  # the port reads the new settings from here
+
+
+def test_quiet_slave_close_and_peer_eof_each_hand_the_port_back(bench: Bench) -> None:
+    bench.start(iac=False, idle_ms=200)
+    assert bench.result()[0] == _relay.IDLE
+    bench.server.shutdown(socket.SHUT_WR)
+    bench.start(iac=False)
+    assert bench.result()[0] == _relay.SOCKET
+    os.close(bench.program)
+    bench.program = -1
+    bench.start(iac=False)
+    assert bench.result()[0] == _relay.MASTER
+
+
+def test_a_streaming_port_goes_express_and_stays_byte_exact(vcom: Vcom, device: PtyDevice, open_port,
+                                                            tmp_path: Path) -> None:
+    """Through the manager and vcom's own RFC 2217 share: a port streaming both ways goes express (status
+    says so while it is), every byte arrives both ways, and an unwrapped speed change in the middle of the
+    stream reaches the device."""
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{vcom.share(device.path)}", "--connect", "always")
+    vcom.wait_status(port, lambda s: s["state"] == "connected", what="connected")
+    fd = open_port(port)
+    up = bytes(range(256)) * 2048  # 512 KiB with every 0xFF doubled on the wire
+    down = random.Random(3).randbytes(1 << 19)
+    got_up = bytearray()
+
+    def collect() -> None:  # the device reads all the time, so that nothing but vcom can hold data back
+        while len(got_up) < len(up):
+            got_up.extend(device.read_exact(min(4096, len(up) - len(got_up)), 60))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    write_all(fd, up[:len(up) // 2], 60)
+    attrs = termios.tcgetattr(fd)
+    attrs[4] = attrs[5] = termios.B57600
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    write_all(fd, up[len(up) // 2:], 60)
+    wait_settings(device, ispeed=57600)
+    collector.join(60)
+    assert bytes(got_up) == up
+    feeder = threading.Thread(target=device.write, args=(down, 60))
+    feeder.start()
+    assert read_exact(fd, len(down), 60) == down
+    feeder.join(60)
+    status = vcom.status(port)
+    assert status["express_runs"] >= 1
+    assert status["bytes_to_remote"] == len(up) and status["bytes_from_remote"] == len(down)
+    wait_until(lambda: not vcom.query(port)["express"], 10, "the quiet port back on the loop")
