@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial tmux gcc libc6-dev iproute2 util-linux systemd udev mount \
           picocom mbpoll strace nftables
 
-.PHONY: venv install test lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
+.PHONY: venv install test test-express lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
 
 # The development environment: .venv with vcom (editable) and the test tools.
 venv: $(VENV)/.installed
@@ -39,6 +39,11 @@ demo: venv
 TEST_ARGS ?= -n 3
 test: venv peers
 	$(PY) -m pytest $(TEST_ARGS)
+
+# The same suite with every eligible port moved off the event loop at its second chunk (vcom.port.express),
+# so that each test also runs through the C relay and its hand-overs.
+test-express: venv peers
+	VCOM_EXPRESS_HOT=1 $(PY) -m pytest $(TEST_ARGS)
 
 # vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
 bench: venv peers
