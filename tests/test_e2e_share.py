@@ -136,13 +136,16 @@ def test_a_client_that_dies_with_device_data_unread_is_counted_as_lost(vcom: Vco
     client.connect(("127.0.0.1", shared))
     try:
         wait_until(lambda: len(vcom.query(device.path)["clients"]) == 1, 15, "the client admitted")
-        # 96 KiB: more than the client's and the share's sockets hold (the rest waits in the share's queue
-        # for the client), less than makes a lone slow client hold the device back.
+        # 96 KiB: far more than the client's window takes, less than makes a lone slow client hold the
+        # device back.  All of it is handed to the client's socket or queued for it, never acknowledged.
         device.write(bytes(range(256)) * 384)
-        wait_until(lambda: vcom.query(device.path)["clients"][0]["queued"] > 0, 15, "data queued for the client")
+        wait_until(lambda: sum(vcom.query(device.path)["clients"][0][k] for k in ("bytes_out", "queued"))
+                   >= 96 * 1024, 15, "the device data handed to the client")
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
     finally:
         client.close()
+    # What the client acknowledged is at most its receive window (about 8 KiB here).
     status = wait_until(lambda: (s := vcom.query(device.path))["lost_bytes"] > 0 and s, 15, "the loss counted")
+    assert 96 * 1024 - 32 * 1024 <= status["lost_bytes"] <= 96 * 1024, status["lost_bytes"]
     assert status["clients"] == []
     assert "never acknowledged" in vcom.log_tail(200)

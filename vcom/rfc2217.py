@@ -527,6 +527,12 @@ class Connection:
         """The peer sends in BINARY mode (it said WILL BINARY)."""
         return self._binary_in
 
+    @property
+    def plain_data_follows(self) -> bool:
+        """What comes next from the peer can be taken as data with IAC IAC undoubled and nothing else: no
+        command half-read, and the peer sends in BINARY mode (no CR NUL to undo)."""
+        return self._parse is _Parse.DATA and self._binary_in
+
     def option_enabled(self, option: int, *, local: bool) -> bool:
         table = self._local if local else self._remote
         return table.get(option) is _Q.YES

@@ -347,13 +347,13 @@ class Link:
     def lend_socket(self, reclaim: Callable[[], None]) -> tuple[int, bool] | None:
         """The socket's descriptor and whether its data is IAC-escaped (RFC 2217), for a relay that moves
         data in both directions without the loop; None unless the connection is a plain TCP socket in its
-        steady state (negotiated, writable, reading, nothing queued in the link, no purge awaiting its
-        answer).  Until ``give_back``, the loop does not read it, and ``reclaim`` is called before anything
-        here touches it."""
+        steady state (negotiated, writable, reading, nothing queued in the link, the session between
+        commands: see ``Session.relayable``).  Until ``give_back``, the loop does not read it, and
+        ``reclaim`` is called before anything here touches it."""
         transport, session = self._transport, self._session
         if (transport is None or session is None or self._datagrams or self._tls is not None
                 or not self._writable or self._reading_paused or self._throttle is not None
-                or self._lender is not None or transport.get_write_buffer_size() or session.awaiting_purge
+                or self._lender is not None or transport.get_write_buffer_size() or not session.relayable
                 or transport.is_closing()):
             return None
         sock = transport.get_extra_info("socket")

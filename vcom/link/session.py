@@ -59,6 +59,12 @@ class Session(Protocol):
     @property
     def awaiting_purge(self) -> bool: ...
 
+    @property
+    def relayable(self) -> bool:
+        """Data both ways is only IAC doubling from here on (vcom.port.express may move it), until a command
+        comes: no command half-read, no purge awaiting its answer, no CR NUL to undo."""
+        ...
+
     def purge_unanswered(self) -> None: ...
 
 
@@ -67,6 +73,7 @@ class RawSession:
 
     negotiated = True
     awaiting_purge = False
+    relayable = True
 
     def purge_unanswered(self) -> None:
         pass
@@ -214,6 +221,10 @@ class Rfc2217Session:
     def awaiting_purge(self) -> bool:
         """A receive purge is unanswered: incoming data is being discarded."""
         return any(self._purges)
+
+    @property
+    def relayable(self) -> bool:
+        return self.negotiated and not self._purges and self._codec.plain_data_follows
 
     def purge_unanswered(self) -> None:
         """The server did not answer PURGE-DATA in time: stop discarding, and do not wait on it again."""

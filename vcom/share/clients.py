@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..link.sockets import unacknowledged
 from ..rfc2217 import (
     Connection,
     Data,
@@ -185,8 +186,10 @@ class StreamClient(Client, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed and self.transport is not None:
-            # Its socket is still open here: what it holds unacknowledged is lost with the client.
-            self.lost = self.outbox.size + _socket_queue(self.transport)
+            # Its socket is still open here: what it holds unacknowledged is lost with the client.  After a
+            # reset the kernel has already dropped its queue, so what was handed to the socket less what
+            # the client acknowledged (tcp_info) counts too.
+            self.lost = self.outbox.size + unacknowledged(self.transport, self.bytes_out)
         self.closed = True
         self.share._client_left(self)
 
