@@ -209,3 +209,21 @@ def test_a_streaming_port_goes_express_and_stays_byte_exact(vcom: Vcom, device: 
     assert status["express_runs"] >= 1
     assert status["bytes_to_remote"] == len(up) and status["bytes_from_remote"] == len(down)
     wait_until(lambda: not vcom.query(port)["express"], 10, "the quiet port back on the loop")
+
+
+def test_a_session_is_relayable_only_between_commands_in_binary_mode() -> None:
+    """What the relay may take over: the codec's parser in plain data (not half-way through a command)
+    and the peer sending BINARY (the relay does not undo CR NUL)."""
+    from vcom.rfc2217 import BINARY, IAC, SB, SE, WILL, Connection, Role
+
+    codec = Connection(Role.CLIENT)
+    codec.initiate()
+    assert not codec.plain_data_follows  # the peer has not said WILL BINARY
+    codec.receive_data(bytes((IAC, WILL, BINARY)))
+    assert codec.plain_data_follows
+    codec.receive_data(b"data" + bytes((IAC, SB, 44, 101, 0, 0)))  # an answer cut off after its first bytes
+    assert not codec.plain_data_follows
+    codec.receive_data(bytes((0x4B, 0x00, IAC, SE)))
+    assert codec.plain_data_follows
+    codec.receive_data(bytes((IAC,)))  # half a pair, or a command's start
+    assert not codec.plain_data_follows
