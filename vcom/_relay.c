@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -38,16 +39,16 @@ enum { WAKE = 0, IDLE = 1, STATUS = 2, COMMAND = 3, MASTER = 4, SOCKET = 5, FAIL
 struct relay {
     int master, sock, wake, iac, idle_ms;
     volatile uint64_t *counters;
-    unsigned char pty_buf[PTY_READ];
-    unsigned char out[2 * PTY_READ * PTY_READS]; /* encoded: every 0xFF doubled */
-    size_t out_off, out_len;
-    unsigned char net_buf[NET_READ + 1]; /* [0]: an IAC carried over from the last receive */
-    int carry;                           /* the last receive ended in an IAC: half a pair, or a command's start */
-    unsigned char in[NET_READ];          /* decoded */
-    size_t in_off, in_len;
+    size_t out_off, out_len, in_off, in_len;
     const unsigned char *extra;
     size_t extra_len;
     int err;
+    int carry;                           /* the last receive ended in an IAC: half a pair, or a command's start */
+    /* the buffers (not cleared at the start: only what the lengths above cover is ever read) */
+    unsigned char pty_buf[PTY_READ];
+    unsigned char out[2 * PTY_READ * PTY_READS]; /* encoded: every 0xFF doubled */
+    unsigned char net_buf[NET_READ + 1]; /* [0]: an IAC carried over from the last receive */
+    unsigned char in[NET_READ];          /* decoded */
 };
 
 static size_t encode(const unsigned char *src, size_t n, unsigned char *dst)
@@ -238,11 +239,12 @@ static PyObject *relay(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "counters must hold two 64-bit numbers");
         return NULL;
     }
-    struct relay *r = PyMem_RawCalloc(1, sizeof *r);
+    struct relay *r = PyMem_RawMalloc(sizeof *r);
     if (r == NULL) {
         PyBuffer_Release(&counters);
         return PyErr_NoMemory();
     }
+    memset(r, 0, offsetof(struct relay, pty_buf));
     r->master = master;
     r->sock = sock;
     r->wake = wake;

@@ -36,6 +36,8 @@ AVAILABLE = _relay is not None
 # express at its first chunk (the test suite runs that way too); 0 turns express off.
 HOT_EVENTS = int(os.environ.get("VCOM_EXPRESS_HOT", "48"))
 HOT_WINDOW = 0.05
+# A relay that moved this much before a command or a status byte made it return leaves its port hot.
+BUSY_RUN = 16 * 1024
 # How long a relay waits with nothing moving before it hands the port back to the loop (milliseconds).
 IDLE_MS = 1000
 # At most this many ports go express at once: each holds a thread while it runs.

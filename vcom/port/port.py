@@ -541,8 +541,9 @@ class Port:
     def icount(self) -> tuple[int, ...]:
         """struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun."""
         counts, errors, stats = self.modem_counter.counts, self.link.remote.line_errors, self.link.stats
-        return (counts["cts"], counts["dsr"], counts["ri"], counts["dcd"], stats.bytes_from_remote,
-                stats.bytes_to_remote, errors["framing"], errors["overrun"], errors["parity"], errors["break"],
+        sent, received = self._relay.counts() if self._relay is not None else (0, 0)
+        return (counts["cts"], counts["dsr"], counts["ri"], counts["dcd"], stats.bytes_from_remote + received,
+                stats.bytes_to_remote + sent, errors["framing"], errors["overrun"], errors["parity"], errors["break"],
                 0)
 
     def _end_break(self, done: asyncio.Future[None] | None = None) -> None:
@@ -797,8 +798,9 @@ class Port:
         """Back on the loop: what the relay read and did not pass on goes first, in each direction, then
         what made it return (a status byte, a telnet command) is handled as the loop would have."""
         self._relay = None
-        if outcome.status_read or outcome.command:
-            # Still busy: the next wake-up that moves data may take it express again.
+        if (outcome.status_read or outcome.command) and outcome.sent + outcome.received >= express.BUSY_RUN:
+            # Still busy: the next wake-up that moves data may take it express again.  (A run that moved
+            # little before a command, a server flooding commands, must grow hot again first.)
             self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
         self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
         if outcome.undelivered:
