@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import socket
-import sys
-import termios
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..link.sockets import unacknowledged
+from ..link.sockets import socket_queue, unacknowledged
 from ..rfc2217 import (
     Connection,
     Data,
@@ -238,7 +235,7 @@ class StreamClient(Client, asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         self.closed = True
-        self.lost = self.outbox.size + self.transport.get_write_buffer_size() + _socket_queue(self.transport)
+        self.lost = self.outbox.size + self.transport.get_write_buffer_size() + socket_queue(self.transport)
         # A client that does not read would hold a graceful close open forever.
         if self.transport.get_write_buffer_size():
             self.transport.abort()
@@ -278,13 +275,3 @@ def _keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
-def _socket_queue(transport: asyncio.BaseTransport) -> int:
-    """Bytes the socket holds that the client has not acknowledged (SIOCOUTQ)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return 0
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int.from_bytes(raw, sys.byteorder)
