@@ -27,7 +27,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define IAC 0xFF
+#include "_iac.h"
+
 #define PTY_READ 4096        /* a pty master read returns at most this much: status byte + 4095 data */
 #define NET_READ 65536
 
@@ -47,24 +48,6 @@ struct relay {
     unsigned char out[2 * PTY_READ];     /* encoded, when the read had a 0xFF to double (else sent from pty_buf) */
     unsigned char net_buf[NET_READ + 1]; /* [0]: an IAC carried over from the last receive; decoded in place */
 };
-
-static size_t encode(const unsigned char *src, size_t n, unsigned char *dst)
-{
-    size_t j = 0;
-    const unsigned char *from = src, *end = src + n, *p;
-    while ((p = memchr(from, IAC, (size_t)(end - from))) != NULL) {
-        memcpy(dst + j, from, (size_t)(p - from));
-        j += (size_t)(p - from);
-        const unsigned char *q = p; /* a run of 0xFF (a firmware image's padding) in one go */
-        while (q < end && *q == IAC)
-            q++;
-        memset(dst + j, IAC, 2 * (size_t)(q - p));
-        j += 2 * (size_t)(q - p);
-        from = q;
-    }
-    memcpy(dst + j, from, (size_t)(end - from));
-    return j + (size_t)(end - from);
-}
 
 /* Decode buf in place (IAC IAC -> 0xFF); stops at an IAC that is not the first of a pair (a command, or
  * the data's end, where the pair may go on in the next receive): *stop is then its offset, else n.  What
@@ -151,7 +134,7 @@ static int run(struct relay *r)
                 r->out_off = 0;
                 if (r->iac && memchr(r->pty_buf + 1, IAC, data) != NULL) {
                     r->out_base = r->out;
-                    r->out_len = encode(r->pty_buf + 1, data, r->out);
+                    r->out_len = iac_double(r->pty_buf + 1, data, r->out);
                 } else { /* nothing to double: sent from where it was read */
                     r->out_base = r->pty_buf + 1;
                     r->out_len = data;

@@ -9,7 +9,7 @@
 #include <Python.h>
 #include <string.h>
 
-#define IAC 0xFF
+#include "_iac.h"
 
 /* escape(data) -> bytes: data with every 0xFF doubled; data itself (a bytes object) when it has none. */
 static PyObject *escape(PyObject *module, PyObject *arg)
@@ -26,19 +26,7 @@ static PyObject *escape(PyObject *module, PyObject *arg)
         Py_INCREF(arg);
         out = arg;
     } else if ((out = PyBytes_FromStringAndSize(NULL, n + count)) != NULL) {
-        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
-        const unsigned char *from = src, *end = src + n, *p;
-        while ((p = memchr(from, IAC, (size_t)(end - from))) != NULL) {
-            memcpy(dst, from, (size_t)(p - from));
-            dst += p - from;
-            const unsigned char *q = p; /* a run of 0xFF (a firmware image's padding) in one go */
-            while (q < end && *q == IAC)
-                q++;
-            memset(dst, IAC, (size_t)(2 * (q - p)));
-            dst += 2 * (q - p);
-            from = q;
-        }
-        memcpy(dst, from, (size_t)(end - from));
+        iac_double(src, (size_t)n, (unsigned char *)PyBytes_AS_STRING(out));
     }
     PyBuffer_Release(&in);
     return out;
