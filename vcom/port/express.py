@@ -68,6 +68,11 @@ class Outcome:
     def command(self) -> bool:
         return self.reason == _relay.COMMAND
 
+    @property
+    def failed(self) -> bool:
+        """poll() itself failed (``error`` is its errno); a socket's error is left for asyncio to report."""
+        return self.reason == _relay.FAILED
+
 
 class Relay:
     """One express run of one port: started on the loop, stopped by the relay itself or by ``stop``."""

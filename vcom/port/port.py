@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import termios
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from ..interposer.server import holds_open
 from ..interposer.view import ModemCounter, ProgramView
 from ..link import Lines, LinkState
 from ..pty import READ_SIZE, Ownership, PtyRead, VirtualPty
+from ..ratelog import RateLog
 from ..settings import LineSettings
 from ..tap import Taps
 from ..termio import Termios2
@@ -24,6 +26,7 @@ from .group import SPLIT_BUFFER, LinkGroup
 from .pacer import LinePacer
 
 log = logging.getLogger(__name__)
+_problems = RateLog(log)
 
 # What one wake-up reads from a pty at most: two full reads, sent as one.  A read after a full one waits in
 # the kernel until the line discipline is refilled from what the program wrote; more such waits in a row
@@ -798,6 +801,9 @@ class Port:
         """Back on the loop: what the relay read and did not pass on goes first, in each direction, then
         what made it return (a status byte, a telnet command) is handled as the loop would have."""
         self._relay = None
+        if outcome.failed:
+            _problems.warning((self.name, "express"), "%s: the express relay failed (%s); back on the event loop",
+                              self.name, os.strerror(outcome.error))
         if (outcome.status_read or outcome.command) and outcome.sent + outcome.received >= express.BUSY_RUN:
             # Still busy: the next wake-up that moves data may take it express again.  (A run that moved
             # little before a command, a server flooding commands, must grow hot again first.)
