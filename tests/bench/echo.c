@@ -10,9 +10,10 @@
  * costs the same whichever relay (vcom or socat) sits in front of it.  Back-pressure is
  * honest: a connection whose peer does not read stops being read.
  *
- * stdout: first "PORTS <raw> <telnet>", then one line per SET-BAUDRATE received,
- * "BAUD <rate> <CLOCK_MONOTONIC ns>", so that the bench can time a program's tcsetattr
- * to its arrival here.  Those lines are dropped when nobody reads them.
+ * stdout: first "PORTS <raw> <telnet>", then one line per SET-BAUDRATE or SET-CONTROL
+ * received, "SET <code> <value> <CLOCK_MONOTONIC ns>", so that the bench can time a
+ * program's tcsetattr or TIOCMBIS to its arrival here.  Those lines are dropped when nobody
+ * reads them.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,7 +33,7 @@
 #include <unistd.h>
 
 enum { IAC = 255, DONT = 254, DO = 253, WONT = 252, WILL = 251, SB = 250, SE = 240 };
-enum { COM_PORT = 44, SET_BAUDRATE = 1, SIGNATURE = 0 };
+enum { COM_PORT = 44, SET_BAUDRATE = 1, SET_CONTROL = 5, SIGNATURE = 0 };
 enum { P_DATA, P_IAC, P_VERB, P_SB, P_SB_IAC };
 
 #define CHUNK 65536
@@ -120,13 +121,16 @@ static int send_out(struct conn *c, const unsigned char *data, size_t len)
     return 0;
 }
 
-static void report_baud(const unsigned char *value, int len)
+/* The value as a big-endian number: a baud rate is four bytes, a SET-CONTROL value one. */
+static void report(int code, const unsigned char *value, int len)
 {
-    char line[64];
-    if (len < 4)
+    char line[80];
+    unsigned number = 0;
+    if (len < 1 || len > 4)
         return;
-    unsigned rate = (unsigned)value[0] << 24 | value[1] << 16 | value[2] << 8 | value[3];
-    int n = snprintf(line, sizeof line, "BAUD %u %lld\n", rate, now_ns());
+    for (int i = 0; i < len; i++)
+        number = number << 8 | value[i];
+    int n = snprintf(line, sizeof line, "SET %d %u %lld\n", code, number, now_ns());
     if (write(STDOUT_FILENO, line, (size_t)n) < 0) {
         /* nobody is listening: fine */
     }
@@ -141,8 +145,8 @@ static size_t answer(struct conn *c, unsigned char *out)
     int code = c->sb[1];
     const unsigned char *value = c->sb + 2;
     int len = c->sb_len - 2;
-    if (code == SET_BAUDRATE)
-        report_baud(value, len);
+    if (code == SET_BAUDRATE || code == SET_CONTROL)
+        report(code, value, len);
     out[n++] = IAC;
     out[n++] = SB;
     out[n++] = COM_PORT;

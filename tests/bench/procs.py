@@ -170,15 +170,16 @@ class EchoServer:
         if len(first) != 3 or first[0] != b"PORTS":
             raise RuntimeError(f"the echo server did not start: {first!r}")
         self.raw_port, self.telnet_port = int(first[1]), int(first[2])
-        self.bauds: queue.Queue[tuple[int, int]] = queue.Queue()
+        # (COM-PORT-OPTION code, value, CLOCK_MONOTONIC ns) of each SET-BAUDRATE and SET-CONTROL
+        self.reports: queue.Queue[tuple[int, int, int]] = queue.Queue()
         threading.Thread(target=self._read_reports, daemon=True).start()
 
     def _read_reports(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             parts = line.split()
-            if len(parts) == 3 and parts[0] == b"BAUD":
-                self.bauds.put((int(parts[1]), int(parts[2])))
+            if len(parts) == 4 and parts[0] == b"SET":
+                self.reports.put((int(parts[1]), int(parts[2]), int(parts[3])))
 
     def target(self, kind: str) -> str:
         return f"tcp://127.0.0.1:{self.raw_port}" if kind == "tcp" else f"rfc2217://127.0.0.1:{self.telnet_port}"

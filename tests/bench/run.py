@@ -59,13 +59,14 @@ def main() -> int:
         work = Path(tmp)
         children = P.Procs()
         try:
-            progress("building the echo server and the tty-call program (cc)")
+            progress("building the echo server and the tty-call programs (cc)")
             echo_bin = P.build("echo.c", work)
             calls_bin = P.build("ttycalls.c", work)
+            lines_bin = P.build("linecalls.c", work)
             echo = P.EchoServer(children, echo_bin)
             parts = set(args.only.split(","))
             if "relay" in parts:
-                rows += relay_figures(children, echo, work, progress)
+                rows += relay_figures(children, echo, work, progress, lines_bin)
             if "preload" in parts:
                 rows += preload_figure(calls_bin, work, progress)
             if "add" in parts:
@@ -105,7 +106,8 @@ def tls_figures(work: Path, progress: Progress) -> list[R.Row]:
 # -- one port of each kind, vcom and socat side by side ------------------------------------------------------
 
 
-def relay_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Progress) -> list[R.Row]:
+def relay_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Progress,
+                  lines_bin: Path) -> list[R.Row]:
     progress("starting a vcom manager and socat on the echo server")
     manager = P.Manager(children, work / "relay")
     vcom_ports = {kind: work / "relay" / f"v-{kind}" for kind in ("tcp", "rfc2217")}
@@ -123,15 +125,42 @@ def relay_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: P
         rows = latency_rows(fds, progress)
         rows += throughput_rows(fds, relays, progress)
         progress("tcsetattr -> SET-BAUDRATE at the server")
-        samples = T.settings_latency(fds["rfc2217"], (19200, 9600), echo.bauds, 300)
-        rows.append(R.Row("settings_p50", "tcsetattr -> SET-BAUDRATE at the server, p50", "ms",
-                          R.percentile(samples, 50) / 1e6, goals=[R.at_most(0.3, "ms")],
-                          details={"p99_ms": R.percentile(samples, 99) / 1e6, "samples": len(samples)}))
+        samples = T.settings_latency(fds["rfc2217"], (19200, 9600), echo.reports, 300)
+        rows.append(settings_row("settings_p50", "tcsetattr -> SET-BAUDRATE at the server, p50", samples))
+        rows += wrapped_rows(children, manager, vcom_ports["rfc2217"], lines_bin, echo, progress)
     finally:
         for fd in fds.values():
             os.close(fd)
         manager.stop()
         children.stop(socat.proc)
+    return rows
+
+
+def settings_row(key: str, figure: str, samples: list[int]) -> R.Row:
+    return R.Row(key, figure, "ms", R.percentile(samples, 50) / 1e6, goals=[R.at_most(0.3, "ms")],
+                 details={"p99_ms": R.percentile(samples, 99) / 1e6, "samples": len(samples)})
+
+
+def wrapped_rows(children: P.Procs, manager: P.Manager, port: Path, lines_bin: Path, echo: P.EchoServer,
+                 progress: Progress, count: int = 300) -> list[R.Row]:
+    """A program under `vcom wrap` (seccomp, then --preload) changing speed and DTR, to the server."""
+    rows = []
+    for how, options in (("seccomp", []), ("preload", ["--preload"])):
+        progress(f"speed and DTR under vcom wrap ({how}) -> the server")
+        proc = children.start([sys.executable, "-m", "vcom", "wrap", *options, str(lines_bin), str(port)],
+                              env=manager.env, cwd=P.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            calls = T.LineCalls(proc)
+            samples = T.wrapped_latency(calls, "b", echo.reports, count)
+            rows.append(settings_row(f"settings_wrap_{how}_p50",
+                                     f"tcsetattr -> SET-BAUDRATE, p50, vcom wrap ({how})", samples))
+            samples = T.wrapped_latency(calls, "d", echo.reports, count)
+            rows.append(settings_row(f"dtr_wrap_{how}_p50",
+                                     f"DTR on/off -> SET-CONTROL, p50, vcom wrap ({how})", samples))
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            children.stop(proc)
     return rows
 
 

@@ -13,6 +13,7 @@ import select
 import termios
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 _CHUNK = 65536
@@ -170,31 +171,77 @@ class Streams:
             self.received[i] += len(chunk)
 
 
-def settings_latency(fd: int, bauds, reports, count: int, timeout: float = 5.0) -> list[int]:
-    """Nanoseconds from the program's tcsetattr (new speed) to SET-BAUDRATE arriving at the server.
+SET_BAUDRATE, SET_CONTROL = 1, 5  # RFC 2217 section 3 command codes, as the server sees them
+SET_CONTROL_VALUE = {("d", 1): 8, ("d", 0): 9, ("r", 1): 11, ("r", 0): 12}  # DTR/RTS on/off
 
-    ``reports`` is the echo server's queue of (baud, CLOCK_MONOTONIC ns); both clocks are the same one.
+
+def call_latency(call: Callable[[int], int], expected: Callable[[int], tuple[int, int]], reports: queue.Queue,
+                 count: int, timeout: float = 5.0) -> list[int]:
+    """Nanoseconds from a program's call to the command it causes arriving at the server.
+
+    ``call(i)`` makes the i-th call and returns the CLOCK_MONOTONIC ns at which it began;
+    ``expected(i)`` is the (code, value) the server must then receive.  ``reports`` is the
+    echo server's queue of (code, value, ns); both clocks are the same one.  One call at a
+    time: the next begins only once the server has seen this one.
     """
-    attrs = termios.tcgetattr(fd)
     samples = []
     for i in range(count):
-        baud = bauds[i % len(bauds)]
-        speed = getattr(termios, f"B{baud}")
-        attrs[4] = attrs[5] = speed
+        want = expected(i)
         while not reports.empty():
             reports.get_nowait()
-        started = time.monotonic_ns()
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        started = call(i)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BenchError(f"SET-BAUDRATE {baud} did not reach the server within {timeout:g} s")
+                raise BenchError(f"COM-PORT-OPTION {want} did not reach the server within {timeout:g} s")
             try:
-                got, at = reports.get(timeout=remaining)
+                code, value, at = reports.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if got == baud:
+            if (code, value) == want:
                 samples.append(at - started)
                 break
     return samples
+
+
+def settings_latency(fd: int, bauds: tuple[int, ...], reports: queue.Queue, count: int) -> list[int]:
+    """tcsetattr with a new speed, made here on ``fd`` (a program that is not wrapped)."""
+    attrs = termios.tcgetattr(fd)
+
+    def call(i: int) -> int:
+        attrs[4] = attrs[5] = getattr(termios, f"B{bauds[i % len(bauds)]}")
+        started = time.monotonic_ns()
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        return started
+
+    return call_latency(call, lambda i: (SET_BAUDRATE, bauds[i % len(bauds)]), reports, count)
+
+
+class LineCalls:
+    """tests/bench/linecalls.c running on a port (under ``vcom wrap``): one call per request."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+
+    def __call__(self, command: str) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 2:
+            raise BenchError(f"linecalls stopped at {command!r} (exit {self.proc.poll()})")
+        if answer[1] != b"0":
+            raise BenchError(f"linecalls: {command!r} failed: {os.strerror(int(answer[1]))}")
+        return int(answer[0])
+
+
+def wrapped_latency(calls: LineCalls, kind: str, reports: queue.Queue, count: int) -> list[int]:
+    """Speed changes (``kind`` "b") or DTR toggles ("d") made by a wrapped program."""
+    if kind == "b":
+        bauds = (19200, 9600)
+        return call_latency(lambda i: calls(f"b {bauds[i % 2]}"), lambda i: (SET_BAUDRATE, bauds[i % 2]),
+                            reports, count)
+    # off first: the line came up with the open, as a UART's does
+    return call_latency(lambda i: calls(f"{kind} {i % 2}"),
+                        lambda i: (SET_CONTROL, SET_CONTROL_VALUE[(kind, i % 2)]), reports, count)
