@@ -21,7 +21,6 @@ import os
 import socket
 import struct
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,121 +44,91 @@ _REMEMBERED_PROGRAMS = 64  # per port, for `vcom status`; past this the programs
 
 
 class InterposerServer:
+    """Clients keep their connection (the preload library one per process, the seccomp supervisor a few
+    per program), so a request costs a line each way and no accept.  A user at the limit of connections
+    who connects again gets the place of their least recently used idle connection (its client connects
+    anew on its next call); only a user whose connections are all busy or silent is refused."""
+
     def __init__(self, path: Path, find_port: Callable[[int], Port | None]) -> None:
         self.path = path
         self._find = find_port
         self._server: asyncio.AbstractServer | None = None
-        self._per_user: Counter[int] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_user: dict[int, dict[_Connection, None]] = {}  # in order of last use, oldest first
         self._refusals: dict[str, tuple[float, int]] = {}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
-                                                       limit=protocol.MAX_LINE)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Connection(self), path=str(self.path))
         os.chmod(self.path, 0o666)  # access is decided per request, by who holds the port open
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        tasks = [c.task for user in self._per_user.values() for c in list(user) if c.task is not None]
+        for connection in [c for user in self._per_user.values() for c in user]:
+            connection.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        pid, uid = _peer(writer)
-        self._per_user[uid] += 1
-        try:
-            if self._per_user[uid] > MAX_CONNECTIONS_PER_USER:
-                _problems.warning(("full", uid), "interposer socket: uid %d already has %d connections; refused "
-                                  "another (pid %d)", uid, MAX_CONNECTIONS_PER_USER, pid)
-                return
-            header = protocol.parse_header(await asyncio.wait_for(reader.readline(), _HEADER_TIMEOUT))
-            while True:
-                line = await asyncio.wait_for(reader.readline(), _IDLE_TIMEOUT)
-                if not line:
-                    return
-                writer.write(await self._answer(line, pid, header))
-                await writer.drain()
-        except (ConnectionError, TimeoutError, ProtocolError, ValueError, asyncio.IncompleteReadError):
-            pass  # a client that breaks the protocol, goes quiet or leaves is simply closed
-        except asyncio.CancelledError:
-            pass  # the manager is stopping
-        finally:
-            self._per_user[uid] -= 1
-            if not self._per_user[uid]:
-                del self._per_user[uid]
-            self._tasks.discard(task)
-            writer.close()
+    def admit(self, connection: _Connection) -> bool:
+        mine = self._per_user.setdefault(connection.uid, {})
+        if len(mine) >= MAX_CONNECTIONS_PER_USER:
+            idle = next((c for c in mine if c.header is not None and c.task is None), None)
+            if idle is None:
+                _problems.warning(("full", connection.uid), "interposer socket: uid %d already has %d connections; "
+                                  "refused another (pid %d)", connection.uid, MAX_CONNECTIONS_PER_USER, connection.pid)
+                return False
+            idle.close()
+        mine[connection] = None
+        return True
 
-    async def _answer(self, line: bytes, pid: int, header: protocol.Header) -> bytes:
-        request = protocol.parse_request(line)
+    def used(self, connection: _Connection) -> None:
+        mine = self._per_user.get(connection.uid)
+        if mine is not None and connection in mine:
+            del mine[connection]
+            mine[connection] = None  # now the most recently used
+
+    def left(self, connection: _Connection) -> None:
+        mine = self._per_user.get(connection.uid)
+        if mine is not None:
+            mine.pop(connection, None)
+            if not mine:
+                del self._per_user[connection.uid]
+
+    def answer_now(self, connection: _Connection, request: Request) -> bytes | None:
+        """The answer, when it needs no waiting (most requests); None when ``answer_later`` must give it."""
         port = self._find(request.rdev)
         if port is None:
             return protocol.NO
-        if not holds_open(pid, port.pty.slave_path):
-            self._refused(port.name, pid)
+        if not connection.holds_open(port.pty.slave_path):
+            self._refused(port.name, connection.pid)
             return protocol.NO
+        assert connection.header is not None
         interposed = port.view.interposed
-        interposed[header.pid] = header.kind
-        if len(interposed) > _REMEMBERED_PROGRAMS:
-            # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
-            port.view.interposed = {pid: kind for pid, kind in interposed.items()
-                                    if holds_open(pid, port.pty.slave_path)}
+        if interposed.get(connection.header.pid) != connection.header.kind:
+            interposed[connection.header.pid] = connection.header.kind
+            if len(interposed) > _REMEMBERED_PROGRAMS:
+                # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
+                port.view.interposed = {pid: kind for pid, kind in interposed.items()
+                                        if holds_open(pid, port.pty.slave_path)}
         try:
-            return await self._dispatch(port, request)
+            return _dispatch_now(port, request)
         except OSError as exc:
             return protocol.err(exc.errno or errno.EIO)
 
-    async def _dispatch(self, port: Port, request: Request) -> bytes:
-        args = request.args
-        match request.verb:
-            case "tcgets":
-                return protocol.ok(port.program_termios().pack().hex())
-            case "tcsets":
-                mode, raw = args[0], _unhex(args[1])
-                if mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE):
-                    return protocol.err(errno.EINVAL)
-                current = port.pty.termios()
-                asked = Termios2.unpack(raw) if len(raw) == TERMIOS2_SIZE else Termios2.unpack_termios(raw, current)
-                await port.program_set_termios(asked, mode)
-                return protocol.ok()
-            case "modem":
-                op, bits = args[0], _int(args[1])
-                if op not in protocol.MODEM_OPS:
-                    return protocol.err(errno.EINVAL)
-                return protocol.ok(await port.program_modem(op, bits))
-            case "break":
-                op = args[0]
-                ms = _int(args[1]) if len(args) > 1 else 0
-                if op not in protocol.BREAK_OPS or not 0 <= ms <= protocol.MAX_BREAK_MS:
-                    return protocol.err(errno.EINVAL)
-                await port.program_break(op, ms)
-                return protocol.ok()
-            case "miwait":
-                await port.modem_counter.wait(_int(args[0]))
-                return protocol.ok()
-            case "icount":
-                return protocol.ok(*port.icount())
-            case "drain":
-                await port.program_drain()
-                return protocol.ok()
-            case "outq":
-                return protocol.ok(port.program_outq())
-            case "flush":
-                if args[0] not in protocol.FLUSH_QUEUES:
-                    return protocol.err(errno.EINVAL)
-                await port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
-                return protocol.ok()
-        return protocol.err(errno.EINVAL)
+    async def answer_later(self, request: Request) -> bytes:
+        port = self._find(request.rdev)
+        if port is None:
+            return protocol.NO  # removed meanwhile
+        try:
+            return await _dispatch(port, request)
+        except OSError as exc:
+            return protocol.err(exc.errno or errno.EIO)
 
     def _refused(self, name: str, pid: int) -> None:
         # Once per port and interval, with how many were refused meanwhile: a program retrying in a
@@ -175,8 +144,191 @@ class InterposerServer:
             self._refusals[name] = (since, count + 1)
 
 
-def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
-    sock = writer.get_extra_info("socket")
+class _Connection(asyncio.Protocol):
+    """One client: a header line, then requests answered one at a time, in order.  Lines are bounded; a
+    connection that sends no header within _HEADER_TIMEOUT, or no request within _IDLE_TIMEOUT, or breaks
+    the protocol is closed.  A request that must wait (a drain, a change behind bytes still in the pty, a
+    TIOCMIWAIT) runs as a task; reading stops until it is answered, so a client cannot queue up work."""
+
+    def __init__(self, server: InterposerServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self.header: protocol.Header | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.pid = self.uid = -1
+        self._last_use = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._found: dict[str, str] = {}  # slave path -> the /proc fd entry where the client last had it
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        try:
+            self.pid, self.uid = _peer(transport.get_extra_info("socket"))
+        except OSError:
+            transport.abort()
+            return
+        if not self._server.admit(self):
+            transport.abort()
+            return
+        loop = asyncio.get_running_loop()
+        self._last_use = loop.time()
+        self._timer = loop.call_later(_HEADER_TIMEOUT, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.left(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.task is not None:
+            self.task.cancel()  # the program gave up (EINTR) or went away: its change is not made
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._next()
+
+    def _next(self) -> None:
+        assert self._transport is not None
+        while self.task is None and not self._transport.is_closing():
+            line, newline, rest = self._buffer.partition(b"\n")
+            if not newline:
+                if len(self._buffer) > protocol.MAX_LINE:
+                    self.close()
+                return
+            self._buffer = rest
+            try:
+                self._line(line)
+            except (ProtocolError, ValueError):
+                self.close()  # a client that breaks the protocol is simply closed
+                return
+        if self.task is not None:
+            self._transport.pause_reading()
+
+    def _line(self, line: bytes) -> None:
+        assert self._transport is not None
+        self._last_use = asyncio.get_running_loop().time()
+        if self.header is None:
+            self.header = protocol.parse_header(line)
+            return
+        request = protocol.parse_request(line)
+        self._server.used(self)
+        answer = self._server.answer_now(self, request)
+        if answer is not None:
+            self._transport.write(answer)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._later(request))
+
+    async def _later(self, request: Request) -> None:
+        try:
+            answer = await self._server.answer_later(request)
+        finally:
+            self.task = None
+        assert self._transport is not None
+        if not self._transport.is_closing():
+            self._last_use = asyncio.get_running_loop().time()
+            self._transport.write(answer)
+            self._transport.resume_reading()
+            self._next()
+
+    def _check_idle(self) -> None:
+        # One timer per connection, moved on when it fires rather than at every request.
+        loop = asyncio.get_running_loop()
+        limit = _IDLE_TIMEOUT if self.header is not None else _HEADER_TIMEOUT
+        due = self._last_use + limit
+        if self.task is None and loop.time() >= due:
+            self._timer = None
+            self.close()
+            return
+        self._timer = loop.call_at(max(due, loop.time() + 1.0), self._check_idle)
+
+    def holds_open(self, slave_path: str) -> bool:
+        """Whether the client has ``slave_path`` open; the descriptor found last time is looked at first."""
+        fd_dir = f"/proc/{self.pid}/fd"
+        entry = self._found.get(slave_path)
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{fd_dir}/{entry}") == slave_path:
+                    return True
+        entry = _find_open(self.pid, slave_path)
+        if entry is None:
+            self._found.pop(slave_path, None)
+            return False
+        self._found[slave_path] = entry
+        return True
+
+
+def _dispatch_now(port: Port, request: Request) -> bytes | None:
+    args = request.args
+    match request.verb:
+        case "tcgets":
+            return protocol.ok(port.program_termios().pack().hex())
+        case "tcsets":
+            mode, raw = args[0], _unhex(args[1])
+            if mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE):
+                return protocol.err(errno.EINVAL)
+            if mode != "now" or not port.change_ready():
+                return None
+            port.program_set_termios_now(_asked(port, raw))
+            return protocol.ok()
+        case "modem":
+            op, bits = args[0], _int(args[1])
+            if op not in protocol.MODEM_OPS:
+                return protocol.err(errno.EINVAL)
+            if op != "get" and not port.change_ready():
+                return None
+            return protocol.ok(port.program_modem_now(op, bits))
+        case "break":
+            op = args[0]
+            ms = _int(args[1]) if len(args) > 1 else 0
+            if op not in protocol.BREAK_OPS or not 0 <= ms <= protocol.MAX_BREAK_MS:
+                return protocol.err(errno.EINVAL)
+            if op == "pulse" or not port.change_ready():
+                return None
+            port.program_break_now(op)
+            return protocol.ok()
+        case "icount":
+            return protocol.ok(*port.icount())
+        case "outq":
+            return protocol.ok(port.program_outq())
+        case "flush":
+            if args[0] not in protocol.FLUSH_QUEUES:
+                return protocol.err(errno.EINVAL)
+            return None
+        case "miwait" | "drain":
+            return None
+    return protocol.err(errno.EINVAL)
+
+
+async def _dispatch(port: Port, request: Request) -> bytes:
+    """The requests that wait; arguments were checked by _dispatch_now."""
+    args = request.args
+    match request.verb:
+        case "tcsets":
+            await port.program_set_termios(_asked(port, _unhex(args[1])), args[0])
+        case "modem":
+            return protocol.ok(await port.program_modem(args[0], _int(args[1])))
+        case "break":
+            await port.program_break(args[0], _int(args[1]) if len(args) > 1 else 0)
+        case "miwait":
+            await port.modem_counter.wait(_int(args[0]))
+        case "drain":
+            await port.program_drain()
+        case "flush":
+            await port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
+        case _:
+            return protocol.err(errno.EINVAL)
+    return protocol.ok()
+
+
+def _asked(port: Port, raw: bytes) -> Termios2:
+    return Termios2.unpack(raw) if len(raw) == TERMIOS2_SIZE else Termios2.unpack_termios(raw, port.pty.termios())
+
+
+def _peer(sock: socket.socket) -> tuple[int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _ = struct.unpack("3i", raw)
     return pid, uid
@@ -184,16 +336,21 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
 
 def holds_open(pid: int, slave_path: str) -> bool:
     """Whether process ``pid`` has ``slave_path`` open (any of its fds)."""
+    return _find_open(pid, slave_path) is not None
+
+
+def _find_open(pid: int, slave_path: str) -> str | None:
+    """The entry of ``/proc/PID/fd`` that is ``slave_path``, if any."""
     fd_dir = f"/proc/{pid}/fd"
     try:
         entries = os.listdir(fd_dir)
     except OSError:
-        return False
+        return None
     for entry in entries:
         with contextlib.suppress(OSError):
             if os.readlink(f"{fd_dir}/{entry}") == slave_path:
-                return True
-    return False
+                return entry
+    return None
 
 
 def _unhex(text: str) -> bytes:

@@ -450,6 +450,13 @@ class Port:
         """What tcgetattr returns to an interposed program."""
         return self.view.for_program(self.pty.termios())
 
+    def change_ready(self) -> bool:
+        """Whether an interposed change can take effect at once: nothing the program wrote before it is
+        still in the pty.  Then the manager answers it without a task (the ``*_now`` methods): that is
+        where a wrapped program's DTR and speed changes spend their time."""
+        self.express_stop()
+        return not (self._live and self.pty.has_pending())
+
     async def program_set_termios(self, asked: Termios2, mode: str) -> None:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
         with the bytes written before it."""
@@ -460,7 +467,9 @@ class Port:
             # go at the new settings, and the call does not wait for the old line rate to send them.
         else:
             await self.program_drain()  # TCSADRAIN and TCSAFLUSH: after all written has been received
-        flush = mode == "flush"
+        self.program_set_termios_now(asked, flush=mode == "flush")
+
+    def program_set_termios_now(self, asked: Termios2, *, flush: bool = False) -> None:
         if flush:
             self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
         applied = self.pty.apply(asked, flush_input=flush)
@@ -471,9 +480,13 @@ class Port:
 
     async def program_modem(self, op: str, value: int) -> int:
         """TIOCMGET/SET/BIS/BIC; returns the TIOCM_* bits in force."""
+        if op != "get":
+            await self._send_pending()
+        return self.program_modem_now(op, value)
+
+    def program_modem_now(self, op: str, value: int) -> int:
         if op == "get":
             return self._tiocm_bits()
-        await self._send_pending()
         if self.taps:
             self.taps.emit("lines", op=op, value=value)
         current = self.link.lines
@@ -491,16 +504,23 @@ class Port:
     async def program_break(self, op: str, ms: int) -> None:
         """TIOCSBRK/TIOCCBRK ("on"/"off") or a timed break ("pulse"), after the bytes written before it."""
         await self._send_pending()
+        if op != "pulse":
+            self.program_break_now(op)
+            return
         if self.taps:
             self.taps.emit("break", op=op, ms=ms)
         self._cancel_break()
-        if op != "pulse":
-            self.link.set_break(op == "on")
-            return
         self.link.set_break(True)
         done = self._loop.create_future()
         self._break_timer = self._loop.call_later(max(ms, 1) / 1000, self._end_break, done)
         await done  # tcsendbreak returns when the break is over, as on a UART
+
+    def program_break_now(self, op: str) -> None:
+        """TIOCSBRK ("on") or TIOCCBRK ("off")."""
+        if self.taps:
+            self.taps.emit("break", op=op, ms=0)
+        self._cancel_break()
+        self.link.set_break(op == "on")
 
     async def program_drain(self) -> None:
         """tcdrain: until everything the program wrote before it has been received by the server (and,
