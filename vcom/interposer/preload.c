@@ -13,8 +13,9 @@
  * them to the remote port.  The protocol is in vcom/interposer/protocol.py.
  *
  * This library may be loaded into every process of the machine, so:
- *  - it depends on nothing but libc, prints nothing, keeps no state and
- *    starts nothing (no constructor);
+ *  - it depends on nothing but libc, prints nothing and starts nothing (no
+ *    constructor); its one piece of state is the connection of a process
+ *    that has used a vcom port (see ask());
  *  - on any other fd it adds one check at most: a vcom port carries a tag in
  *    two control characters of its termios (c_cc[17] = 'v', c_cc[18] = 'c',
  *    slots the kernel does not use), read from what tcgetattr returns anyway,
@@ -116,6 +117,112 @@ static int vcom_port(int fd, unsigned long long *rdev)
 enum answer { ANSWER_NONE, ANSWER_OK, ANSWER_ERR };
 
 /*
+ * The connection to the manager is kept for the process's next calls: under glibc one tcsetattr is
+ * three requests (TCGETS, TCSETS, TCGETS), and a connection per request costs an accept and a
+ * credential check each time, most of the time a program's change takes to reach the wire.
+ *
+ * That is the library's only state, and it is guarded:
+ *  - before each use the descriptor is checked to be still the socket it was (device and inode): a
+ *    program may close descriptors it does not know about (daemons close them all) and reuse the number;
+ *  - after a fork the child makes its own connection (the manager checks who connected) and closes its
+ *    copy of the parent's;
+ *  - one thread at a time uses it (an atomic flag, no lock: a signal handler may call tcgetattr too);
+ *    a call made meanwhile (another thread, a handler, a thread waiting in TIOCMIWAIT) connects for
+ *    itself alone, as every call did before;
+ *  - anything out of the ordinary (a timeout, EINTR, a short answer) drops it: an answer still on its
+ *    way must never be read as the answer to the next request.
+ */
+static int kept_fd = -1, kept_busy;
+static pid_t kept_pid;
+static dev_t kept_dev;
+static ino_t kept_ino;
+static long kept_timeout_ms = -1;
+
+static int same_socket(int fd, dev_t dev, ino_t ino)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == dev && st.st_ino == ino;
+}
+
+static void forget_kept(int close_it)
+{
+    if (kept_fd >= 0 && close_it && same_socket(kept_fd, kept_dev, kept_ino))
+        close(kept_fd);
+    kept_fd = -1;
+}
+
+/* A connected socket with its header sent; -1 when there is no manager. */
+static int connect_manager(void)
+{
+    const char *path = secure_getenv("VCOM_INTERPOSER");
+    if (path == NULL || *path == '\0')
+        path = DEFAULT_SOCKET;
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return -1;
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, path);
+    struct timeval send_tv = {5, 0}; /* a stuck manager must not hang the program for ever */
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
+    char header[48];
+    int len = snprintf(header, sizeof header, "vcom1 preload %ld\n", (long)getpid());
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0 || send(s, header, len, MSG_NOSIGNAL) != len) {
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+/* timeout_ms 0: no timeout.  Set only when it changes, one system call saved per request. */
+static void receive_timeout(int s, long timeout_ms, long *current)
+{
+    if (*current == timeout_ms)
+        return;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    *current = timeout_ms;
+}
+
+enum exchange { EXCHANGED, NOT_SENT, BROKEN, INTERRUPTED };
+
+/* Send one request line and read one answer line into buf (without the newline). */
+static enum exchange exchange(int s, const char *request, char *buf, size_t size)
+{
+    size_t len = strlen(request);
+    if (len + 1 >= size)
+        return BROKEN;
+    memcpy(buf, request, len);
+    buf[len] = '\n';
+    if (send(s, buf, len + 1, MSG_NOSIGNAL) != (ssize_t)(len + 1))
+        return NOT_SENT;
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(s, buf + n, size - 1 - n);
+        if (r < 0 && errno == EINTR)
+            return INTERRUPTED;
+        if (r == 0 && n == 0)
+            return NOT_SENT; /* closed before it answered: it had not read the request */
+        if (r <= 0)
+            return BROKEN;
+        n += (size_t)r;
+        buf[n] = '\0';
+        char *end = strchr(buf, '\n');
+        if (end != NULL) {
+            if (end != buf + n - 1)
+                return BROKEN; /* one request, one line: more means we are out of step */
+            *end = '\0';
+            return EXCHANGED;
+        }
+        if (n == size - 1)
+            return BROKEN;
+    }
+}
+
+/*
  * One request to the manager: "VERB RDEV ARGS".  ANSWER_OK with the values after "ok " in out,
  * ANSWER_ERR with the errno in *err, ANSWER_NONE when the kernel should have the call (no manager,
  * not its port, not allowed).  timeout_ms 0: wait as long as the manager takes: a change waits until
@@ -125,61 +232,54 @@ enum answer { ANSWER_NONE, ANSWER_OK, ANSWER_ERR };
  */
 static enum answer ask(const char *request, long timeout_ms, char *out, size_t out_size, int *err)
 {
-    const char *path = secure_getenv("VCOM_INTERPOSER");
-    if (path == NULL || *path == '\0')
-        path = DEFAULT_SOCKET;
-    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-        return ANSWER_NONE;
     int saved = errno;
     enum answer result = ANSWER_NONE;
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0) {
-        errno = saved;
-        return ANSWER_NONE;
-    }
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    strcpy(addr.sun_path, path);
-    struct timeval send_tv = {5, 0}; /* a stuck manager must not hang the program for ever */
-    struct timeval recv_tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof send_tv);
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &recv_tv, sizeof recv_tv);
     char buf[320];
-    int len = snprintf(buf, sizeof buf, "vcom1 preload %ld\n%s\n", (long)getpid(), request);
-    if (len <= 0 || len >= (int)sizeof buf || connect(s, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-        write(s, buf, len) != len)
-        goto done;
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(s, buf + n, sizeof buf - 1 - n);
-        if (r < 0 && errno == EINTR && timeout_ms == 0) {
-            result = ANSWER_ERR;
-            *err = EINTR;
-            goto done;
+    enum exchange how = BROKEN;
+    if (__atomic_exchange_n(&kept_busy, 1, __ATOMIC_ACQUIRE) == 0) {
+        pid_t pid = getpid();
+        if (kept_fd >= 0 && (kept_pid != pid || !same_socket(kept_fd, kept_dev, kept_ino)))
+            forget_kept(kept_pid != pid); /* a fork's copy is closed; a number the program reused is not */
+        for (int fresh = kept_fd < 0; fresh <= 1; fresh++) {
+            if (fresh) {
+                struct stat st;
+                kept_fd = connect_manager();
+                if (kept_fd < 0 || fstat(kept_fd, &st) != 0) {
+                    forget_kept(1);
+                    break;
+                }
+                kept_pid = pid, kept_dev = st.st_dev, kept_ino = st.st_ino, kept_timeout_ms = -1;
+            }
+            receive_timeout(kept_fd, timeout_ms, &kept_timeout_ms);
+            how = exchange(kept_fd, request, buf, sizeof buf);
+            if (how != EXCHANGED)
+                forget_kept(1);
+            if (how != NOT_SENT) /* a kept connection the manager had closed: once more on a new one */
+                break;
         }
-        if (r <= 0)
-            goto done;
-        n += (size_t)r;
-        buf[n] = '\0';
-        if (strchr(buf, '\n') != NULL)
-            break;
-        if (n == sizeof buf - 1)
-            goto done;
+        __atomic_store_n(&kept_busy, 0, __ATOMIC_RELEASE);
+    } else {
+        int s = connect_manager();
+        long current = -1;
+        if (s >= 0) {
+            receive_timeout(s, timeout_ms, &current);
+            how = exchange(s, request, buf, sizeof buf);
+            close(s);
+        }
     }
-    *strchr(buf, '\n') = '\0';
-    if (strncmp(buf, "ok", 2) == 0 && (buf[2] == '\0' || buf[2] == ' ')) {
+    if (how == INTERRUPTED && timeout_ms == 0) {
+        result = ANSWER_ERR;
+        *err = EINTR;
+    } else if (how == EXCHANGED && strncmp(buf, "ok", 2) == 0 && (buf[2] == '\0' || buf[2] == ' ')) {
         const char *values = buf[2] ? buf + 3 : "";
         if (strlen(values) < out_size) {
             memcpy(out, values, strlen(values) + 1);
             result = ANSWER_OK;
         }
-    } else if (strncmp(buf, "err ", 4) == 0) {
+    } else if (how == EXCHANGED && strncmp(buf, "err ", 4) == 0) {
         *err = atoi(buf + 4);
         result = *err > 0 ? ANSWER_ERR : ANSWER_NONE;
     }
-done:
-    close(s);
     errno = saved;
     return result;
 }

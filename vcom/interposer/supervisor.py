@@ -130,7 +130,7 @@ class Supervisor:
     def __init__(self, listener: int, child: int, socket_path: Path) -> None:
         self._listener = listener
         self._child = child
-        self._socket = str(socket_path)
+        self._connections = _Connections(str(socket_path))
         self._status: int | None = None
         self._done: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,6 +154,7 @@ class Supervisor:
             os.close(self._listener)
             for task in list(self._tasks):
                 task.cancel()
+            self._connections.close()
         while self._status is None:  # the listener is done: the program has exited or is about to
             await asyncio.sleep(0.01)
             self._reap()
@@ -270,22 +271,69 @@ class Supervisor:
         ``timeout`` None: a change waits as long as the manager takes (it answers once the bytes written
         before it have left); reads of state are bounded, so a stuck manager cannot hang a program."""
         try:
-            reader, writer = await asyncio.open_unix_connection(self._socket, limit=protocol.MAX_LINE * 2)
-        except OSError:
-            raise _Continue from None
-        try:
-            writer.write(protocol.header("seccomp", n.pid) + protocol.request(verb, rdev, *args))
-            line = await asyncio.wait_for(reader.readline(), timeout)
+            line = await self._connections.ask(n.pid, protocol.request(verb, rdev, *args), timeout)
             answer = protocol.parse_answer(line)
         except (OSError, TimeoutError, protocol.ProtocolError):
             raise _Continue from None
-        finally:
-            writer.close()
         if answer.status == "no":
             raise _Continue
         if answer.status == "err":
             raise OSError(answer.errno, os.strerror(answer.errno))
         return answer.values
+
+
+class _Connections:
+    """Connections to the manager, kept per program process (the header names it): a request takes an
+    idle one or makes one, and gives it back once answered, so a call costs a line each way rather than a
+    connection.  A request that waits (TIOCMIWAIT) holds its own meanwhile: the program's other threads
+    are not queued behind it.  Anything out of the ordinary (a timeout, a cancel, a broken line) closes
+    the connection: an answer still on its way must never be read as the answer to the next request."""
+
+    _PROGRAMS = 32  # processes whose idle connections are kept; past this the longest unused go
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+
+    async def ask(self, pid: int, request: bytes, timeout: float | None) -> bytes:
+        """The answer line; b"" when the manager closed the connection without one."""
+        for _ in range(2):
+            kept = self._idle.get(pid)
+            pooled = kept.pop() if kept else None
+            if pooled is None:
+                reader, writer = await asyncio.open_unix_connection(self._path, limit=protocol.MAX_LINE * 2)
+                writer.write(protocol.header("seccomp", pid))
+            else:
+                reader, writer = pooled
+            whole = False
+            try:
+                writer.write(request)
+                async with asyncio.timeout(timeout):
+                    line = await reader.readline()
+                whole = line.endswith(b"\n")
+                if not line and pooled is not None:
+                    continue  # the manager had closed it (idle too long, or restarted): once more on a new one
+                return line
+            finally:
+                if whole:
+                    self._give_back(pid, reader, writer)
+                else:
+                    writer.close()
+        return b""
+
+    def _give_back(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        kept = self._idle.pop(pid, [])
+        kept.append((reader, writer))
+        self._idle[pid] = kept  # now the most recently used
+        while len(self._idle) > self._PROGRAMS:
+            for _, old in self._idle.pop(next(iter(self._idle))):
+                old.close()
+
+    def close(self) -> None:
+        for kept in self._idle.values():
+            for _, writer in kept:
+                writer.close()
+        self._idle.clear()
 
 
 def _vcom_port(fd: int) -> int | None:
