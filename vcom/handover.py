@@ -43,6 +43,7 @@ class Handover:
         self._state_fd = self._take_state()
         self._views = self._read_views()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._write_pending = False
 
     @property
     def keeps_ports(self) -> bool:
@@ -96,7 +97,19 @@ class Handover:
             self._views.pop(port.name, None)
         else:
             self._views[port.name] = {"requested": view.requested.pack().hex(), "applied": view.applied.pack().hex()}
-        self._write_state()
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        # Once the loop's current callbacks have run: the program's change reaches the wire before the
+        # state of every port is rewritten, and many changes in one pass make one write.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_state()
+            return
+        if not self._write_pending:
+            self._write_pending = True
+            loop.call_soon(self._write_state)
 
     # -- watchdog
 
@@ -146,6 +159,7 @@ class Handover:
             return {}
 
     def _write_state(self) -> None:
+        self._write_pending = False
         if self._state_fd is None:
             return
         data = json.dumps({"views": self._views}).encode()
