@@ -144,7 +144,7 @@ class InterposerServer:
             self._refusals[name] = (since, count + 1)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client: a header line, then requests answered one at a time, in order.  Lines are bounded; a
     connection that sends no header within _HEADER_TIMEOUT, or no request within _IDLE_TIMEOUT, or breaks
     the protocol is closed.  A request that must wait (a drain, a change behind bytes still in the pty, a
@@ -160,6 +160,9 @@ class _Connection(asyncio.Protocol):
         self._last_use = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._found: dict[str, str] = {}  # slave path -> the /proc fd entry where the client last had it
+        # Read into a small buffer of our own: a plain Protocol gets a new 256 KiB bytes object per read
+        # (an mmap and munmap each time) for requests of a few dozen bytes.
+        self._read_buffer = bytearray(protocol.MAX_LINE * 2)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -187,8 +190,11 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._read_buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._buffer += self._read_buffer[:nbytes]
         self._next()
 
     def _next(self) -> None:
