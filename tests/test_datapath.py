@@ -184,3 +184,33 @@ def test_one_wakeup_reads_until_a_short_read_and_sends_once(tmp_path: Path, monk
         assert reads == 2 and got == 2 * (READ_SIZE - 1)
         assert events == [("data", payload[:got])]
 
+
+
+def test_an_interposed_change_answered_at_once_first_hands_over_what_was_written_before_it(tmp_path: Path):
+    """The manager answers an interposed change without a task when it can (Port.change_ready): only once
+    the bytes the program wrote before the change have gone to the link, and never while the link cannot
+    take them (then the change waits for them, as a write would)."""
+    from vcom.termio import with_speed
+
+    async def scenario() -> tuple[bool, list[tuple[str, Any]], bool, list[tuple[str, Any]]]:
+        port, link, program = await open_port(tmp_path)
+        try:
+            os.write(program, b"before")
+            await asyncio.sleep(0.05)  # the kernel moves the bytes to the master (a workqueue)
+            ready = port.change_ready()
+            port.program_set_termios_now(with_speed(port.pty.termios(), 19200))
+            taken = list(link.events)
+            link.events.clear()
+            port._on_readable()  # the change's status byte
+            link.writable = False  # back-pressure: what is written now stays in the pty
+            os.write(program, b"held back")
+            await asyncio.sleep(0.05)
+            held = port.change_ready()
+            return ready, taken, held, list(link.events)
+        finally:
+            os.close(program)
+            await port.close()
+
+    ready, taken, held, while_held = asyncio.run(scenario())
+    assert ready and taken == [("data", b"before"), ("settings", 19200)]
+    assert not held and ("data", b"held back") not in while_held

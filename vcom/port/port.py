@@ -49,6 +49,7 @@ _DRAIN_READS = 64
 # The most an interposed change waits to send before it takes effect: far more than a pty holds (the
 # kernel queues about 18 KiB), so it only bounds a writer that keeps writing while the change waits.
 _PENDING_LIMIT = 1 << 20
+_PENDING_NOW = 64 << 10  # what an interposed change hands to the link in the loop's callback, before waiting
 
 # watch(path, callback(opened)) -> unwatch; ``opened``: an IN_OPEN was among the events.
 WatchFn = Callable[[str, Callable[[bool], None]], Callable[[], None]]
@@ -383,14 +384,13 @@ class Port:
         Bounded: a writer in another thread that never stops cannot hold the change back for ever."""
         self.express_stop()
         left = _PENDING_LIMIT
-        while self._live and left > 0 and self.pty.has_pending():
-            if self._pacer is not None and self._pacer.room() == 0:
+        while True:
+            left, wait = self._pass_pending(left)
+            if wait is None:
+                return
+            if wait == "line":
+                assert self._pacer is not None
                 await asyncio.sleep(self._pacer.ready_in())  # the emulated line takes them at its rate
-                continue
-            if self.link.writable:
-                read = self._read_some()
-                left -= max(read, 1)
-                self._update_io()
                 continue
             waiter = self._loop.create_future()
             self._writable_waiters.append(waiter)
@@ -399,6 +399,19 @@ class Port:
             finally:
                 if waiter in self._writable_waiters:
                     self._writable_waiters.remove(waiter)
+
+    def _pass_pending(self, left: int) -> tuple[int, str | None]:
+        """Hand what the pty holds to the link while it takes it, up to ``left`` bytes.  Returns what is
+        left of that budget, and None when done (nothing pending, or the budget spent), else what must be
+        waited for: "line" (the emulated line rate) or "link" (connecting, back-pressure)."""
+        while self._live and left > 0 and self.pty.has_pending():
+            if self._pacer is not None and self._pacer.room() == 0:
+                return left, "line"
+            if not self.link.writable:
+                return left, "link"
+            left -= max(self._read_some(), 1)
+            self._update_io()
+        return left, None
 
     # -- settings
 
@@ -451,11 +464,13 @@ class Port:
         return self.view.for_program(self.pty.termios())
 
     def change_ready(self) -> bool:
-        """Whether an interposed change can take effect at once: nothing the program wrote before it is
-        still in the pty.  Then the manager answers it without a task (the ``*_now`` methods): that is
-        where a wrapped program's DTR and speed changes spend their time."""
+        """Whether an interposed change can take effect at once: what the program wrote before it (if
+        anything) has been handed to the link here and now, without waiting.  Then the manager answers it
+        without a task (the ``*_now`` methods): that is where a wrapped program's DTR and speed changes
+        spend their time.  The budget is small: a writer that keeps the pty full is served by the task."""
         self.express_stop()
-        return not (self._live and self.pty.has_pending())
+        left, wait = self._pass_pending(_PENDING_NOW)
+        return wait is None and (left > 0 or not (self._live and self.pty.has_pending()))
 
     async def program_set_termios(self, asked: Termios2, mode: str) -> None:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
