@@ -243,11 +243,21 @@ def preload_figure(calls_bin: Path, work: Path, progress: Progress, calls: int =
                                              capture_output=True, text=True).stdout))
             loaded.append(float(subprocess.run([str(calls_bin), tty_path, str(calls)], check=True, env=with_env,
                                                capture_output=True, text=True).stdout))
+        # The same calls trapped by seccomp: what `vcom wrap` costs a program on its other ttys.
+        progress("vcom wrap: 20,000 tcgetattr/ioctl calls on a plain pty, with and without it")
+        wrap_calls = 20_000
+        wrapped = [float(subprocess.run([sys.executable, "-m", "vcom", "wrap", str(calls_bin), tty_path,
+                                         str(wrap_calls)], check=True, env=env, cwd=P.REPO,
+                                        capture_output=True, text=True).stdout) for _ in range(3)]
+        plain = [float(subprocess.run([str(calls_bin), tty_path, str(wrap_calls)], check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(3)]
     finally:
         os.close(slave)
         os.close(master)
     return [R.Row("preload_ns", figure, "ns/call", R.median(loaded), R.median(bare), reference_name="no library",
-                  details={"library": library, "with": loaded, "without": bare})]
+                  details={"library": library, "with": loaded, "without": bare}),
+            R.Row("wrap_ns", "20k tcgetattr/ioctl on a non-vcom tty, under vcom wrap", "ns/call", R.median(wrapped),
+                  R.median(plain), reference_name="not wrapped", details={"with": wrapped, "without": plain})]
 
 
 # -- `vcom add`, the 10th and the 1,000th --------------------------------------------------------------------

@@ -123,6 +123,7 @@ def run(program: list[str], env: dict[str, str], socket_path: Path) -> int:
     # supervisor: held back until serve() handles it (the program starts with nothing held back).
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pid, listener = spawn(program, env)
+    seccomp.wake_synchronously(listener)
     return asyncio.run(Supervisor(listener, pid, socket_path).serve())
 
 
