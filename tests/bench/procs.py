@@ -238,10 +238,10 @@ class Manager:
         wait_for(lambda: all(p["state"] == "connected" for p in self.ports() if p["device"] in names), timeout,
                  "vcom ports to connect", interval=0.2)
 
-    def cli(self, *args: str) -> float:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> float:
         """Seconds one `vcom ...` command takes, start-up included, as a user or script sees it."""
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vcom", *args], env=self.env, cwd=REPO, check=True,
+        subprocess.run([sys.executable, "-m", "vcom", *args], env=env or self.env, cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return time.perf_counter() - started
 

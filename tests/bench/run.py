@@ -271,12 +271,20 @@ def add_figures(children: P.Procs, echo: P.EchoServer, work: Path, progress: Pro
     target = echo.target("tcp")  # connect on-open: nobody opens these, so nothing connects
     timed = {10: [], total: []}
     control_ms: list[float] = []
+    # An installed vcom has its byte code compiled (`make install` runs compileall, pip compiles what it
+    # installs); where PYTHONDONTWRITEBYTECODE is set, every call would compile vcom from source again.
+    # The timed commands get a byte-code cache of their own, outside the source tree, filled by one
+    # untimed call (the 9th port).
+    cli_env = {**manager.env, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    cli_env.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         for n in range(1, total + 1):
             device = home / f"a{n}"
             group = 10 if 10 <= n < 13 else total if n > total - 3 else None
-            if group is not None:
-                timed[group].append(manager.cli("add", str(device), target) * 1e3)
+            if n == 9:
+                manager.cli("add", str(device), target, env=cli_env)
+            elif group is not None:
+                timed[group].append(manager.cli("add", str(device), target, env=cli_env) * 1e3)
             else:
                 started = time.perf_counter()
                 manager.add(device, target, connect="on-open")
