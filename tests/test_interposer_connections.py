@@ -156,7 +156,19 @@ def test_a_user_at_the_connection_limit_gets_room_from_their_idle_connections(vc
     print(json.dumps({"frame": frame(fd), "dtr": dtr(fd, False)}))
         """
         assert _result(_wrapped(vcom, "preload", script)) == {"frame": [True, True], "dtr": False}
-        # The oldest idle ones made room; the newest are still there.
+        # Ten more at once (accepted in one pass of the loop): each takes the place of a different idle one.
+        burst = []
+        for _ in range(10):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(str(vcom.home / "interposer.sock"))
+            burst.append(s)
+        for s in burst:
+            s.sendall(f"vcom1 preload {os.getpid()}\ntcgets 1\n".encode())
+        assert [s.recv(64) for s in burst] == [b"no\n"] * 10
+        idle += burst
+        # The oldest idle ones made room (one for the program, which has left since, and nine or ten
+        # for the burst); the newest are still there.
         closed = []
         for s in idle:
             s.setblocking(False)
@@ -165,6 +177,7 @@ def test_a_user_at_the_connection_limit_gets_room_from_their_idle_connections(vc
             except BlockingIOError:
                 closed.append(False)
         assert closed[0] and not closed[-1], closed
+        assert sum(closed) >= 10, closed
     finally:
         for s in idle:
             s.close()

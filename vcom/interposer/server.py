@@ -83,6 +83,7 @@ class InterposerServer:
                 _problems.warning(("full", connection.uid), "interposer socket: uid %d already has %d connections; "
                                   "refused another (pid %d)", connection.uid, MAX_CONNECTIONS_PER_USER, connection.pid)
                 return False
+            del mine[idle]  # at once: the next connection in this pass must not pick the same one
             idle.close()
         mine[connection] = None
         return True
