@@ -274,7 +274,7 @@ class Supervisor:
         try:
             line = await self._connections.ask(n.pid, protocol.request(verb, rdev, *args), timeout)
             answer = protocol.parse_answer(line)
-        except (OSError, TimeoutError, protocol.ProtocolError):
+        except (OSError, TimeoutError, ValueError):  # ValueError: ProtocolError, or a line past the limit
             raise _Continue from None
         if answer.status == "no":
             raise _Continue
