@@ -36,7 +36,8 @@ def stream_to_split_ports(vcom: Vcom, start_peer, open_port, tmp_path: Path, tot
     vcom.add(b, target, "--split-of", str(a))
     reader, stalled = open_port(a), open_port(b)
     vcom.wait_status(a, lambda s: s["state"] == "connected", what="the shared connection")
-    assert source.status().get("connections") == 1
+    # The source notes its accept after vcom's status says connected: wait for it (as test_backpressure does).
+    wait_until(lambda: source.status().get("connections") == 1, 10, "the source to accept vcom")
 
     source.go()
     checker = PatternChecker()
@@ -46,6 +47,7 @@ def stream_to_split_ports(vcom: Vcom, start_peer, open_port, tmp_path: Path, tot
         if select.select([reader], [], [], 0.2)[0]:
             checker.take(drain(reader))
     wait_until(lambda: source.status()["sent"] == total, 10, "the source to report everything sent")
+    assert source.status()["connections"] == 1  # one connection shared by A and B, all along
     return a, b, stalled
 
 
