@@ -182,3 +182,33 @@ def test_a_user_at_the_connection_limit_gets_room_from_their_idle_connections(vc
         for s in idle:
             s.close()
     assert "refused another" not in vcom.log_tail(400)
+
+
+def test_a_burst_of_threads_leaves_the_supervisor_a_few_idle_connections(vcom: Vcom, tmp_path):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{vcom.share('sim:echo')}")
+    # 16 threads call at once, each on a connection of its own for the moment; afterwards the supervisor
+    # keeps a few, not one per thread that was ever busy.
+    script = OPEN_7E1.format(port=str(port)) + """
+    import threading
+    wrong = []
+    def calls():
+        wrong.append(sum(frame(fd) != (True, True) for _ in range(100)))
+    threads = [threading.Thread(target=calls) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"wrong": sum(wrong)}))
+    sys.stdin.readline()
+    """
+    proc = _wrapped(vcom, "seccomp", script, stdin=subprocess.PIPE)
+    try:
+        assert json.loads(proc.stdout.readline()) == {"wrong": 0}
+        sockets = [entry for entry in os.listdir(f"/proc/{proc.pid}/fd")
+                   if os.readlink(f"/proc/{proc.pid}/fd/{entry}").startswith("socket:")]
+        # Its idle connections to the manager (at most 8 in all) and asyncio's own socket pair.
+        assert len(sockets) <= 8 + 2, sockets
+    finally:
+        proc.kill()
+        proc.wait(10)

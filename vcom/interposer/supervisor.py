@@ -284,23 +284,24 @@ class Supervisor:
 
 
 class _Connections:
-    """Connections to the manager, kept per program process (the header names it): a request takes an
-    idle one or makes one, and gives it back once answered, so a call costs a line each way rather than a
-    connection.  A request that waits (TIOCMIWAIT) holds its own meanwhile: the program's other threads
-    are not queued behind it.  Anything out of the ordinary (a timeout, a cancel, a broken line) closes
-    the connection: an answer still on its way must never be read as the answer to the next request."""
+    """Connections to the manager, kept per calling thread (a notification names the thread, and the
+    header names it to the manager): a request takes an idle one or makes one, and gives it back once
+    answered, so a call costs a line each way rather than a connection.  A request that waits
+    (TIOCMIWAIT) holds its own meanwhile: the program's other threads are not queued behind it.  Anything
+    out of the ordinary (a timeout, a cancel, a broken line) closes the connection: an answer still on
+    its way must never be read as the answer to the next request."""
 
-    _PROGRAMS = 32  # processes whose idle connections are kept; past this the longest unused go
+    _IDLE_MAX = 8  # idle connections kept in all; past this the longest unused go (a burst of threads)
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._count = 0
 
     async def ask(self, pid: int, request: bytes, timeout: float | None) -> bytes:
         """The answer line; b"" when the manager closed the connection without one."""
         for _ in range(2):
-            kept = self._idle.get(pid)
-            pooled = kept.pop() if kept else None
+            pooled = self._take(pid)
             if pooled is None:
                 reader, writer = await asyncio.open_unix_connection(self._path, limit=protocol.MAX_LINE * 2)
                 writer.write(protocol.header("seccomp", pid))
@@ -322,19 +323,35 @@ class _Connections:
                     writer.close()
         return b""
 
+    def _take(self, pid: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        kept = self._idle.get(pid)
+        if not kept:
+            return None
+        self._count -= 1
+        pooled = kept.pop()
+        if not kept:
+            del self._idle[pid]
+        return pooled
+
     def _give_back(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         kept = self._idle.pop(pid, [])
         kept.append((reader, writer))
         self._idle[pid] = kept  # now the most recently used
-        while len(self._idle) > self._PROGRAMS:
-            for _, old in self._idle.pop(next(iter(self._idle))):
-                old.close()
+        self._count += 1
+        while self._count > self._IDLE_MAX:
+            oldest = next(iter(self._idle))
+            _, old = self._idle[oldest].pop(0)
+            if not self._idle[oldest]:
+                del self._idle[oldest]
+            self._count -= 1
+            old.close()
 
     def close(self) -> None:
         for kept in self._idle.values():
             for _, writer in kept:
                 writer.close()
         self._idle.clear()
+        self._count = 0
 
 
 def _vcom_port(fd: int) -> int | None:
