@@ -165,7 +165,12 @@ def test_one_wakeup_reads_until_a_short_read_and_sends_once(tmp_path: Path, monk
         port, link, program = await open_port(tmp_path)
         try:
             os.write(program, payload)
-            await asyncio.sleep(0.05)  # the kernel moves the bytes to the master (a workqueue)
+            # The kernel moves the bytes to the master in a worker: wait until the first read can be whole.
+            want = min(len(payload), READ_SIZE - 1)
+            for _ in range(200):
+                if port.pty.pending_bytes() >= want:
+                    break
+                await asyncio.sleep(0.01)
             monkeypatch.setattr(vcom.pty.os, "read", counted)
             got = port._read_some()
             monkeypatch.undo()
@@ -180,8 +185,10 @@ def test_one_wakeup_reads_until_a_short_read_and_sends_once(tmp_path: Path, monk
         # One short read: all there was.  No second read only to learn that nothing is left.
         assert (reads, events) == (1, [("data", payload)])
     else:
-        # Two full reads (the wake-up's budget), in one send; the rest is for the next wake-up.
-        assert reads == 2 and got == 2 * (READ_SIZE - 1)
+        # Two reads (the wake-up's budget), in one send; the rest is for the next wake-up.  The first is
+        # full; the second is full too unless the kernel's worker has not refilled the line discipline yet
+        # (seen on a loaded machine): then it is short, and the port stops there as after any short read.
+        assert reads == 2 and READ_SIZE - 1 <= got <= 2 * (READ_SIZE - 1), got
         assert events == [("data", payload[:got])]
 
 
