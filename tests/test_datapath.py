@@ -22,7 +22,7 @@ import pytest
 
 import vcom.pty
 from vcom.config import PortConfig
-from vcom.link import Lines, LinkStats
+from vcom.link import Lines, LinkStats, RemoteState
 from vcom.port import LinkGroup, Port
 from vcom.pty import READ_SIZE
 
@@ -34,6 +34,7 @@ class RecordingLink:
         self.events: list[tuple[str, Any]] = []
         self.writable = True
         self.lines = Lines()
+        self.remote = RemoteState()  # what the server reported: nothing, here
         self.stats = LinkStats()
         self.unsent = 0
         self.target = "tcp://127.0.0.1:9"
@@ -221,3 +222,30 @@ def test_an_interposed_change_answered_at_once_first_hands_over_what_was_written
     ready, taken, held, while_held = asyncio.run(scenario())
     assert ready and taken == [("data", b"before"), ("settings", 19200)]
     assert not held and ("data", b"held back") not in while_held
+
+
+def test_modem_line_calls_before_the_open_is_seen_each_keep_the_other(tmp_path: Path):
+    """pyserial's open raises DTR, then RTS, through the interposer; the manager may answer both before it
+    has seen the open (inotify comes later under load).  The second call must not undo the first: the
+    link gets both lines up once the session starts."""
+
+    async def scenario() -> Lines:
+        config = PortConfig(device=str(tmp_path / "ttyV0"), target="tcp://127.0.0.1:9", connect="always")
+        group = LinkGroup(config)
+        link = RecordingLink()
+        group.link = link  # type: ignore[assignment]
+        port = Port(config, group, no_watch)
+        port.link = link  # type: ignore[assignment]
+        port.start()
+        program = os.open(port.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            port.program_modem_now("bic", termios.TIOCM_DTR | termios.TIOCM_RTS)
+            port.program_modem_now("bis", termios.TIOCM_DTR)
+            port.program_modem_now("bis", termios.TIOCM_RTS)
+            port._slave_event(True)  # now the open is seen
+            return link.lines
+        finally:
+            os.close(program)
+            await port.close()
+
+    assert asyncio.run(scenario()) == Lines(dtr=True, rts=True)

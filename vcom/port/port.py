@@ -504,7 +504,10 @@ class Port:
             return self._tiocm_bits()
         if self.taps:
             self.taps.emit("lines", op=op, value=value)
-        current = self.link.lines
+        # The base is the program's own lines (what it set last, else what a UART raises at open), not the
+        # link's: those lag behind while the open is not seen yet, and come from another program in a split
+        # group.  Two calls in a row (pyserial's DTR, then RTS) must not undo each other.
+        current = self.program_lines or Lines(dtr=True, rts=True)
         dtr, rts = bool(current.dtr), bool(current.rts)
         if op == "set":
             dtr, rts = bool(value & termios.TIOCM_DTR), bool(value & termios.TIOCM_RTS)
