@@ -78,7 +78,8 @@ def no_watch(_path: str, _callback: Any) -> Any:
     return lambda: None  # the test tells the port about opens itself
 
 
-async def open_port(tmp_path: Path) -> tuple[Port, RecordingLink, int]:
+def started_port(tmp_path: Path) -> tuple[Port, RecordingLink]:
+    """A started port on a recording link, its open not yet seen (the test tells it with _slave_event)."""
     config = PortConfig(device=str(tmp_path / "ttyV0"), target="tcp://127.0.0.1:9", connect="always")
     group = LinkGroup(config)
     link = RecordingLink()
@@ -86,6 +87,11 @@ async def open_port(tmp_path: Path) -> tuple[Port, RecordingLink, int]:
     port = Port(config, group, no_watch)
     port.link = link  # type: ignore[assignment]
     port.start()
+    return port, link
+
+
+async def open_port(tmp_path: Path) -> tuple[Port, RecordingLink, int]:
+    port, link = started_port(tmp_path)
     program = os.open(port.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     tty.setraw(program)
     port._slave_event(True)
@@ -230,13 +236,7 @@ def test_modem_line_calls_before_the_open_is_seen_each_keep_the_other(tmp_path: 
     link gets both lines up once the session starts."""
 
     async def scenario() -> Lines:
-        config = PortConfig(device=str(tmp_path / "ttyV0"), target="tcp://127.0.0.1:9", connect="always")
-        group = LinkGroup(config)
-        link = RecordingLink()
-        group.link = link  # type: ignore[assignment]
-        port = Port(config, group, no_watch)
-        port.link = link  # type: ignore[assignment]
-        port.start()
+        port, link = started_port(tmp_path)
         program = os.open(port.pty.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             port.program_modem_now("bic", termios.TIOCM_DTR | termios.TIOCM_RTS)
