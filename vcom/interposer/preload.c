@@ -117,9 +117,9 @@ static int vcom_port(int fd, unsigned long long *rdev)
 enum answer { ANSWER_NONE, ANSWER_OK, ANSWER_ERR };
 
 /*
- * The connection to the manager is kept for the process's next calls: under glibc one tcsetattr is
- * three requests (TCGETS, TCSETS, TCGETS), and a connection per request costs an accept and a
- * credential check each time, most of the time a program's change takes to reach the wire.
+ * The connection to the manager is kept for the process's next calls: programs make their termios
+ * calls in runs (pyserial's open alone makes half a dozen), and a connection per request cost an accept
+ * and a credential check each time, most of the time a program's change took to reach the wire.
  *
  * That is the library's only state, and it is guarded:
  *  - before each use the descriptor is checked to be still the socket it was (device and inode): a
