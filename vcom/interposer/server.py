@@ -21,9 +21,9 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..ratelog import RateLog
 from ..termio import TERMIOS2_SIZE, TERMIOS_SIZE, Termios2
@@ -101,8 +101,8 @@ class InterposerServer:
             if not mine:
                 del self._per_user[connection.uid]
 
-    def answer_now(self, connection: _Connection, request: Request) -> bytes | None:
-        """The answer, when it needs no waiting (most requests); None when ``answer_later`` must give it."""
+    def answer(self, connection: _Connection, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
+        """The answer, when it needs no waiting (most requests); else a coroutine that gives it."""
         port = self._find(request.rdev)
         if port is None:
             return protocol.NO
@@ -118,16 +118,7 @@ class InterposerServer:
                 port.view.interposed = {pid: kind for pid, kind in interposed.items()
                                         if holds_open(pid, port.pty.slave_path)}
         try:
-            return _dispatch_now(port, request)
-        except OSError as exc:
-            return protocol.err(exc.errno or errno.EIO)
-
-    async def answer_later(self, request: Request) -> bytes:
-        port = self._find(request.rdev)
-        if port is None:
-            return protocol.NO  # removed meanwhile
-        try:
-            return await _dispatch(port, request)
+            return _dispatch(port, request)
         except OSError as exc:
             return protocol.err(exc.errno or errno.EIO)
 
@@ -223,15 +214,17 @@ class _Connection(asyncio.BufferedProtocol):
             return
         request = protocol.parse_request(line)
         self._server.used(self)
-        answer = self._server.answer_now(self, request)
-        if answer is not None:
+        answer = self._server.answer(self, request)
+        if isinstance(answer, bytes):
             self._transport.write(answer)
             return
-        self.task = asyncio.get_running_loop().create_task(self._later(request))
+        self.task = asyncio.get_running_loop().create_task(self._later(answer))
 
-    async def _later(self, request: Request) -> None:
+    async def _later(self, waiting: Coroutine[Any, Any, bytes]) -> None:
         try:
-            answer = await self._server.answer_later(request)
+            answer = await waiting
+        except OSError as exc:
+            answer = protocol.err(exc.errno or errno.EIO)
         finally:
             self.task = None
         assert self._transport is not None
@@ -268,7 +261,9 @@ class _Connection(asyncio.BufferedProtocol):
         return True
 
 
-def _dispatch_now(port: Port, request: Request) -> bytes | None:
+def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
+    """The answer; for a request that must wait (a drain, a flush, a timed break, TIOCMIWAIT, a change
+    behind what the pty still holds), a coroutine that gives it."""
     args = request.args
     match request.verb:
         case "tcgets":
@@ -277,26 +272,27 @@ def _dispatch_now(port: Port, request: Request) -> bytes | None:
             mode, raw = args[0], _unhex(args[1])
             if mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE):
                 return protocol.err(errno.EINVAL)
-            if mode != "now" or not port.change_ready():
-                return None
-            port.program_set_termios_now(_asked(port, raw))
-            return protocol.ok()
+            asked = _asked(port, raw)
+            if mode == "now" and port.change_ready():
+                port.program_set_termios_now(asked)
+                return protocol.ok()
+            return _ok(port.program_set_termios(asked, mode))
         case "modem":
             op, bits = args[0], _int(args[1])
             if op not in protocol.MODEM_OPS:
                 return protocol.err(errno.EINVAL)
-            if op != "get" and not port.change_ready():
-                return None
-            return protocol.ok(port.program_modem_now(op, bits))
+            if op == "get" or port.change_ready():
+                return protocol.ok(port.program_modem_now(op, bits))
+            return _ok(port.program_modem(op, bits))
         case "break":
             op = args[0]
             ms = _int(args[1]) if len(args) > 1 else 0
             if op not in protocol.BREAK_OPS or not 0 <= ms <= protocol.MAX_BREAK_MS:
                 return protocol.err(errno.EINVAL)
-            if op == "pulse" or not port.change_ready():
-                return None
-            port.program_break_now(op)
-            return protocol.ok()
+            if op != "pulse" and port.change_ready():
+                port.program_break_now(op)
+                return protocol.ok()
+            return _ok(port.program_break(op, ms))
         case "icount":
             return protocol.ok(*port.icount())
         case "outq":
@@ -304,31 +300,18 @@ def _dispatch_now(port: Port, request: Request) -> bytes | None:
         case "flush":
             if args[0] not in protocol.FLUSH_QUEUES:
                 return protocol.err(errno.EINVAL)
-            return None
-        case "miwait" | "drain":
-            return None
+            return _ok(port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both")))
+        case "miwait":
+            return _ok(port.modem_counter.wait(_int(args[0])))
+        case "drain":
+            return _ok(port.program_drain())
     return protocol.err(errno.EINVAL)
 
 
-async def _dispatch(port: Port, request: Request) -> bytes:
-    """The requests that wait; arguments were checked by _dispatch_now."""
-    args = request.args
-    match request.verb:
-        case "tcsets":
-            await port.program_set_termios(_asked(port, _unhex(args[1])), args[0])
-        case "modem":
-            return protocol.ok(await port.program_modem(args[0], _int(args[1])))
-        case "break":
-            await port.program_break(args[0], _int(args[1]) if len(args) > 1 else 0)
-        case "miwait":
-            await port.modem_counter.wait(_int(args[0]))
-        case "drain":
-            await port.program_drain()
-        case "flush":
-            await port.program_flush(receive=args[0] in ("in", "both"), transmit=args[0] in ("out", "both"))
-        case _:
-            return protocol.err(errno.EINVAL)
-    return protocol.ok()
+async def _ok(waiting: Awaitable[int | None]) -> bytes:
+    """The "ok" answer once ``waiting`` is done, with its value if it has one (the TIOCM bits)."""
+    value = await waiting
+    return protocol.ok() if value is None else protocol.ok(value)
 
 
 def _asked(port: Port, raw: bytes) -> Termios2:
