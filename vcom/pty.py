@@ -257,16 +257,17 @@ class VirtualPty:
             self._last_baud = speed
         return to_line_settings(t, fallback_baud=self._last_baud)
 
-    def ensure_extproc(self) -> bool:
+    def ensure_extproc(self, t: Termios2 | None = None) -> bool:
         """Set EXTPROC and the vcom tag again if a program cleared them; True
-        if it had to.
+        if it had to.  ``t``: the termios just read, if the caller has it.
 
         Without EXTPROC the kernel stops reporting termios changes; without
         the tag the interposer no longer recognises the port.  The program
         can change termios between our read and write here; that change
         would be overwritten.  ``extproc_locked`` ports never need this.
         """
-        t = self.termios()
+        if t is None:
+            t = self.termios()
         if t.lflag & EXTPROC and t.tagged:
             return False
         set_termios2(self.master_fd, replace(t, lflag=t.lflag | EXTPROC).with_tag())

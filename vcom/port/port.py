@@ -107,6 +107,7 @@ class Port:
         self._took = False
         self._stall_timer: asyncio.TimerHandle | None = None
         self._settings_for = -1  # the link's connection count when the settings were last refreshed for it
+        self._settings_source: tuple[Termios2, Termios2 | None] | None = None  # (pty termios, view) read last
         # --emulate-baud: the program's data taken at the line rate (a timer wakes reading when the
         # emulated transmitter has room again).
         self._pacer = LinePacer(self.effective_settings) if config.emulate_baud else None
@@ -360,7 +361,7 @@ class Port:
 
     def _handle(self, chunk: PtyRead) -> None:
         if chunk.ioctl or chunk.dostop or chunk.nostop:
-            self._refresh_settings()
+            self._refresh_settings(if_changed=True)
         if chunk.flush_read or chunk.flush_write:
             if chunk.flush_read:
                 # What vcom wrote between the program's tcflush and now came from before the flush too.
@@ -415,22 +416,35 @@ class Port:
 
     # -- settings
 
-    def _refresh_settings(self) -> None:
-        self.read_settings()
+    def _refresh_settings(self, current: Termios2 | None = None, *, if_changed: bool = False) -> None:
+        """Settings from the program's termios to the link (and the emulated line).  ``current``: the
+        pty's termios if just read (an interposed change applies it and reads it back).  ``if_changed``:
+        the kernel reported a termios change, which may be the one just taken (every set raises the
+        report, our own included): nothing to do when the pty and the view are as they were."""
+        if not self.read_settings(current, if_changed=if_changed):
+            return
         self.group.member_settings(self)
         if self._pacer is not None:
             self._pacer.set_settings(self.effective_settings)
             self._repace()
 
-    def read_settings(self) -> None:
-        """Take the program's termios (from the pty, with what it asked through the interposer)."""
-        with contextlib.suppress(OSError):
-            self.pty.ensure_extproc()
+    def read_settings(self, current: Termios2 | None = None, *, if_changed: bool = False) -> bool:
+        """Take the program's termios (from the pty, with what it asked through the interposer); False
+        when ``if_changed`` and nothing changed since the last time."""
         try:
-            tio = self.view.for_wire(self.pty.termios())
+            if current is None:
+                current = self.pty.termios()
+            with contextlib.suppress(OSError):
+                if self.pty.ensure_extproc(current):
+                    current = self.pty.termios()
+            source = (current, self.view.requested)
+            if if_changed and source == self._settings_source:
+                return False
+            tio = self.view.for_wire(current)
         except OSError as exc:
             log.error("%s: reading termios failed: %s", self.name, exc)
-            return
+            return True
+        self._settings_source = source
         self.hangup = termio.speed_of(tio) == 0
         self.hupcl = bool(tio.cflag & termios.HUPCL)
         self.clocal = bool(tio.cflag & termios.CLOCAL)
@@ -440,6 +454,7 @@ class Port:
             if self.taps:
                 self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
         self.settings = settings
+        return True
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
         self.express_stop()
@@ -491,7 +506,7 @@ class Port:
         self.view.record(asked, applied)
         if self.host is not None:
             self.host.view_changed(self)
-        self._refresh_settings()
+        self._refresh_settings(applied)
 
     async def program_modem(self, op: str, value: int) -> int:
         """TIOCMGET/SET/BIS/BIC; returns the TIOCM_* bits in force."""
