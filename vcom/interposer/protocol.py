@@ -35,6 +35,15 @@ answered by one line, in order::
     outq      -                     BYTES           TIOCOUTQ: written, not yet received
                                                     by the server
     flush     in|out|both           -               tcflush, TCFLSH
+    view      -                     HEX44 HEX44     TCGETS and TCGETS2 in the seccomp
+                                                    supervisor: the program's view, and
+                                                    the pty's termios it was made from
+    watch     -                     -               the supervisor's notice connection
+                                                    (vcom.interposer.views): from this
+                                                    answer on, the manager writes
+                                                    "changed RDEV" there in the same step
+                                                    as every change of the port's view,
+                                                    and "gone RDEV" when it is removed
 
 ``HEX44`` is the program's view of the port as a ``struct termios2``: what
 the pty holds, with the data bits, parity and CREAD the program asked for,
@@ -59,7 +68,10 @@ VERBS = {
     "drain": (0, 0),
     "outq": (0, 0),
     "flush": (1, 1),
+    "view": (0, 0),
+    "watch": (0, 0),
 }
+NOTICES = ("changed", "gone")
 FLUSH_QUEUES = ("in", "out", "both")
 SET_MODES = ("now", "drain", "flush")
 MODEM_OPS = ("get", "set", "bis", "bic")
@@ -119,6 +131,20 @@ NO = b"no\n"
 
 def err(errno: int) -> bytes:
     return f"err {errno}\n".encode()
+
+
+def notice(kind: str, rdev: int) -> bytes:
+    return f"{kind} {rdev}\n".encode()
+
+
+def parse_notice(line: bytes) -> tuple[str, int] | None:
+    """(kind, rdev) of a notice on a watch connection; None for any other line (an answer)."""
+    parts = _split(line)
+    if not parts or parts[0] not in NOTICES:
+        return None
+    if len(parts) != 2:
+        raise ProtocolError(f"expected '{parts[0]} RDEV'")
+    return parts[0], _number(parts[1])
 
 
 @dataclass(frozen=True, slots=True)

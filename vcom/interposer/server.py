@@ -55,6 +55,7 @@ class InterposerServer:
         self._server: asyncio.AbstractServer | None = None
         self._per_user: dict[int, dict[_Connection, None]] = {}  # in order of last use, oldest first
         self._refusals: dict[str, tuple[float, int]] = {}
+        self._watchers: dict[int, dict[_Connection, None]] = {}  # rdev -> the connections watching it
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -100,6 +101,27 @@ class InterposerServer:
             mine.pop(connection, None)
             if not mine:
                 del self._per_user[connection.uid]
+        for rdev in connection.watching:
+            watchers = self._watchers.get(rdev)
+            if watchers is not None:
+                watchers.pop(connection, None)
+                if not watchers:
+                    del self._watchers[rdev]
+
+    def _watch(self, connection: _Connection, port: Port, rdev: int) -> bytes:
+        """From now on ``connection`` gets a notice with every change of the port's view."""
+        self._watchers.setdefault(rdev, {})[connection] = None
+        connection.watching.add(rdev)
+        port.view.on_change = lambda gone: self._view_changed(rdev, gone)
+        return protocol.ok()
+
+    def _view_changed(self, rdev: int, gone: bool) -> None:
+        watchers = self._watchers.pop(rdev, {}) if gone else self._watchers.get(rdev, {})
+        line = protocol.notice("gone" if gone else "changed", rdev)
+        for connection in list(watchers):
+            if gone:
+                connection.watching.discard(rdev)
+            connection.notify(line)
 
     def answer(self, connection: _Connection, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
         """The answer, when it needs no waiting (most requests); else a coroutine that gives it."""
@@ -117,6 +139,8 @@ class InterposerServer:
                 # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
                 port.view.interposed = {pid: kind for pid, kind in interposed.items()
                                         if holds_open(pid, port.pty.slave_path)}
+        if request.verb == "watch":
+            return self._watch(connection, port, request.rdev)
         try:
             return _dispatch(port, request)
         except OSError as exc:
@@ -152,6 +176,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._last_use = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._found: dict[str, str] = {}  # slave path -> the /proc fd entry where the client last had it
+        self.watching: set[int] = set()  # ports this connection gets notices about
         # Read into a small buffer of our own: a plain Protocol gets a new 256 KiB bytes object per read
         # (an mmap and munmap each time) for requests of a few dozen bytes.
         self._read_buffer = bytearray(protocol.MAX_LINE * 2)
@@ -181,6 +206,20 @@ class _Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def notify(self, line: bytes) -> None:
+        """A notice on a watch connection.  One that cannot go at once (a client that does not read) would
+        wait here while the client's copy went stale: the connection is dropped instead, and with it
+        everything the client kept."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+            return
+        transport.write(line)
+        if transport.get_write_buffer_size():
+            transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self._read_buffer)
@@ -268,6 +307,9 @@ def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes
     match request.verb:
         case "tcgets":
             return protocol.ok(port.program_termios().pack().hex())
+        case "view":
+            current = port.pty.termios()
+            return protocol.ok(port.view.for_program(current).pack().hex(), current.pack().hex())
         case "tcsets":
             mode, raw = args[0], _unhex(args[1])
             if mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE):

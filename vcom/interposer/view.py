@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..settings import Signals
@@ -38,9 +39,14 @@ class ProgramView:
     requested: Termios2 | None = None
     applied: Termios2 | None = None
     interposed: dict[int, str] = field(default_factory=dict)  # pid -> kind, of programs that asked
+    # Told of every change of what for_program answers (False), and of the port's removal (True): the
+    # seccomp supervisors that keep views are sent a notice (vcom.interposer.views).
+    on_change: Callable[[bool], None] | None = None
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
         self.requested, self.applied = requested, applied
+        if self.on_change is not None:
+            self.on_change(False)
 
     def valid(self, current: Termios2) -> bool:
         if self.requested is None:
@@ -49,8 +55,17 @@ class ProgramView:
             self.requested = self.applied = None  # a program that is not interposed changed it since
             log.info("the termios a program set through the interposer was changed by one that is not "
                      "interposed: data bits and parity are now as the pty keeps them")
+            if self.on_change is not None:
+                self.on_change(False)
             return False
         return True
+
+    def forget(self) -> None:
+        """The port is removed."""
+        self.requested = self.applied = None
+        if self.on_change is not None:
+            self.on_change(True)
+            self.on_change = None
 
     def for_wire(self, current: Termios2) -> Termios2:
         """``current`` with the data bits and parity the program asked for, when it asked through us."""

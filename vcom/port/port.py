@@ -183,6 +183,7 @@ class Port:
         self._set_writing(False)
         self._session = self._closing = False
         await self.group.leave(self)
+        self.view.forget()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
