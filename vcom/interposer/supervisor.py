@@ -33,6 +33,7 @@ from pathlib import Path
 from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE, Termios2, get_termios2
 from . import protocol, seccomp
 from .seccomp import TCSETSW2, TIOCCBRK, TIOCGICOUNT, TIOCMIWAIT, TIOCSBRK, Notification
+from .views import ViewCache
 
 _PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
 _ANSWER_TIMEOUT = 5.0
@@ -132,6 +133,7 @@ class Supervisor:
         self._listener = listener
         self._child = child
         self._connections = _Connections(str(socket_path))
+        self._views = ViewCache(str(socket_path), child)
         self._status: int | None = None
         self._done: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,6 +158,7 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             self._connections.close()
+            self._views.close()
         while self._status is None:  # the listener is done: the program has exited or is about to
             await asyncio.sleep(0.01)
             self._reap()
@@ -201,11 +204,15 @@ class Supervisor:
             self._respond(n, cont=True)
             return
         try:
-            rdev = _vcom_port(local)
-            if rdev is None:
+            found = _vcom_port(local)
+            if found is None:
                 self._respond(n, cont=True)
                 return
-            value = await self._emulate(n, rdev)
+            rdev, pty = found
+            if n.request in (termios.TCGETS, TCGETS2):
+                value = await self._tcgets(n, rdev, pty)
+            else:
+                value = await self._emulate(n, rdev)
         except _Continue:
             self._respond(n, cont=True)
         except OSError as exc:
@@ -218,12 +225,23 @@ class Supervisor:
     def _respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
         seccomp.respond(self._listener, n.id, value=value, error=error, cont=cont)
 
+    async def _tcgets(self, n: Notification, rdev: int, pty: Termios2) -> int:
+        """TCGETS and TCGETS2: from the views kept here when the pty's termios is one seen before."""
+        view = self._views.lookup(rdev, pty)
+        if view is None:
+            ticket = self._views.ticket(rdev)
+            answer = await self._ask(n, "view", rdev)
+            try:
+                view, made_from = (Termios2.unpack(bytes.fromhex(value)) for value in answer[:2])
+            except (ValueError, struct.error):
+                raise _Continue from None  # a manager that answers otherwise: the kernel has the call
+            self._views.keep(rdev, ticket, view, made_from)
+        self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
+        return 0
+
     async def _emulate(self, n: Notification, rdev: int) -> int:
         request, arg = n.request, n.arg
-        if request in (termios.TCGETS, TCGETS2):
-            view = Termios2.unpack(bytes.fromhex((await self._ask(n, "tcgets", rdev))[0]))
-            self._write(n, arg, view.pack_termios() if request == termios.TCGETS else view.pack())
-        elif request in _SET_MODES:
+        if request in _SET_MODES:
             size = TERMIOS_SIZE if request in _OLD_STRUCT else TERMIOS2_SIZE
             raw = seccomp.read_memory(n.pid, arg, size)
             if not seccomp.still_waiting(self._listener, n.id):
@@ -354,12 +372,14 @@ class _Connections:
         self._count = 0
 
 
-def _vcom_port(fd: int) -> int | None:
-    """The device number of ``fd`` if it is a vcom port (a pty slave whose termios carries the tag)."""
+def _vcom_port(fd: int) -> tuple[int, Termios2] | None:
+    """The device number and termios of ``fd`` if it is a vcom port (a pty slave whose termios carries the
+    tag)."""
     try:
         st = os.fstat(fd)
         if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) not in _PTY_SLAVE_MAJORS:
             return None
-        return st.st_rdev if get_termios2(fd).tagged else None
+        current = get_termios2(fd)
+        return (st.st_rdev, current) if current.tagged else None
     except OSError:
         return None

@@ -1,0 +1,358 @@
+"""The seccomp supervisor answers TCGETS from the views it kept (vcom.interposer.views), and stays exact.
+
+End to end: a program under ``vcom wrap`` reads its termios again and again,
+and another program changes the port meanwhile, through an interposer or
+not; what the first one reads must be what the manager would answer.  Unit
+level: the cache against a manager played by the test on a real Unix socket,
+line by line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+import termios
+import textwrap
+
+import pytest
+from peers import PYTHON, Vcom
+
+from vcom.interposer import protocol
+from vcom.interposer.views import ViewCache
+from vcom.termio import Termios2
+
+# A wrapped program that sets 7 data bits and even parity (the pty keeps 8 and none), then reads its
+# termios twice per step: the second read of a step is one the supervisor can answer from what it kept.
+READER = """
+    import json, os, sys, termios
+    fd = os.open({port!r}, os.O_RDWR | os.O_NOCTTY)
+    t = termios.tcgetattr(fd)
+    t[0] = t[1] = t[3] = 0
+    t[2] = (t[2] & ~termios.CSIZE) | termios.CS7 | termios.PARENB | termios.CREAD | termios.CLOCAL
+    termios.tcsetattr(fd, termios.TCSANOW, t)
+
+    def frame():
+        cflag = termios.tcgetattr(fd)[2]
+        bits = {{termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}}[cflag & termios.CSIZE]
+        return [bits, bool(cflag & termios.PARENB)]
+
+    while True:
+        print(json.dumps([frame(), frame(), frame()]), flush=True)
+        if not sys.stdin.readline():
+            break
+"""
+
+# Another program on the same port: 8 data bits, no parity, all else as the port has it.  The pty's termios
+# comes out bit for bit what it was (it forces 8 bits and no parity anyway): only the manager knows that
+# the view changed.
+WRITER = """
+    import json, os, termios
+    fd = os.open({port!r}, os.O_RDWR | os.O_NOCTTY)
+    t = termios.tcgetattr(fd)
+    t[2] = (t[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    termios.tcsetattr(fd, termios.TCSANOW, t)
+    print(json.dumps(termios.tcgetattr(fd)[2] & termios.CSIZE == termios.CS8))
+"""
+
+
+class Reader:
+    def __init__(self, vcom: Vcom, port: os.PathLike[str]) -> None:
+        script = textwrap.dedent(READER.format(port=str(port)))
+        self.proc = subprocess.Popen([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", script], env=vcom.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def frames(self) -> list[list[object]]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read() if self.proc.stderr else ""
+        return json.loads(line)
+
+    def next(self) -> list[list[object]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("next\n")
+        self.proc.stdin.flush()
+        return self.frames()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def port(vcom: Vcom, tmp_path):
+    path = tmp_path / "ttyV0"
+    vcom.add(path, f"127.0.0.1:{vcom.share('sim:echo')}", "--connect", "always")
+    vcom.wait_status(path, lambda s: s["state"] == "connected", what="connected")
+    return path
+
+
+@pytest.fixture
+def reader(vcom: Vcom, port):
+    started = Reader(vcom, port)
+    yield started
+    started.close()
+
+
+@pytest.mark.parametrize("mode", ["seccomp", "preload"])
+def test_a_kept_view_follows_a_change_made_through_another_interposer(vcom: Vcom, port, reader, mode):
+    assert reader.frames() == [[7, True]] * 3
+    writer = subprocess.run([PYTHON, "-m", "vcom", "wrap", *(["--preload"] if mode == "preload" else []),
+                             PYTHON, "-c", textwrap.dedent(WRITER.format(port=str(port)))],
+                            env=vcom.env, capture_output=True, text=True, timeout=60)
+    assert writer.returncode == 0 and writer.stdout.strip() == "true", writer.stderr
+    # Same pty termios as before, another view: only the manager's notice can tell the supervisor.
+    assert reader.next() == [[8, False]] * 3
+
+
+def test_a_kept_view_follows_a_program_that_is_not_interposed(vcom: Vcom, port, reader):
+    """A change the kernel reports and the manager notices ends the view a wrapped program set, even when
+    the pty's termios is set back to what it was before the reader looks again."""
+    assert reader.frames() == [[7, True]] * 3
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        before = termios.tcgetattr(fd)
+        changed = list(before)
+        changed[4] = changed[5] = termios.B4800
+        termios.tcsetattr(fd, termios.TCSANOW, changed)
+        vcom.wait_status(port, lambda s: s["settings"]["baud"] == 4800, what="4800 baud seen")
+        termios.tcsetattr(fd, termios.TCSANOW, before)
+        vcom.wait_status(port, lambda s: s["settings"]["baud"] != 4800, what="the speed set back")
+        assert reader.next() == [[8, False]] * 3  # what the pty keeps, as the manager answers now
+    finally:
+        os.close(fd)
+
+
+# -- the cache alone, against a manager played by the test
+
+RDEV = 34816
+PTY = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 9600, 9600)
+VIEW_7E1 = Termios2(0, 0, termios.CS7 | termios.PARENB | termios.CREAD, 0, 0, bytes(19), 9600, 9600)
+VIEW_8N1 = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 9600, 9600)
+
+
+class Manager:
+    """The manager's side of one watch connection, written and read by the test."""
+
+    def __init__(self, path: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(4)
+        self.listener.settimeout(5)
+        self.peer: socket.socket | None = None
+        self.got = b""
+
+    def accept(self) -> None:
+        self.peer, _ = self.listener.accept()
+        self.peer.settimeout(5)
+
+    def read_line(self) -> bytes:
+        assert self.peer is not None
+        while b"\n" not in self.got:
+            chunk = self.peer.recv(4096)
+            assert chunk, "the cache closed its watch connection"
+            self.got += chunk
+        line, _, self.got = self.got.partition(b"\n")
+        return line
+
+    def say(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.peer.sendall(data)
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def manager(tmp_path):
+    played = Manager(str(tmp_path / "interposer.sock"))
+    yield played
+    played.close()
+
+
+def watched(cache: ViewCache, manager: Manager) -> None:
+    """Ask for the watch, answer it, and check it is confirmed."""
+    assert cache.ticket(RDEV) is None
+    manager.accept()
+    assert manager.read_line() == protocol.header("seccomp", 4242).rstrip(b"\n")
+    assert manager.read_line() == f"watch {RDEV}".encode()
+    manager.say(protocol.ok())
+    assert cache.ticket(RDEV) is not None
+
+
+def test_the_cache_answers_only_what_it_was_told_after_its_watch(manager: Manager):
+    cache = ViewCache(manager.listener.getsockname(), 4242)
+    try:
+        ticket = cache.ticket(RDEV)  # not watched yet: whatever comes back is not kept
+        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) is None
+        manager.accept()
+        manager.read_line()
+        assert manager.read_line() == f"watch {RDEV}".encode()
+        manager.say(protocol.ok())
+        ticket = cache.ticket(RDEV)
+        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) == VIEW_7E1
+        other_pty = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 4800, 4800)
+        assert cache.lookup(RDEV, other_pty) is None  # a pty termios not seen: the manager is asked
+    finally:
+        cache.close()
+
+
+def test_a_notice_drops_the_kept_views_and_an_answer_asked_before_it(manager: Manager):
+    cache = ViewCache(manager.listener.getsockname(), 4242)
+    try:
+        watched(cache, manager)
+        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
+        asked = cache.ticket(RDEV)  # a view request goes out...
+        manager.say(protocol.notice("changed", RDEV))  # ...and the view changes before its answer is kept
+        cache.keep(RDEV, asked, VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) is None
+        cache.keep(RDEV, cache.ticket(RDEV), VIEW_8N1, PTY)  # asked after the notice: kept
+        assert cache.lookup(RDEV, PTY) == VIEW_8N1
+        manager.say(protocol.notice("changed", RDEV + 1))  # another port's change costs this one nothing
+        assert cache.lookup(RDEV, PTY) == VIEW_8N1
+    finally:
+        cache.close()
+
+
+def test_a_removed_port_is_no_longer_watched(manager: Manager):
+    cache = ViewCache(manager.listener.getsockname(), 4242)
+    try:
+        watched(cache, manager)
+        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
+        manager.say(protocol.notice("gone", RDEV))
+        assert cache.lookup(RDEV, PTY) is None
+        assert cache.ticket(RDEV) is None  # a new port may get the same device number: watched anew
+        assert manager.read_line() == f"watch {RDEV}".encode()
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("ending", ["close", "junk", "unasked answer", "long line"])
+def test_a_broken_watch_connection_drops_everything(manager: Manager, ending: str):
+    cache = ViewCache(manager.listener.getsockname(), 4242)
+    try:
+        watched(cache, manager)
+        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) == VIEW_7E1
+        if ending == "close":
+            assert manager.peer is not None
+            manager.peer.close()
+            manager.peer = None
+        else:
+            manager.say({"junk": b"hello 1\n", "unasked answer": protocol.ok(),
+                         "long line": b"changed " + b"1" * 400}[ending])
+        assert cache.lookup(RDEV, PTY) is None
+        assert cache.ticket(RDEV) is None  # and the next look asks for a new watch on a new connection
+        manager.accept()
+        manager.read_line()
+        assert manager.read_line() == f"watch {RDEV}".encode()
+    finally:
+        cache.close()
+
+
+def test_a_refused_watch_keeps_nothing(manager: Manager):
+    cache = ViewCache(manager.listener.getsockname(), 4242)
+    try:
+        assert cache.ticket(RDEV) is None
+        manager.accept()
+        manager.read_line()
+        manager.read_line()
+        manager.say(protocol.NO)
+        ticket = cache.ticket(RDEV)  # asks again, since the last one was refused
+        assert ticket is None
+        assert manager.read_line() == f"watch {RDEV}".encode()
+        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) is None
+    finally:
+        cache.close()
+
+
+def test_no_manager_means_no_cache(tmp_path):
+    cache = ViewCache(str(tmp_path / "nobody.sock"), 4242)
+    assert cache.ticket(RDEV) is None
+    cache.keep(RDEV, None, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) is None
+    cache.close()
+
+
+def test_notices_are_read_by_the_loop_too(manager: Manager):
+    """Between calls the loop reads the notices, so they never pile up in the socket."""
+
+    async def main() -> None:
+        cache = ViewCache(manager.listener.getsockname(), 4242)
+        try:
+            assert cache.ticket(RDEV) is None
+            manager.accept()
+            manager.read_line()
+            manager.read_line()
+            manager.say(protocol.ok() + protocol.notice("changed", RDEV) * 1000)
+            sock = cache._sock
+            assert sock is not None
+
+            def unread() -> int:
+                return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, bytes(4)))[0]
+
+            for _ in range(100):  # the loop runs between these sleeps
+                if unread() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert unread() == 0
+            assert cache.ticket(RDEV) is not None  # the answer among them was taken: watched
+        finally:
+            cache.close()
+
+    asyncio.run(main())
+
+
+# A wrapped program that changes the speed COUNT times: a notice to every watcher each time.
+CHANGER = """
+    import os, sys, termios
+    fd = os.open({port!r}, os.O_RDWR | os.O_NOCTTY)
+    t = termios.tcgetattr(fd)
+    for i in range({count}):
+        t[4] = t[5] = (termios.B9600, termios.B19200)[i % 2]
+        termios.tcsetattr(fd, termios.TCSANOW, t)
+    print("done")
+"""
+
+
+def test_a_watcher_that_does_not_read_is_dropped_not_buffered(vcom: Vcom, port):
+    """Notices are never held back for a client that does not read them (its copy would be stale, and
+    the manager's memory would grow): the manager drops the connection and goes on."""
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)  # the manager answers only a process that has the port open
+    watcher = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        watcher.settimeout(10)
+        watcher.connect(str(vcom.home / "interposer.sock"))
+        watcher.sendall(protocol.header("seccomp", os.getpid()) + protocol.request("watch", os.fstat(fd).st_rdev))
+        assert watcher.recv(64) == protocol.ok()
+        changer = subprocess.run([PYTHON, "-m", "vcom", "wrap", "--preload", PYTHON, "-c",
+                                  textwrap.dedent(CHANGER.format(port=str(port), count=3000))],
+                                 env=vcom.env, capture_output=True, text=True, timeout=120)
+        assert changer.returncode == 0 and changer.stdout.strip() == "done", changer.stderr
+        # What had reached the socket is there to read, then the end: no notice waited in the manager.
+        got = b""
+        while chunk := watcher.recv(65536):
+            got += chunk
+        notices = got.split(b"\n")
+        assert 0 < len(notices) - 1 < 3000, len(notices)
+        assert all(line == f"changed {os.fstat(fd).st_rdev}".encode() for line in notices[:-1])
+        assert vcom.query(port)["state"] == "connected"
+    finally:
+        watcher.close()
+        os.close(fd)
