@@ -79,6 +79,7 @@ class Handover:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             port.view.record(Termios2.unpack(bytes.fromhex(saved["requested"])),
                              Termios2.unpack(bytes.fromhex(saved["applied"])))
+            port.view.changed()
 
     # -- PortHost
 

@@ -44,7 +44,11 @@ class ProgramView:
     on_change: Callable[[bool], None] | None = None
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
+        """A program set termios through an interposer; the caller tells the watchers (``changed``) once the
+        change is on its way, and before the program's call is answered."""
         self.requested, self.applied = requested, applied
+
+    def changed(self) -> None:
         if self.on_change is not None:
             self.on_change(False)
 
@@ -55,8 +59,7 @@ class ProgramView:
             self.requested = self.applied = None  # a program that is not interposed changed it since
             log.info("the termios a program set through the interposer was changed by one that is not "
                      "interposed: data bits and parity are now as the pty keeps them")
-            if self.on_change is not None:
-                self.on_change(False)
+            self.changed()
             return False
         return True
 

@@ -505,9 +505,12 @@ class Port:
             self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
         applied = self.pty.apply(asked, flush_input=flush)
         self.view.record(asked, applied)
+        self._refresh_settings(applied)
+        # After the change has gone to the link (the notices are a send each, not on its way), and before the
+        # program's call is answered.
+        self.view.changed()
         if self.host is not None:
             self.host.view_changed(self)
-        self._refresh_settings(applied)
 
     async def program_modem(self, op: str, value: int) -> int:
         """TIOCMGET/SET/BIS/BIC; returns the TIOCM_* bits in force."""
