@@ -183,47 +183,44 @@ def manager(tmp_path):
     played.close()
 
 
-def watched(cache: ViewCache, manager: Manager) -> None:
-    """Ask for the watch, answer it, and check it is confirmed."""
-    assert cache.ticket(RDEV) is None
+def watched(cache: ViewCache, manager: Manager, generation: int = 3) -> None:
+    """A first look asks for the watch; answer it (the view's generation then is ``generation``)."""
+    assert cache.lookup(RDEV, PTY) is None
     manager.accept()
     assert manager.read_line() == protocol.header("seccomp", 4242).rstrip(b"\n")
     assert manager.read_line() == f"watch {RDEV}".encode()
-    manager.say(protocol.ok())
-    assert cache.ticket(RDEV) is not None
+    manager.say(protocol.ok(generation))
 
 
-def test_the_cache_answers_only_what_it_was_told_after_its_watch(manager: Manager):
+def test_the_cache_answers_only_views_of_the_generation_its_watch_knows(manager: Manager):
     cache = ViewCache(manager.listener.getsockname(), 4242)
     try:
-        ticket = cache.ticket(RDEV)  # not watched yet: whatever comes back is not kept
-        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # not watched yet: not kept
+        watched(cache, manager, generation=3)
         assert cache.lookup(RDEV, PTY) is None
-        manager.accept()
-        manager.read_line()
-        assert manager.read_line() == f"watch {RDEV}".encode()
-        manager.say(protocol.ok())
-        ticket = cache.ticket(RDEV)
-        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
+        cache.keep(RDEV, 2, VIEW_7E1, PTY)  # made before the newest change: not kept
+        assert cache.lookup(RDEV, PTY) is None
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)
         assert cache.lookup(RDEV, PTY) == VIEW_7E1
         other_pty = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 4800, 4800)
         assert cache.lookup(RDEV, other_pty) is None  # a pty termios not seen: the manager is asked
+        assert cache.lookup(RDEV + 1, PTY) is None  # another port: its own watch
+        assert manager.read_line() == f"watch {RDEV + 1}".encode()
     finally:
         cache.close()
 
 
-def test_a_notice_drops_the_kept_views_and_an_answer_asked_before_it(manager: Manager):
+def test_a_notice_ends_the_kept_views_and_an_answer_made_before_it(manager: Manager):
     cache = ViewCache(manager.listener.getsockname(), 4242)
     try:
-        watched(cache, manager)
-        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
-        asked = cache.ticket(RDEV)  # a view request goes out...
-        manager.say(protocol.notice("changed", RDEV))  # ...and the view changes before its answer is kept
-        cache.keep(RDEV, asked, VIEW_7E1, PTY)
+        watched(cache, manager, generation=3)
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)
+        manager.say(protocol.notice("changed", RDEV, 4))  # a change while a view request was out...
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # ...whose answer was made before it
         assert cache.lookup(RDEV, PTY) is None
-        cache.keep(RDEV, cache.ticket(RDEV), VIEW_8N1, PTY)  # asked after the notice: kept
+        cache.keep(RDEV, 4, VIEW_8N1, PTY)  # made after it: kept
         assert cache.lookup(RDEV, PTY) == VIEW_8N1
-        manager.say(protocol.notice("changed", RDEV + 1))  # another port's change costs this one nothing
+        manager.say(protocol.notice("changed", RDEV + 1, 9))  # another port's change costs this one nothing
         assert cache.lookup(RDEV, PTY) == VIEW_8N1
     finally:
         cache.close()
@@ -233,31 +230,32 @@ def test_a_removed_port_is_no_longer_watched(manager: Manager):
     cache = ViewCache(manager.listener.getsockname(), 4242)
     try:
         watched(cache, manager)
-        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)
         manager.say(protocol.notice("gone", RDEV))
-        assert cache.lookup(RDEV, PTY) is None
-        assert cache.ticket(RDEV) is None  # a new port may get the same device number: watched anew
+        assert cache.lookup(RDEV, PTY) is None  # a new port may get the same device number: watched anew
         assert manager.read_line() == f"watch {RDEV}".encode()
+        manager.say(protocol.ok(0))
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # the old port's generation means nothing for the new one
+        assert cache.lookup(RDEV, PTY) is None
     finally:
         cache.close()
 
 
-@pytest.mark.parametrize("ending", ["close", "junk", "unasked answer", "long line"])
+@pytest.mark.parametrize("ending", ["close", "junk", "unasked answer", "bad notice", "long line"])
 def test_a_broken_watch_connection_drops_everything(manager: Manager, ending: str):
     cache = ViewCache(manager.listener.getsockname(), 4242)
     try:
         watched(cache, manager)
-        cache.keep(RDEV, cache.ticket(RDEV), VIEW_7E1, PTY)
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)
         assert cache.lookup(RDEV, PTY) == VIEW_7E1
         if ending == "close":
             assert manager.peer is not None
             manager.peer.close()
             manager.peer = None
         else:
-            manager.say({"junk": b"hello 1\n", "unasked answer": protocol.ok(),
+            manager.say({"junk": b"hello 1\n", "unasked answer": protocol.ok(3), "bad notice": b"changed 5\n",
                          "long line": b"changed " + b"1" * 400}[ending])
-        assert cache.lookup(RDEV, PTY) is None
-        assert cache.ticket(RDEV) is None  # and the next look asks for a new watch on a new connection
+        assert cache.lookup(RDEV, PTY) is None  # and this look asks for a new watch on a new connection
         manager.accept()
         manager.read_line()
         assert manager.read_line() == f"watch {RDEV}".encode()
@@ -268,24 +266,22 @@ def test_a_broken_watch_connection_drops_everything(manager: Manager, ending: st
 def test_a_refused_watch_keeps_nothing(manager: Manager):
     cache = ViewCache(manager.listener.getsockname(), 4242)
     try:
-        assert cache.ticket(RDEV) is None
+        assert cache.lookup(RDEV, PTY) is None
         manager.accept()
         manager.read_line()
         manager.read_line()
         manager.say(protocol.NO)
-        ticket = cache.ticket(RDEV)  # asks again, since the last one was refused
-        assert ticket is None
+        cache.keep(RDEV, 3, VIEW_7E1, PTY)
+        assert cache.lookup(RDEV, PTY) is None  # and asks again, since the last one was refused
         assert manager.read_line() == f"watch {RDEV}".encode()
-        cache.keep(RDEV, ticket, VIEW_7E1, PTY)
-        assert cache.lookup(RDEV, PTY) is None
     finally:
         cache.close()
 
 
 def test_no_manager_means_no_cache(tmp_path):
     cache = ViewCache(str(tmp_path / "nobody.sock"), 4242)
-    assert cache.ticket(RDEV) is None
-    cache.keep(RDEV, None, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 0, VIEW_7E1, PTY)
     assert cache.lookup(RDEV, PTY) is None
     cache.close()
 
@@ -296,11 +292,11 @@ def test_notices_are_read_by_the_loop_too(manager: Manager):
     async def main() -> None:
         cache = ViewCache(manager.listener.getsockname(), 4242)
         try:
-            assert cache.ticket(RDEV) is None
+            assert cache.lookup(RDEV, PTY) is None
             manager.accept()
             manager.read_line()
             manager.read_line()
-            manager.say(protocol.ok() + protocol.notice("changed", RDEV) * 1000)
+            manager.say(protocol.ok(0) + b"".join(protocol.notice("changed", RDEV, g) for g in range(1, 1001)))
             sock = cache._sock
             assert sock is not None
 
@@ -312,7 +308,8 @@ def test_notices_are_read_by_the_loop_too(manager: Manager):
                     break
                 await asyncio.sleep(0.02)
             assert unread() == 0
-            assert cache.ticket(RDEV) is not None  # the answer among them was taken: watched
+            cache.keep(RDEV, 1000, VIEW_7E1, PTY)  # the newest generation told of is the last one
+            assert cache.lookup(RDEV, PTY) == VIEW_7E1
         finally:
             cache.close()
 
@@ -340,7 +337,7 @@ def test_a_watcher_that_does_not_read_is_dropped_not_buffered(vcom: Vcom, port):
         watcher.settimeout(10)
         watcher.connect(str(vcom.home / "interposer.sock"))
         watcher.sendall(protocol.header("seccomp", os.getpid()) + protocol.request("watch", os.fstat(fd).st_rdev))
-        assert watcher.recv(64) == protocol.ok()
+        assert watcher.recv(64).startswith(b"ok ")
         changer = subprocess.run([PYTHON, "-m", "vcom", "wrap", "--preload", PYTHON, "-c",
                                   textwrap.dedent(CHANGER.format(port=str(port), count=3000))],
                                  env=vcom.env, capture_output=True, text=True, timeout=120)
@@ -351,7 +348,7 @@ def test_a_watcher_that_does_not_read_is_dropped_not_buffered(vcom: Vcom, port):
             got += chunk
         notices = got.split(b"\n")
         assert 0 < len(notices) - 1 < 3000, len(notices)
-        assert all(line == f"changed {os.fstat(fd).st_rdev}".encode() for line in notices[:-1])
+        assert all(line.startswith(f"changed {os.fstat(fd).st_rdev} ".encode()) for line in notices[:-1])
         assert vcom.query(port)["state"] == "connected"
     finally:
         watcher.close()

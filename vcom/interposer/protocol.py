@@ -18,8 +18,10 @@ answered by one line, in order::
     verb      arguments             answer values   the program's call
     tcgets    -                     HEX44           TCGETS, TCGETS2, tcgetattr
     tcsets    now|drain|flush HEX   -               TCSETS*, TCSETS*2, tcsetattr
-                                                    (HEX: struct termios, 36 bytes,
+              [view]                                (HEX: struct termios, 36 bytes,
                                                     or struct termios2, 44 bytes)
+                                                    with "view": the answer is the
+                                                    one "view" gives, after the change
     modem     get|set|bis|bic BITS  BITS            TIOCMGET/SET/BIS/BIC (TIOCM_*)
     break     on|off|pulse MS       -               TIOCSBRK, TIOCCBRK, TCSBRK(0),
                                                     TCSBRKP, tcsendbreak; "pulse"
@@ -35,15 +37,18 @@ answered by one line, in order::
     outq      -                     BYTES           TIOCOUTQ: written, not yet received
                                                     by the server
     flush     in|out|both           -               tcflush, TCFLSH
-    view      -                     HEX44 HEX44     TCGETS and TCGETS2 in the seccomp
-                                                    supervisor: the program's view, and
-                                                    the pty's termios it was made from
-    watch     -                     -               the supervisor's notice connection
+    view      -                     GEN HEX44 HEX44 TCGETS and TCGETS2 in the seccomp
+                                                    supervisor: the port's view generation
+                                                    (it counts the view's changes), the
+                                                    program's view, and the pty's termios
+                                                    it was made from
+    watch     -                     GEN             the supervisor's notice connection
                                                     (vcom.interposer.views): from this
                                                     answer on, the manager writes
-                                                    "changed RDEV" there in the same step
-                                                    as every change of the port's view,
-                                                    and "gone RDEV" when it is removed
+                                                    "changed RDEV GEN" there in the same
+                                                    step as every change of the port's
+                                                    view, and "gone RDEV" when the port
+                                                    is removed
 
 ``HEX44`` is the program's view of the port as a ``struct termios2``: what
 the pty holds, with the data bits, parity and CREAD the program asked for,
@@ -60,7 +65,7 @@ MAX_LINE = 256  # the longest request: tcsets with 44 bytes in hex is about 120
 
 VERBS = {
     "tcgets": (0, 0),
-    "tcsets": (2, 2),
+    "tcsets": (2, 3),
     "modem": (2, 2),
     "break": (1, 2),
     "miwait": (1, 1),
@@ -133,18 +138,28 @@ def err(errno: int) -> bytes:
     return f"err {errno}\n".encode()
 
 
-def notice(kind: str, rdev: int) -> bytes:
-    return f"{kind} {rdev}\n".encode()
+def notice(kind: str, rdev: int, generation: int | None = None) -> bytes:
+    return (f"{kind} {rdev}" if generation is None else f"{kind} {rdev} {generation}").encode() + b"\n"
 
 
-def parse_notice(line: bytes) -> tuple[str, int] | None:
-    """(kind, rdev) of a notice on a watch connection; None for any other line (an answer)."""
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A line on a watch connection that answers nothing: ``changed`` (with the view's new generation)
+    or ``gone``."""
+
+    kind: str
+    rdev: int
+    generation: int = 0
+
+
+def parse_notice(line: bytes) -> Notice | None:
+    """The notice; None for any other line (an answer)."""
     parts = _split(line)
     if not parts or parts[0] not in NOTICES:
         return None
-    if len(parts) != 2:
-        raise ProtocolError(f"expected '{parts[0]} RDEV'")
-    return parts[0], _number(parts[1])
+    if len(parts) != (3 if parts[0] == "changed" else 2):
+        raise ProtocolError(f"a malformed {parts[0]!r} notice")
+    return Notice(parts[0], *map(_number, parts[1:]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,12 +112,12 @@ class InterposerServer:
         """From now on ``connection`` gets a notice with every change of the port's view."""
         self._watchers.setdefault(rdev, {})[connection] = None
         connection.watching.add(rdev)
-        port.view.on_change = lambda gone: self._view_changed(rdev, gone)
-        return protocol.ok()
+        port.view.on_change = lambda gone: self._view_changed(port, rdev, gone)
+        return protocol.ok(port.view.generation)
 
-    def _view_changed(self, rdev: int, gone: bool) -> None:
+    def _view_changed(self, port: Port, rdev: int, gone: bool) -> None:
         watchers = self._watchers.pop(rdev, {}) if gone else self._watchers.get(rdev, {})
-        line = protocol.notice("gone" if gone else "changed", rdev)
+        line = protocol.notice("gone", rdev) if gone else protocol.notice("changed", rdev, port.view.generation)
         for connection in list(watchers):
             if gone:
                 connection.watching.discard(rdev)
@@ -308,17 +308,17 @@ def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes
         case "tcgets":
             return protocol.ok(port.program_termios().pack().hex())
         case "view":
-            current = port.pty.termios()
-            return protocol.ok(port.view.for_program(current).pack().hex(), current.pack().hex())
+            return _view(port)
         case "tcsets":
-            mode, raw = args[0], _unhex(args[1])
-            if mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE):
+            mode, raw, view = args[0], _unhex(args[1]), args[2:] == ("view",)
+            if (mode not in protocol.SET_MODES or len(raw) not in (TERMIOS_SIZE, TERMIOS2_SIZE)
+                    or len(args) > 2 and not view):
                 return protocol.err(errno.EINVAL)
             asked = _asked(port, raw)
             if mode == "now" and port.change_ready():
                 port.program_set_termios_now(asked)
-                return protocol.ok()
-            return _ok(port.program_set_termios(asked, mode))
+                return _view(port) if view else protocol.ok()
+            return _ok(port.program_set_termios(asked, mode), port if view else None)
         case "modem":
             op, bits = args[0], _int(args[1])
             if op not in protocol.MODEM_OPS:
@@ -350,10 +350,21 @@ def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes
     return protocol.err(errno.EINVAL)
 
 
-async def _ok(waiting: Awaitable[int | None]) -> bytes:
-    """The "ok" answer once ``waiting`` is done, with its value if it has one (the TIOCM bits)."""
+async def _ok(waiting: Awaitable[int | None], view_of: Port | None = None) -> bytes:
+    """The "ok" answer once ``waiting`` is done, with its value if it has one (the TIOCM bits), or with
+    the port's view after it (a supervisor's tcsets)."""
     value = await waiting
+    if view_of is not None:
+        return _view(view_of)
     return protocol.ok() if value is None else protocol.ok(value)
+
+
+def _view(port: Port) -> bytes:
+    """The view's generation, the program's view, and the pty termios it was made from: what a seccomp
+    supervisor keeps (vcom.interposer.views).  The view first: making it may find the view ended."""
+    current = port.pty.termios()
+    view = port.view.for_program(current)
+    return protocol.ok(port.view.generation, view.pack().hex(), current.pack().hex())
 
 
 def _asked(port: Port, raw: bytes) -> Termios2:

@@ -4,11 +4,13 @@ The program is started as a child of this process with the filter of
 :mod:`.seccomp` installed, so that every process it starts, dynamically or
 statically linked, carries it too.  This process is the supervisor: for each
 trapped ioctl it looks at the fd (a duplicate taken with ``pidfd_getfd``);
-on a vcom port (the tag in its termios) it asks the manager exactly as the
-preload library does and writes the answer into the program's memory; on
-anything else, or when the manager does not answer, it lets the call run in
-the kernel unchanged.  Each notification is its own task, so a TIOCMIWAIT
-that waits for a modem line does not hold up the program's other threads.
+on a vcom port (the tag in its termios) it asks the manager as the preload
+library does and writes the answer into the program's memory; on anything
+else, or when the manager does not answer, it lets the call run in the kernel
+unchanged.  A TCGETS whose pty termios it has seen before is answered from the
+views it kept (:mod:`.views`, exact by the manager's notices).  Each
+notification is its own task, so a TIOCMIWAIT that waits for a modem line does
+not hold up the program's other threads.
 
 The supervisor is a subreaper and stays as long as any process carrying the
 filter lives (the listener reports POLLHUP when the last one has gone): a
@@ -229,15 +231,18 @@ class Supervisor:
         """TCGETS and TCGETS2: from the views kept here when the pty's termios is one seen before."""
         view = self._views.lookup(rdev, pty)
         if view is None:
-            ticket = self._views.ticket(rdev)
-            answer = await self._ask(n, "view", rdev)
-            try:
-                view, made_from = (Termios2.unpack(bytes.fromhex(value)) for value in answer[:2])
-            except (ValueError, struct.error):
-                raise _Continue from None  # a manager that answers otherwise: the kernel has the call
-            self._views.keep(rdev, ticket, view, made_from)
+            view = self._keep(rdev, await self._ask(n, "view", rdev))
         self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
         return 0
+
+    def _keep(self, rdev: int, answer: tuple[str, ...]) -> Termios2:
+        """The view in a "view" answer (or a tcsets one), kept for the next TCGETS."""
+        try:
+            generation, view, made_from = int(answer[0]), *(Termios2.unpack(bytes.fromhex(v)) for v in answer[1:3])
+        except (ValueError, IndexError, struct.error):
+            raise _Continue from None  # a manager that answers otherwise: the kernel has the call
+        self._views.keep(rdev, generation, view, made_from)
+        return view
 
     async def _emulate(self, n: Notification, rdev: int) -> int:
         request, arg = n.request, n.arg
@@ -246,7 +251,9 @@ class Supervisor:
             raw = seccomp.read_memory(n.pid, arg, size)
             if not seccomp.still_waiting(self._listener, n.id):
                 raise _Continue  # what was read may belong to another process by now
-            await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), timeout=None)
+            answer = await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), "view", timeout=None)
+            with contextlib.suppress(_Continue):  # the change is made: a view that cannot be kept is no error
+                self._keep(rdev, answer)
         elif request in _MODEM_OPS:
             op = _MODEM_OPS[request]
             bits = 0 if op == "get" else struct.unpack("=i", seccomp.read_memory(n.pid, arg, 4))[0]

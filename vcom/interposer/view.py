@@ -39,8 +39,9 @@ class ProgramView:
     requested: Termios2 | None = None
     applied: Termios2 | None = None
     interposed: dict[int, str] = field(default_factory=dict)  # pid -> kind, of programs that asked
-    # Told of every change of what for_program answers (False), and of the port's removal (True): the
-    # seccomp supervisors that keep views are sent a notice (vcom.interposer.views).
+    # Counts the changes of what for_program answers; told of each (False), and of the port's removal
+    # (True): the seccomp supervisors that keep views are sent a notice (vcom.interposer.views).
+    generation: int = 0
     on_change: Callable[[bool], None] | None = None
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
@@ -49,6 +50,7 @@ class ProgramView:
         self.requested, self.applied = requested, applied
 
     def changed(self) -> None:
+        self.generation += 1
         if self.on_change is not None:
             self.on_change(False)
 

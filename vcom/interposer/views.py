@@ -12,20 +12,22 @@ tag hidden) is a function of two things:
   manager knows, and which changes only when the manager records a change or
   finds that a program that is not interposed changed the pty since.
 
-So the supervisor keeps, per port, the answers it got (``view``: the view and
-the pty termios it was made from) and answers a TCGETS whose pty termios it
-has seen before itself.  The second part is covered by a *watch*: one
-connection on which the manager, from the answer to ``watch RDEV`` on, writes
-``changed RDEV`` in the same step as every change of that port's view, before
-it answers the call that made it, and ``gone RDEV`` when the port is removed.
+So the supervisor keeps, per port, the answers it got (the view, the pty
+termios it was made from, and the view's *generation*, which the manager
+counts up with every change of it) and answers a TCGETS whose pty termios it
+has seen itself.  The second part is covered by a *watch*: one connection on
+which the manager, from the answer to ``watch RDEV`` (the generation then) on,
+writes ``changed RDEV GEN`` in the same step as every change of that port's
+view, before it answers the call that made it, and ``gone RDEV`` when the port
+is removed.  A ``tcsets`` answers with the view after the change, so the
+TCGETS glibc makes right after it is answered here too.
 
 Why this is exact: a change that completed before the program's TCGETS began
 has its notice in this connection's socket buffer by then, and every lookup
-reads the buffer dry first.  An answer is kept only if no notice at all came
-between the moment its request was sent and the moment it is kept, and only
-if the watch of that port was confirmed before the request was sent.  The
-manager never lets a notice wait in its own buffer (it drops the connection
-instead), and a dropped connection drops everything kept.
+reads the buffer dry first; a kept view is used only while its generation is
+the newest the watch has told of.  The manager never lets a notice wait in its
+own buffer (it drops the connection instead), and a dropped connection drops
+everything kept.
 """
 
 from __future__ import annotations
@@ -52,38 +54,30 @@ class ViewCache:
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._asked: deque[int] = deque()  # ports whose watch awaits its answer, in order
-        self._watched: set[int] = set()
-        self._views: dict[int, dict[Termios2, Termios2]] = {}
-        # Counts every notice and every loss of the connection: an answer is kept only if it did not move
-        # while the request was out.
-        self._generation = 0
+        self._newest: dict[int, int] = {}  # watched port -> the newest generation of its view told of
+        self._views: dict[int, dict[Termios2, tuple[Termios2, int]]] = {}  # port -> pty -> (view, generation)
 
     def lookup(self, rdev: int, pty: Termios2) -> Termios2 | None:
-        """The program's view of port ``rdev`` whose pty holds ``pty``, if it is known and current."""
+        """The program's view of port ``rdev`` whose pty holds ``pty``, if it is known and current; if not,
+        the port's watch is asked for (the manager answers the call meanwhile)."""
         self._drain()
-        if rdev not in self._watched:
+        newest = self._newest.get(rdev)
+        if newest is None:
+            if rdev not in self._asked:
+                self._watch(rdev)
             return None
-        return self._views.get(rdev, {}).get(pty)
+        view, generation = self._views.get(rdev, {}).get(pty, (None, -1))
+        return view if generation == newest else None
 
-    def ticket(self, rdev: int) -> int | None:
-        """Taken just before the manager is asked for a view: what ``keep`` needs to know that nothing
-        changed meanwhile.  None while the port is not watched yet (this asks for the watch)."""
+    def keep(self, rdev: int, generation: int, view: Termios2, pty: Termios2) -> None:
+        """The manager's view of port ``rdev`` made from ``pty`` at ``generation``."""
         self._drain()
-        if rdev in self._watched:
-            return self._generation
-        if rdev not in self._asked:
-            self._watch(rdev)
-        return None
-
-    def keep(self, rdev: int, ticket: int | None, view: Termios2, pty: Termios2) -> None:
-        """The manager's answer to a ``view`` request sent with ``ticket``."""
-        self._drain()
-        if ticket is None or ticket != self._generation or rdev not in self._watched:
-            return
+        if self._newest.get(rdev) != generation:
+            return  # not watched, or changed since (or the watch's answer is still to come)
         kept = self._views.setdefault(rdev, {})
         if pty not in kept and len(kept) >= _KEPT_PER_PORT:
             del kept[next(iter(kept))]
-        kept[pty] = view
+        kept[pty] = (view, generation)
 
     def close(self) -> None:
         self._lose()
@@ -151,24 +145,25 @@ class ViewCache:
         """One line from the manager; False if it is not one the protocol allows here."""
         try:
             notice = protocol.parse_notice(line)
+            answer = protocol.parse_answer(line) if notice is None else None
         except protocol.ProtocolError:
             return False
         if notice is not None:
-            kind, rdev = notice
-            self._generation += 1
-            self._views.pop(rdev, None)
-            if kind == "gone":
-                self._watched.discard(rdev)
+            if notice.kind == "gone":
+                self._newest.pop(notice.rdev, None)
+                self._views.pop(notice.rdev, None)
+            elif notice.rdev in self._newest:
+                self._newest[notice.rdev] = notice.generation
+                self._views.pop(notice.rdev, None)  # all made before it
             return True
         if not self._asked:
             return False  # an answer to nothing
         rdev = self._asked.popleft()
-        try:
-            answer = protocol.parse_answer(line)
-        except protocol.ProtocolError:
-            return False
+        assert answer is not None
         if answer.status == "ok":
-            self._watched.add(rdev)
+            if len(answer.values) != 1 or not answer.values[0].isdigit():
+                return False
+            self._newest[rdev] = int(answer.values[0])
         return True
 
     def _lose(self) -> None:
@@ -177,8 +172,7 @@ class ViewCache:
             with contextlib.suppress(RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
-        self._generation += 1
         self._buffer = b""
         self._asked.clear()
-        self._watched.clear()
+        self._newest.clear()
         self._views.clear()
