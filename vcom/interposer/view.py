@@ -45,8 +45,8 @@ class ProgramView:
     on_change: Callable[[bool], None] | None = None
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
-        """A program set termios through an interposer; the caller tells the watchers (``changed``) once the
-        change is on its way, and before the program's call is answered."""
+        """A program set termios through an interposer; the caller tells the watchers (``changed``) before
+        the pty takes it and again before the program's call is answered."""
         self.requested, self.applied = requested, applied
 
     def changed(self) -> None:

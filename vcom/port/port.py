@@ -503,11 +503,14 @@ class Port:
     def program_set_termios_now(self, asked: Termios2, *, flush: bool = False) -> None:
         if flush:
             self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
+        # Watchers hear of the change twice.  Before the pty takes it: a supervisor that then reads the new
+        # pty termios must not answer from a view kept for the same termios under the old settings (the
+        # change has not completed, and may not be seen half made).  And once the change has gone to the
+        # link (not before: a notice is a send), before the call is answered: the view to keep from then on.
+        self.view.changed()
         applied = self.pty.apply(asked, flush_input=flush)
         self.view.record(asked, applied)
         self._refresh_settings(applied)
-        # After the change has gone to the link (the notices are a send each, not on its way), and before the
-        # program's call is answered.
         self.view.changed()
         if self.host is not None:
             self.host.view_changed(self)
