@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -67,10 +68,13 @@ class Reader:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
 
-    def frames(self) -> list[list[object]]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, self.proc.stderr.read() if self.proc.stderr else ""
+    def frames(self, timeout: float = 30) -> list[list[object]]:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"the reader said nothing within {timeout} s: {self.proc.stderr.read()}")
         return json.loads(line)
 
     def next(self) -> list[list[object]]:
