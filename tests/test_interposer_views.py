@@ -170,6 +170,13 @@ class Manager:
         line, _, self.got = self.got.partition(b"\n")
         return line
 
+    def expect_watch(self, rdev: int, *, connection: str = "same") -> None:
+        """The cache's next line asks to watch ``rdev``; on a ``connection`` that is "new" (header first)."""
+        if connection == "new":
+            self.accept()
+            assert self.read_line() == protocol.header("seccomp", 4242).rstrip(b"\n")
+        assert self.read_line() == f"watch {rdev}".encode()
+
     def say(self, data: bytes) -> None:
         assert self.peer is not None
         self.peer.sendall(data)
@@ -187,99 +194,80 @@ def manager(tmp_path):
     played.close()
 
 
+@pytest.fixture
+def cache(manager: Manager):
+    kept = ViewCache(manager.listener.getsockname(), 4242)
+    yield kept
+    kept.close()
+
+
 def watched(cache: ViewCache, manager: Manager, generation: int = 3) -> None:
     """A first look asks for the watch; answer it (the view's generation then is ``generation``)."""
     assert cache.lookup(RDEV, PTY) is None
-    manager.accept()
-    assert manager.read_line() == protocol.header("seccomp", 4242).rstrip(b"\n")
-    assert manager.read_line() == f"watch {RDEV}".encode()
+    manager.expect_watch(RDEV, connection="new")
     manager.say(protocol.ok(generation))
 
 
-def test_the_cache_answers_only_views_of_the_generation_its_watch_knows(manager: Manager):
-    cache = ViewCache(manager.listener.getsockname(), 4242)
-    try:
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # not watched yet: not kept
-        watched(cache, manager, generation=3)
-        assert cache.lookup(RDEV, PTY) is None
-        cache.keep(RDEV, 2, VIEW_7E1, PTY)  # made before the newest change: not kept
-        assert cache.lookup(RDEV, PTY) is None
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)
-        assert cache.lookup(RDEV, PTY) == VIEW_7E1
-        other_pty = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 4800, 4800)
-        assert cache.lookup(RDEV, other_pty) is None  # a pty termios not seen: the manager is asked
-        assert cache.lookup(RDEV + 1, PTY) is None  # another port: its own watch
-        assert manager.read_line() == f"watch {RDEV + 1}".encode()
-    finally:
-        cache.close()
+def test_the_cache_answers_only_views_of_the_generation_its_watch_knows(cache: ViewCache, manager: Manager):
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)  # not watched yet: not kept
+    watched(cache, manager, generation=3)
+    assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 2, VIEW_7E1, PTY)  # made before the newest change: not kept
+    assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) == VIEW_7E1
+    other_pty = Termios2(0, 0, termios.CS8 | termios.CREAD, 0, 0, bytes(19), 4800, 4800)
+    assert cache.lookup(RDEV, other_pty) is None  # a pty termios not seen: the manager is asked
+    assert cache.lookup(RDEV + 1, PTY) is None  # another port: its own watch
+    manager.expect_watch(RDEV + 1)
 
 
-def test_a_notice_ends_the_kept_views_and_an_answer_made_before_it(manager: Manager):
-    cache = ViewCache(manager.listener.getsockname(), 4242)
-    try:
-        watched(cache, manager, generation=3)
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)
-        manager.say(protocol.notice("changed", RDEV, 4))  # a change while a view request was out...
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # ...whose answer was made before it
-        assert cache.lookup(RDEV, PTY) is None
-        cache.keep(RDEV, 4, VIEW_8N1, PTY)  # made after it: kept
-        assert cache.lookup(RDEV, PTY) == VIEW_8N1
-        manager.say(protocol.notice("changed", RDEV + 1, 9))  # another port's change costs this one nothing
-        assert cache.lookup(RDEV, PTY) == VIEW_8N1
-    finally:
-        cache.close()
+def test_a_notice_ends_the_kept_views_and_an_answer_made_before_it(cache: ViewCache, manager: Manager):
+    watched(cache, manager, generation=3)
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)
+    manager.say(protocol.notice("changed", RDEV, 4))  # a change while a view request was out...
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)  # ...whose answer was made before it
+    assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 4, VIEW_8N1, PTY)  # made after it: kept
+    assert cache.lookup(RDEV, PTY) == VIEW_8N1
+    manager.say(protocol.notice("changed", RDEV + 1, 9))  # another port's change costs this one nothing
+    assert cache.lookup(RDEV, PTY) == VIEW_8N1
 
 
-def test_a_removed_port_is_no_longer_watched(manager: Manager):
-    cache = ViewCache(manager.listener.getsockname(), 4242)
-    try:
-        watched(cache, manager)
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)
-        manager.say(protocol.notice("gone", RDEV))
-        assert cache.lookup(RDEV, PTY) is None  # a new port may get the same device number: watched anew
-        assert manager.read_line() == f"watch {RDEV}".encode()
-        manager.say(protocol.ok(0))
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)  # the old port's generation means nothing for the new one
-        assert cache.lookup(RDEV, PTY) is None
-    finally:
-        cache.close()
+def test_a_removed_port_is_no_longer_watched(cache: ViewCache, manager: Manager):
+    watched(cache, manager)
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)
+    manager.say(protocol.notice("gone", RDEV))
+    assert cache.lookup(RDEV, PTY) is None  # a new port may get the same device number: watched anew
+    manager.expect_watch(RDEV)
+    manager.say(protocol.ok(0))
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)  # the old port's generation means nothing for the new one
+    assert cache.lookup(RDEV, PTY) is None
 
 
 @pytest.mark.parametrize("ending", ["close", "junk", "unasked answer", "bad notice", "long line"])
-def test_a_broken_watch_connection_drops_everything(manager: Manager, ending: str):
-    cache = ViewCache(manager.listener.getsockname(), 4242)
-    try:
-        watched(cache, manager)
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)
-        assert cache.lookup(RDEV, PTY) == VIEW_7E1
-        if ending == "close":
-            assert manager.peer is not None
-            manager.peer.close()
-            manager.peer = None
-        else:
-            manager.say({"junk": b"hello 1\n", "unasked answer": protocol.ok(3), "bad notice": b"changed 5\n",
-                         "long line": b"changed " + b"1" * 400}[ending])
-        assert cache.lookup(RDEV, PTY) is None  # and this look asks for a new watch on a new connection
-        manager.accept()
-        manager.read_line()
-        assert manager.read_line() == f"watch {RDEV}".encode()
-    finally:
-        cache.close()
+def test_a_broken_watch_connection_drops_everything(cache: ViewCache, manager: Manager, ending: str):
+    watched(cache, manager)
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) == VIEW_7E1
+    if ending == "close":
+        assert manager.peer is not None
+        manager.peer.close()
+        manager.peer = None
+    else:
+        manager.say({"junk": b"hello 1\n", "unasked answer": protocol.ok(3), "bad notice": b"changed 5\n",
+                     "long line": b"changed " + b"1" * 400}[ending])
+    assert cache.lookup(RDEV, PTY) is None  # and this look asks for a new watch on a new connection
+    manager.expect_watch(RDEV, connection="new")
 
 
-def test_a_refused_watch_keeps_nothing(manager: Manager):
-    cache = ViewCache(manager.listener.getsockname(), 4242)
-    try:
-        assert cache.lookup(RDEV, PTY) is None
-        manager.accept()
-        manager.read_line()
-        manager.read_line()
-        manager.say(protocol.NO)
-        cache.keep(RDEV, 3, VIEW_7E1, PTY)
-        assert cache.lookup(RDEV, PTY) is None  # and asks again, since the last one was refused
-        assert manager.read_line() == f"watch {RDEV}".encode()
-    finally:
-        cache.close()
+def test_a_refused_watch_keeps_nothing(cache: ViewCache, manager: Manager):
+    assert cache.lookup(RDEV, PTY) is None
+    manager.expect_watch(RDEV, connection="new")
+    manager.say(protocol.NO)
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) is None  # and asks again, since the last one was refused
+    manager.expect_watch(RDEV)
 
 
 def test_no_manager_means_no_cache(tmp_path):
@@ -297,9 +285,7 @@ def test_notices_are_read_by_the_loop_too(manager: Manager):
         cache = ViewCache(manager.listener.getsockname(), 4242)
         try:
             assert cache.lookup(RDEV, PTY) is None
-            manager.accept()
-            manager.read_line()
-            manager.read_line()
+            manager.expect_watch(RDEV, connection="new")
             manager.say(protocol.ok(0) + b"".join(protocol.notice("changed", RDEV, g) for g in range(1, 1001)))
             sock = cache._sock
             assert sock is not None
