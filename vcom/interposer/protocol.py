@@ -43,7 +43,7 @@ answered by one line, in order::
                                                     program's view, and the pty's termios
                                                     it was made from
     watch     -                     GEN             the supervisor's notice connection
-                                                    (vcom.interposer.views): from this
+                                                    (vcom.interposer.viewcache): from this
                                                     answer on, the manager writes
                                                     "changed RDEV GEN" there in the same
                                                     step as every change of the port's

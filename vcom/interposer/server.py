@@ -361,7 +361,7 @@ async def _ok(waiting: Awaitable[int | None], view_of: Port | None = None) -> by
 
 def _view(port: Port) -> bytes:
     """The view's generation, the program's view, and the pty termios it was made from: what a seccomp
-    supervisor keeps (vcom.interposer.views).  The view first: making it may find the view ended."""
+    supervisor keeps (vcom.interposer.viewcache).  The view first: making it may find the view ended."""
     current = port.pty.termios()
     view = port.view.for_program(current)
     return protocol.ok(port.view.generation, view.pack().hex(), current.pack().hex())

@@ -8,7 +8,7 @@ on a vcom port (the tag in its termios) it asks the manager as the preload
 library does and writes the answer into the program's memory; on anything
 else, or when the manager does not answer, it lets the call run in the kernel
 unchanged.  A TCGETS whose pty termios it has seen before is answered from the
-views it kept (:mod:`.views`, exact by the manager's notices).  Each
+views it kept (:mod:`.viewcache`, exact by the manager's notices).  Each
 notification is its own task, so a TIOCMIWAIT that waits for a modem line does
 not hold up the program's other threads.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE, Termios2, get_termios2
 from . import protocol, seccomp
 from .seccomp import TCSETSW2, TIOCCBRK, TIOCGICOUNT, TIOCMIWAIT, TIOCSBRK, Notification
-from .views import ViewCache
+from .viewcache import ViewCache
 
 _PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
 _ANSWER_TIMEOUT = 5.0

@@ -40,7 +40,7 @@ class ProgramView:
     applied: Termios2 | None = None
     interposed: dict[int, str] = field(default_factory=dict)  # pid -> kind, of programs that asked
     # Counts the changes of what for_program answers; told of each (False), and of the port's removal
-    # (True): the seccomp supervisors that keep views are sent a notice (vcom.interposer.views).
+    # (True): the seccomp supervisors that keep views are sent a notice (vcom.interposer.viewcache).
     generation: int = 0
     on_change: Callable[[bool], None] | None = None
 

@@ -1,4 +1,4 @@
-"""The seccomp supervisor answers TCGETS from the views it kept (vcom.interposer.views), and stays exact.
+"""The seccomp supervisor answers TCGETS from the views it kept (vcom.interposer.viewcache), and stays exact.
 
 End to end: a program under ``vcom wrap`` reads its termios again and again,
 and another program changes the port meanwhile, through an interposer or
@@ -24,7 +24,7 @@ import pytest
 from peers import PYTHON, Vcom
 
 from vcom.interposer import protocol
-from vcom.interposer.views import ViewCache
+from vcom.interposer.viewcache import ViewCache
 from vcom.termio import Termios2
 
 # A wrapped program that sets 7 data bits and even parity (the pty keeps 8 and none), then reads its
