@@ -43,8 +43,8 @@ answered by one line, in order::
                                                     program's view, and the pty's termios
                                                     it was made from
     watch     -                     GEN             the supervisor's notice connection
-                                                    (vcom.interposer.viewcache): from this
-                                                    answer on, the manager writes
+                                                    (vcom.interposer.viewcache): from
+                                                    this answer on, the manager writes
                                                     "changed RDEV GEN" there in the same
                                                     step as every change of the port's
                                                     view, and "gone RDEV" when the port
