@@ -10,6 +10,7 @@ line by line.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import os
@@ -318,28 +319,76 @@ CHANGER = """
 """
 
 
+class Watcher:
+    """A watch connection opened by the test itself, which holds the port open as a supervisor would."""
+
+    def __init__(self, vcom: Vcom, port: os.PathLike[str], *, hold: bool = True) -> None:
+        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+        self.rdev = os.fstat(self.fd).st_rdev
+        if not hold:
+            os.close(self.fd)
+            self.fd = -1
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(vcom.home / "interposer.sock"))
+        self.sock.sendall(protocol.header("seccomp", os.getpid()))
+
+    def ask(self, *request: object) -> bytes:
+        self.sock.sendall(protocol.request(*request))
+        return self.sock.recv(512)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+def test_only_a_process_that_holds_the_port_may_watch_it(vcom: Vcom, port):
+    stranger = Watcher(vcom, port, hold=False)  # (this process then holds no descriptor of the port)
+    try:
+        assert stranger.ask("watch", stranger.rdev) == protocol.NO
+    finally:
+        stranger.close()
+    holder = Watcher(vcom, port)
+    try:
+        assert holder.ask("watch", holder.rdev).startswith(b"ok ")
+        assert holder.ask("tcsets", holder.rdev, "now", "00" * 44, "please") == protocol.err(errno.EINVAL)
+    finally:
+        holder.close()
+
+
+def test_a_removed_port_tells_its_watchers(vcom: Vcom, port):
+    watcher = Watcher(vcom, port)
+    try:
+        assert watcher.ask("watch", watcher.rdev).startswith(b"ok ")
+        vcom.ok("remove", str(port))
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = watcher.sock.recv(512)
+            assert chunk, f"closed after {got!r}"
+            got += chunk
+        assert got == protocol.notice("gone", watcher.rdev)
+    finally:
+        watcher.close()
+
+
 def test_a_watcher_that_does_not_read_is_dropped_not_buffered(vcom: Vcom, port):
     """Notices are never held back for a client that does not read them (its copy would be stale, and
     the manager's memory would grow): the manager drops the connection and goes on."""
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)  # the manager answers only a process that has the port open
-    watcher = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    watcher = Watcher(vcom, port)
     try:
-        watcher.settimeout(10)
-        watcher.connect(str(vcom.home / "interposer.sock"))
-        watcher.sendall(protocol.header("seccomp", os.getpid()) + protocol.request("watch", os.fstat(fd).st_rdev))
-        assert watcher.recv(64).startswith(b"ok ")
+        assert watcher.ask("watch", watcher.rdev).startswith(b"ok ")
         changer = subprocess.run([PYTHON, "-m", "vcom", "wrap", "--preload", PYTHON, "-c",
                                   textwrap.dedent(CHANGER.format(port=str(port), count=3000))],
                                  env=vcom.env, capture_output=True, text=True, timeout=120)
         assert changer.returncode == 0 and changer.stdout.strip() == "done", changer.stderr
         # What had reached the socket is there to read, then the end: no notice waited in the manager.
         got = b""
-        while chunk := watcher.recv(65536):
+        while chunk := watcher.sock.recv(65536):
             got += chunk
         notices = got.split(b"\n")
         assert 0 < len(notices) - 1 < 3000, len(notices)
-        assert all(line.startswith(f"changed {os.fstat(fd).st_rdev} ".encode()) for line in notices[:-1])
+        assert all(line.startswith(f"changed {watcher.rdev} ".encode()) for line in notices[:-1])
         assert vcom.query(port)["state"] == "connected"
     finally:
         watcher.close()
-        os.close(fd)
