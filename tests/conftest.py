@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from peers import PeerProcess, PtyDevice, PyserialServer, Ser2net, Vcom, open_program, refusing_port
+from peers import Interactive, PeerProcess, PtyDevice, PyserialServer, Ser2net, Vcom, open_program, refusing_port
 
 P = TypeVar("P", bound=PeerProcess)
 
@@ -115,3 +115,17 @@ def open_port() -> Iterator[Callable[[str | os.PathLike[str]], int]]:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+@pytest.fixture
+def interactive(vcom: Vcom) -> Iterator[Callable[..., Interactive]]:
+    """Start wrapped programs that talk a JSON line per step; each is killed at the end."""
+    programs: list[Interactive] = []
+
+    def start(script: str, mode: str = "seccomp") -> Interactive:
+        programs.append(Interactive(vcom, script, mode))
+        return programs[-1]
+
+    yield start
+    for program in programs:
+        program.close()

@@ -1032,6 +1032,39 @@ class Vcom:
                 wait_until(lambda pids=pids: not any(_alive(p) for p in pids), 5, "vcom processes to exit")
 
 
+def wrap_command(mode: str, *program: str) -> list[str]:
+    """``program`` under ``vcom wrap``: ``mode`` "seccomp" or "preload"."""
+    return [PYTHON, "-m", "vcom", "wrap", *(["--preload"] if mode == "preload" else []), *program]
+
+
+class Interactive:
+    """A wrapped program that prints one JSON line per step and waits for a line on stdin before the next."""
+
+    def __init__(self, vcom: Vcom, script: str, mode: str = "seccomp") -> None:
+        self.proc = subprocess.Popen(wrap_command(mode, PYTHON, "-u", "-c", textwrap.dedent(script)),
+                                     env=vcom.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def expect(self, timeout: float = 20) -> Any:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"the program said nothing within {timeout} s: {self.proc.stderr.read()}")
+        return json.loads(line)
+
+    def send(self, line: str = "next") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
 class NamespacedManager:
     """``vcom run`` (or a script that ends in it) under ``unshare --net`` and whatever more ``unshare`` is
     given: a network namespace of its own; ``inside()`` runs a command in that network namespace.  The

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -38,6 +37,7 @@ from peers import (
     com_port_commands,
     data_and_commands,
     wait_until,
+    wrap_command,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -59,56 +59,11 @@ def share_echo(vcom: Vcom) -> int:
     return vcom.share("sim:echo")
 
 
-def wrap_command(mode: str, *program: str) -> list[str]:
-    return [PYTHON, "-m", "vcom", "wrap", *(["--preload"] if mode == "preload" else []), *program]
-
-
 def run_wrapped(vcom: Vcom, script: str, mode: str = "seccomp", timeout: float = 60) -> dict:
     result = subprocess.run(wrap_command(mode, PYTHON, "-c", textwrap.dedent(script)),
                             env=vcom.env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-class Interactive:
-    """A wrapped program that prints one JSON line per step and waits for a line on stdin before the next."""
-
-    def __init__(self, vcom: Vcom, script: str, mode: str) -> None:
-        self.proc = subprocess.Popen(wrap_command(mode, PYTHON, "-u", "-c", textwrap.dedent(script)),
-                                     env=vcom.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-
-    def expect(self, timeout: float = 20) -> dict:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            self.proc.kill()
-            raise AssertionError(f"the program said nothing within {timeout} s: {self.proc.stderr.read()}")
-        return json.loads(line)
-
-    def send(self, line: str = "next") -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def interactive(vcom: Vcom):
-    programs: list[Interactive] = []
-
-    def start(script: str, mode: str = "seccomp") -> Interactive:
-        programs.append(Interactive(vcom, script, mode))
-        return programs[-1]
-
-    yield start
-    for program in programs:
-        program.close()
 
 
 FRAME_SCRIPT = """

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -22,7 +20,7 @@ import termios
 import textwrap
 
 import pytest
-from peers import PYTHON, Vcom
+from peers import PYTHON, Vcom, wrap_command
 
 from vcom.interposer import protocol
 from vcom.interposer.viewcache import ViewCache
@@ -62,39 +60,6 @@ WRITER = """
 """
 
 
-class Reader:
-    def __init__(self, vcom: Vcom, port: os.PathLike[str]) -> None:
-        script = textwrap.dedent(READER.format(port=str(port)))
-        self.proc = subprocess.Popen([PYTHON, "-m", "vcom", "wrap", PYTHON, "-c", script], env=vcom.env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-
-    def frames(self, timeout: float = 30) -> list[list[object]]:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            self.proc.kill()
-            raise AssertionError(f"the reader said nothing within {timeout} s: {self.proc.stderr.read()}")
-        return json.loads(line)
-
-    def next(self) -> list[list[object]]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("next\n")
-        self.proc.stdin.flush()
-        return self.frames()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 @pytest.fixture
 def port(vcom: Vcom, tmp_path):
     path = tmp_path / "ttyV0"
@@ -104,27 +69,25 @@ def port(vcom: Vcom, tmp_path):
 
 
 @pytest.fixture
-def reader(vcom: Vcom, port):
-    started = Reader(vcom, port)
-    yield started
-    started.close()
+def reader(port, interactive):
+    return interactive(READER.format(port=str(port)))
 
 
 @pytest.mark.parametrize("mode", ["seccomp", "preload"])
 def test_a_kept_view_follows_a_change_made_through_another_interposer(vcom: Vcom, port, reader, mode):
-    assert reader.frames() == [[7, True]] * 3
-    writer = subprocess.run([PYTHON, "-m", "vcom", "wrap", *(["--preload"] if mode == "preload" else []),
-                             PYTHON, "-c", textwrap.dedent(WRITER.format(port=str(port)))],
+    assert reader.expect() == [[7, True]] * 3
+    writer = subprocess.run(wrap_command(mode, PYTHON, "-c", textwrap.dedent(WRITER.format(port=str(port)))),
                             env=vcom.env, capture_output=True, text=True, timeout=60)
     assert writer.returncode == 0 and writer.stdout.strip() == "true", writer.stderr
     # Same pty termios as before, another view: only the manager's notice can tell the supervisor.
-    assert reader.next() == [[8, False]] * 3
+    reader.send()
+    assert reader.expect() == [[8, False]] * 3
 
 
 def test_a_kept_view_follows_a_program_that_is_not_interposed(vcom: Vcom, port, reader):
     """A change the kernel reports and the manager notices ends the view a wrapped program set, even when
     the pty's termios is set back to what it was before the reader looks again."""
-    assert reader.frames() == [[7, True]] * 3
+    assert reader.expect() == [[7, True]] * 3
     fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
     try:
         before = termios.tcgetattr(fd)
@@ -134,7 +97,8 @@ def test_a_kept_view_follows_a_program_that_is_not_interposed(vcom: Vcom, port, 
         vcom.wait_status(port, lambda s: s["settings"]["baud"] == 4800, what="4800 baud seen")
         termios.tcsetattr(fd, termios.TCSANOW, before)
         vcom.wait_status(port, lambda s: s["settings"]["baud"] != 4800, what="the speed set back")
-        assert reader.next() == [[8, False]] * 3  # what the pty keeps, as the manager answers now
+        reader.send()
+        assert reader.expect() == [[8, False]] * 3  # what the pty keeps, as the manager answers now
     finally:
         os.close(fd)
 
@@ -378,8 +342,8 @@ def test_a_watcher_that_does_not_read_is_dropped_not_buffered(vcom: Vcom, port):
     watcher = Watcher(vcom, port)
     try:
         assert watcher.ask("watch", watcher.rdev).startswith(b"ok ")
-        changer = subprocess.run([PYTHON, "-m", "vcom", "wrap", "--preload", PYTHON, "-c",
-                                  textwrap.dedent(CHANGER.format(port=str(port), count=3000))],
+        changer = subprocess.run(wrap_command("preload", PYTHON, "-c",
+                                              textwrap.dedent(CHANGER.format(port=str(port), count=3000))),
                                  env=vcom.env, capture_output=True, text=True, timeout=120)
         assert changer.returncode == 0 and changer.stdout.strip() == "done", changer.stderr
         # What had reached the socket is there to read, then the end: no notice waited in the manager.
