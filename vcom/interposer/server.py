@@ -214,9 +214,6 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size():
-            transport.abort()
-            return
         transport.write(line)
         if transport.get_write_buffer_size():
             transport.abort()
@@ -363,7 +360,7 @@ def _view(port: Port) -> bytes:
     """The view's generation, the program's view, and the pty termios it was made from: what a seccomp
     supervisor keeps (vcom.interposer.viewcache).  The view first: making it may find the view ended."""
     current = port.pty.termios()
-    view = port.view.for_program(current)
+    view = port.program_termios(current)
     return protocol.ok(port.view.generation, view.pack().hex(), current.pack().hex())
 
 

@@ -475,9 +475,9 @@ class Port:
 
     # -- the interposer's requests (vcom.interposer.server)
 
-    def program_termios(self) -> Termios2:
-        """What tcgetattr returns to an interposed program."""
-        return self.view.for_program(self.pty.termios())
+    def program_termios(self, current: Termios2 | None = None) -> Termios2:
+        """What tcgetattr returns to an interposed program (``current``: the pty's termios, if just read)."""
+        return self.view.for_program(self.pty.termios() if current is None else current)
 
     def change_ready(self) -> bool:
         """Whether an interposed change can take effect at once: what the program wrote before it (if
