@@ -8,6 +8,7 @@ lifetimes to pytest's.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -31,6 +32,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every peer must be present: {reason}"
+    if report.failed and call.when == "call":
+        for title, text in _diagnostics(item):
+            report.sections.append((title, text))
+
+
+def _diagnostics(item: pytest.Item) -> list[tuple[str, str]]:
+    """What the manager and the peers of a failed test said, while they still run: a failure seen once in
+    CI can then be read from its report alone."""
+    funcargs = getattr(item, "funcargs", {})
+    found: list[tuple[str, str]] = []
+    driver = funcargs.get("vcom")
+    if isinstance(driver, Vcom):
+        try:
+            status = json.dumps(driver.query(), indent=1, sort_keys=True, default=str)
+        except (OSError, ValueError, AssertionError) as exc:
+            status = f"(no answer: {exc})"
+        found.append(("vcom status at the failure", status))
+        found.append(("vcom logs", driver.log_tail(200)))
+    for name, value in funcargs.items():
+        if isinstance(value, PeerProcess):
+            found.append((f"{name} log", value.log_tail(100)))
+    return found
 
 
 @pytest.fixture
