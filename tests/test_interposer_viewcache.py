@@ -103,6 +103,33 @@ def test_a_kept_view_follows_a_program_that_is_not_interposed(vcom: Vcom, port, 
         os.close(fd)
 
 
+# A wrapped program that switches between frames whose pty termios is bit for bit the same (the pty keeps
+# 8 bits and no parity whatever is asked), reading each back: glibc's tcsetattr reads it too, and fails
+# with EINVAL when the data bits or parity did not stick.
+SWITCHER = """
+    import json, os, termios
+    fd = os.open({port!r}, os.O_RDWR | os.O_NOCTTY)
+    frames = {{"7E": termios.CS7 | termios.PARENB, "8N": termios.CS8,
+              "7O": termios.CS7 | termios.PARENB | termios.PARODD, "5N": termios.CS5}}
+    seen = []
+    for name in ["7E", "8N", "7O", "8N", "5N", "7E", "7E", "8N"] * 3:
+        t = termios.tcgetattr(fd)
+        t[2] = (t[2] & ~(termios.CSIZE | termios.PARENB | termios.PARODD)) | frames[name]
+        termios.tcsetattr(fd, termios.TCSANOW, t)
+        got = termios.tcgetattr(fd)[2] & (termios.CSIZE | termios.PARENB | termios.PARODD)
+        seen.append(name if got == frames[name] else f"{{name}} read back as {{got:#o}}")
+    print(json.dumps(seen))
+"""
+
+
+def test_own_changes_read_back_exactly_without_notices(vcom: Vcom, port):
+    """The supervisor is not told of its own changes on its watch: it must take each change's view from its
+    answer.  Every frame here has the same pty termios, so a view kept from before a change would be
+    answered after it (and glibc's tcsetattr would fail)."""
+    seen = vcom.wrap(SWITCHER.format(port=str(port)))
+    assert seen == ["7E", "8N", "7O", "8N", "5N", "7E", "7E", "8N"] * 3
+
+
 # -- the cache alone, against a manager played by the test
 
 RDEV = 34816
@@ -204,10 +231,44 @@ def test_a_removed_port_is_no_longer_watched(cache: ViewCache, manager: Manager)
     cache.keep(RDEV, 3, VIEW_7E1, PTY)
     manager.say(protocol.notice("gone", RDEV))
     assert cache.lookup(RDEV, PTY) is None  # a new port may get the same device number: watched anew
+    cache.keep(RDEV, 3, VIEW_7E1, PTY)  # the old port's answer, late: nothing is watched until the answer
     manager.expect_watch(RDEV)
-    manager.say(protocol.ok(0))
-    cache.keep(RDEV, 3, VIEW_7E1, PTY)  # the old port's generation means nothing for the new one
+    manager.say(protocol.ok(7))  # the manager's generations only grow, across ports too
+    cache.keep(RDEV, 5, VIEW_7E1, PTY)  # made for the old port
     assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 7, VIEW_8N1, PTY)
+    assert cache.lookup(RDEV, PTY) == VIEW_8N1
+
+
+def test_an_own_change_is_taken_from_its_answer(cache: ViewCache, manager: Manager):
+    """The supervisor's own change is not told on its watch (one send fewer before the wire): no view of
+    the port is answered while it is under way, and its answer's generation becomes the newest."""
+    watched(cache, manager, generation=3)
+    cache.keep(RDEV, 3, VIEW_8N1, PTY)
+    with cache.changing(RDEV):
+        assert cache.lookup(RDEV, PTY) is None  # the pty may hold the change half made
+        cache.keep(RDEV, 3, VIEW_8N1, PTY)  # a concurrent "view" answered before the change
+        assert cache.lookup(RDEV, PTY) is None
+        cache.keep(RDEV, 5, VIEW_7E1, PTY)  # the change's answer: generation 5, never told on the watch
+    assert cache.lookup(RDEV, PTY) == VIEW_7E1
+    cache.keep(RDEV, 3, VIEW_8N1, PTY)  # a "view" answer from before the change, read late
+    assert cache.lookup(RDEV, PTY) == VIEW_7E1
+    manager.say(protocol.notice("changed", RDEV, 6))  # another program's change after ours
+    assert cache.lookup(RDEV, PTY) is None
+
+
+def test_an_own_change_without_its_answer_forgets_the_port(cache: ViewCache, manager: Manager):
+    watched(cache, manager, generation=3)
+    cache.keep(RDEV, 3, VIEW_8N1, PTY)
+    with pytest.raises(TimeoutError), cache.changing(RDEV):
+        raise TimeoutError  # the answer did not come: the manager may have made the change, untold
+    assert cache.lookup(RDEV, PTY) is None
+    manager.expect_watch(RDEV)  # asked anew
+    manager.say(protocol.ok(5))
+    cache.keep(RDEV, 3, VIEW_8N1, PTY)
+    assert cache.lookup(RDEV, PTY) is None
+    cache.keep(RDEV, 5, VIEW_7E1, PTY)
+    assert cache.lookup(RDEV, PTY) == VIEW_7E1
 
 
 @pytest.mark.parametrize("ending", ["close", "junk", "unasked answer", "bad notice", "long line"])

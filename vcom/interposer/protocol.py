@@ -21,7 +21,9 @@ answered by one line, in order::
               [view]                                (HEX: struct termios, 36 bytes,
                                                     or struct termios2, 44 bytes)
                                                     with "view": the answer is the
-                                                    one "view" gives, after the change
+                                                    one "view" gives, after the change,
+                                                    and the asker's own watch (same
+                                                    pid) is not told of the change
     modem     get|set|bis|bic BITS  BITS            TIOCMGET/SET/BIS/BIC (TIOCM_*)
     break     on|off|pulse MS       -               TIOCSBRK, TIOCCBRK, TCSBRK(0),
                                                     TCSBRKP, tcsendbreak; "pulse"

@@ -112,16 +112,18 @@ class InterposerServer:
         """From now on ``connection`` gets a notice with every change of the port's view."""
         self._watchers.setdefault(rdev, {})[connection] = None
         connection.watching.add(rdev)
-        port.view.on_change = lambda gone: self._view_changed(port, rdev, gone)
+        port.view.on_change = lambda gone, maker: self._view_changed(port, rdev, gone, maker)
         return protocol.ok(port.view.generation)
 
-    def _view_changed(self, port: Port, rdev: int, gone: bool) -> None:
+    def _view_changed(self, port: Port, rdev: int, gone: bool, maker: int | None) -> None:
+        """Tell the watchers of ``rdev``; not the supervisor ``maker`` (by pid), whose change this is."""
         watchers = self._watchers.pop(rdev, {}) if gone else self._watchers.get(rdev, {})
         line = protocol.notice("gone", rdev) if gone else protocol.notice("changed", rdev, port.view.generation)
         for connection in list(watchers):
             if gone:
                 connection.watching.discard(rdev)
-            connection.notify(line)
+            if connection.pid != maker:
+                connection.notify(line)
 
     def answer(self, connection: _Connection, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
         """The answer, when it needs no waiting (most requests); else a coroutine that gives it."""
@@ -142,7 +144,7 @@ class InterposerServer:
         if request.verb == "watch":
             return self._watch(connection, port, request.rdev)
         try:
-            return _dispatch(port, request)
+            return _dispatch(port, request, connection.pid)
         except OSError as exc:
             return protocol.err(exc.errno or errno.EIO)
 
@@ -297,9 +299,9 @@ class _Connection(asyncio.BufferedProtocol):
         return True
 
 
-def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
+def _dispatch(port: Port, request: Request, asker: int) -> bytes | Coroutine[Any, Any, bytes]:
     """The answer; for a request that must wait (a drain, a flush, a timed break, TIOCMIWAIT, a change
-    behind what the pty still holds), a coroutine that gives it."""
+    behind what the pty still holds), a coroutine that gives it.  ``asker``: the pid on the connection."""
     args = request.args
     match request.verb:
         case "tcgets":
@@ -312,10 +314,13 @@ def _dispatch(port: Port, request: Request) -> bytes | Coroutine[Any, Any, bytes
                     or len(args) > 2 and not view):
                 return protocol.err(errno.EINVAL)
             asked = _asked(port, raw)
+            # A supervisor that asks for the view back keeps none of this port until it has it: its own
+            # watch is not told of the change (see vcom.interposer.viewcache).
+            maker = asker if view else None
             if mode == "now" and port.change_ready():
-                port.program_set_termios_now(asked)
+                port.program_set_termios_now(asked, maker=maker)
                 return _view(port) if view else protocol.ok()
-            return _ok(port.program_set_termios(asked, mode), port if view else None)
+            return _ok(port.program_set_termios(asked, mode, maker), port if view else None)
         case "modem":
             op, bits = args[0], _int(args[1])
             if op not in protocol.MODEM_OPS:

@@ -251,9 +251,13 @@ class Supervisor:
             raw = seccomp.read_memory(n.pid, arg, size)
             if not seccomp.still_waiting(self._listener, n.id):
                 raise _Continue  # what was read may belong to another process by now
-            answer = await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), "view", timeout=None)
-            with contextlib.suppress(_Continue):  # the change is made: a view that cannot be kept is no error
-                self._keep(rdev, answer)
+            # Our watch is not told of this change: the answer's view is what we keep (viewcache).
+            with self._views.changing(rdev):
+                answer = await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), "view", timeout=None)
+                try:
+                    self._keep(rdev, answer)
+                except _Continue:  # the change is made: a view that cannot be kept is no error
+                    self._views.forget(rdev)
         elif request in _MODEM_OPS:
             op = _MODEM_OPS[request]
             bits = 0 if op == "get" else struct.unpack("=i", seccomp.read_memory(n.pid, arg, 4))[0]

@@ -11,6 +11,7 @@ state of one port, kept per port and the same for every interposer.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import termios
 from collections.abc import Callable
@@ -20,6 +21,11 @@ from ..settings import Signals
 from ..termio import EXTPROC, TAG_SLOTS, Termios2
 
 log = logging.getLogger(__name__)
+
+# A view's generations come from one counter for the whole manager, so that on a device number they only grow,
+# also when a port is removed and a new one gets its pty: a supervisor may take the highest it was told of
+# as the newest (vcom.interposer.viewcache).
+_generations = itertools.count(1)
 
 # The bits of c_cflag that the pty does not keep (pty_set_termios forces CS8|CREAD and clears PARENB).
 FORCED_CFLAG = termios.CSIZE | termios.PARENB | termios.CREAD
@@ -40,19 +46,22 @@ class ProgramView:
     applied: Termios2 | None = None
     interposed: dict[int, str] = field(default_factory=dict)  # pid -> kind, of programs that asked
     # Counts the changes of what for_program answers; told of each (False), and of the port's removal
-    # (True): the seccomp supervisors that keep views are sent a notice (vcom.interposer.viewcache).
-    generation: int = 0
-    on_change: Callable[[bool], None] | None = None
+    # (True): the seccomp supervisors that keep views are sent a notice (vcom.interposer.viewcache).  The
+    # second argument is the pid of the supervisor that asked for the change, if one did: it learns the
+    # new view from its answer, so it is sent no notice (one send fewer on the way to the wire).
+    generation: int = field(default_factory=lambda: next(_generations))
+    on_change: Callable[[bool, int | None], None] | None = None
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
         """A program set termios through an interposer; the caller tells the watchers (``changed``) before
         the pty takes it and again before the program's call is answered."""
         self.requested, self.applied = requested, applied
 
-    def changed(self) -> None:
-        self.generation += 1
+    def changed(self, maker: int | None = None) -> None:
+        """The view changed; ``maker``: the supervisor that asked for it (not told)."""
+        self.generation = next(_generations)
         if self.on_change is not None:
-            self.on_change(False)
+            self.on_change(False, maker)
 
     def valid(self, current: Termios2) -> bool:
         if self.requested is None:
@@ -69,7 +78,7 @@ class ProgramView:
         """The port is removed."""
         self.requested = self.applied = None
         if self.on_change is not None:
-            self.on_change(True)
+            self.on_change(True, None)
             self.on_change = None
 
     def for_wire(self, current: Termios2) -> Termios2:

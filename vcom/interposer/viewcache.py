@@ -28,6 +28,14 @@ reads the buffer dry first; a kept view is used only while its generation is
 the newest the watch has told of.  The manager never lets a notice wait in its
 own buffer (it drops the connection instead), and a dropped connection drops
 everything kept.
+
+The supervisor's own changes (``tcsets ... view``) are not told on the watch:
+a notice is a send, and the one before the change would stand between the
+program's call and the wire.  The supervisor keeps no view of that port while
+its change is under way (:meth:`ViewCache.changing`), and the answer tells it
+the generation after the change, which it takes as the newest (generations
+only grow, so the newest is the highest told by either).  A change whose
+answer does not come makes it forget the port: it asks for a new watch.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import contextlib
 import errno
 import socket
 from collections import deque
+from collections.abc import Iterator
 
 from ..termio import Termios2
 from . import protocol
@@ -56,6 +65,7 @@ class ViewCache:
         self._asked: deque[int] = deque()  # ports whose watch awaits its answer, in order
         self._newest: dict[int, int] = {}  # watched port -> the newest generation of its view told of
         self._views: dict[int, dict[Termios2, tuple[Termios2, int]]] = {}  # port -> pty -> (view, generation)
+        self._changing: dict[int, int] = {}  # port -> changes of ours under way (not told on the watch)
 
     def lookup(self, rdev: int, pty: Termios2) -> Termios2 | None:
         """The program's view of port ``rdev`` whose pty holds ``pty``, if it is known and current; if not,
@@ -66,18 +76,45 @@ class ViewCache:
             if rdev not in self._asked:
                 self._watch(rdev)
             return None
+        if rdev in self._changing:
+            return None  # a change of ours is under way: the pty may hold it half made
         view, generation = self._views.get(rdev, {}).get(pty, (None, -1))
         return view if generation == newest else None
 
     def keep(self, rdev: int, generation: int, view: Termios2, pty: Termios2) -> None:
-        """The manager's view of port ``rdev`` made from ``pty`` at ``generation``."""
+        """The manager's view of port ``rdev`` made from ``pty`` at ``generation`` (an answer to "view" or
+        to our own change, which the watch is not told of: a higher generation than it told is the newest)."""
         self._drain()
-        if self._newest.get(rdev) != generation:
+        newest = self._newest.get(rdev)
+        if newest is None or generation < newest:
             return  # not watched, or changed since (or the watch's answer is still to come)
+        if generation > newest:
+            self._newest[rdev] = generation
+            self._views.pop(rdev, None)  # all made before it
         kept = self._views.setdefault(rdev, {})
         if pty not in kept and len(kept) >= _KEPT_PER_PORT:
             del kept[next(iter(kept))]
         kept[pty] = (view, generation)
+
+    @contextlib.contextmanager
+    def changing(self, rdev: int) -> Iterator[None]:
+        """Around a change of ours on port ``rdev`` (whose notice we are not sent): no view of the port is
+        answered meanwhile, and if it does not end with its answer kept, the port is forgotten."""
+        self._changing[rdev] = self._changing.get(rdev, 0) + 1
+        try:
+            yield
+        except BaseException:
+            self.forget(rdev)  # the manager may have made it: what we know of the port may be stale
+            raise
+        finally:
+            left = self._changing.pop(rdev) - 1
+            if left:
+                self._changing[rdev] = left
+
+    def forget(self, rdev: int) -> None:
+        """Drop what is known of port ``rdev``; the next lookup asks for a new watch."""
+        self._newest.pop(rdev, None)
+        self._views.pop(rdev, None)
 
     def close(self) -> None:
         self._lose()

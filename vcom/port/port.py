@@ -488,9 +488,9 @@ class Port:
         left, wait = self._pass_pending(_PENDING_NOW)
         return wait is None and (left > 0 or not (self._live and self.pty.has_pending()))
 
-    async def program_set_termios(self, asked: Termios2, mode: str) -> None:
+    async def program_set_termios(self, asked: Termios2, mode: str, maker: int | None = None) -> None:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
-        with the bytes written before it."""
+        with the bytes written before it.  ``maker``: see program_set_termios_now."""
         if mode == "now":
             if self._pacer is None:
                 await self._send_pending()
@@ -498,20 +498,22 @@ class Port:
             # go at the new settings, and the call does not wait for the old line rate to send them.
         else:
             await self.program_drain()  # TCSADRAIN and TCSAFLUSH: after all written has been received
-        self.program_set_termios_now(asked, flush=mode == "flush")
+        self.program_set_termios_now(asked, flush=mode == "flush", maker=maker)
 
-    def program_set_termios_now(self, asked: Termios2, *, flush: bool = False) -> None:
+    def program_set_termios_now(self, asked: Termios2, *, flush: bool = False, maker: int | None = None) -> None:
+        """``maker``: the pid of the seccomp supervisor that asks, which keeps no view of the port while its
+        change is under way and takes the new one from its answer; it is sent no notice of it."""
         if flush:
             self._flush(receive=True, transmit=False)  # TCSAFLUSH also discards what was not read
         # Watchers hear of the change twice.  Before the pty takes it: a supervisor that then reads the new
         # pty termios must not answer from a view kept for the same termios under the old settings (the
         # change has not completed, and may not be seen half made).  And once the change has gone to the
         # link (not before: a notice is a send), before the call is answered: the view to keep from then on.
-        self.view.changed()
+        self.view.changed(maker)
         applied = self.pty.apply(asked, flush_input=flush)
         self.view.record(asked, applied)
         self._refresh_settings(applied)
-        self.view.changed()
+        self.view.changed(maker)
         if self.host is not None:
             self.host.view_changed(self)
 
