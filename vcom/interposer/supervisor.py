@@ -30,7 +30,9 @@ import socket
 import stat
 import struct
 import termios
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE, Termios2, get_termios2
 from . import protocol, seccomp
@@ -139,6 +141,8 @@ class Supervisor:
         self._status: int | None = None
         self._done: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._poller = select.poll()
+        self._poller.register(listener, select.POLLIN)
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -185,34 +189,53 @@ class Supervisor:
                     self._status = 128 - self._status
 
     def _on_listener(self) -> None:
-        poller = select.poll()
-        poller.register(self._listener, select.POLLIN)
-        events = sum(revents for _, revents in poller.poll(0))
+        events = sum(revents for _, revents in self._poller.poll(0))
         if not events & select.POLLIN:
             if events & (select.POLLHUP | select.POLLERR):
                 assert self._done is not None
                 self._done.set()  # no process carries the filter any more
             return
         notification = seccomp.receive(self._listener)
-        if notification is not None:
-            task = asyncio.get_running_loop().create_task(self._handle(notification))
+        if notification is None:
+            return
+        # What needs no manager is answered here, at once: a call on a tty that is not a vcom port, and a
+        # TCGETS from a kept view.  Only a call that asks the manager becomes a task (each its own: a
+        # TIOCMIWAIT that waits for a modem line must not hold up the program's other threads).
+        asking = self._start(notification)
+        if asking is not None:
+            task = asyncio.get_running_loop().create_task(asking)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, n: Notification) -> None:
+    def _start(self, n: Notification) -> Coroutine[Any, Any, None] | None:
+        """Answer ``n`` if no manager is needed; else the coroutine that asks it and answers."""
         try:
             local = seccomp.get_fd(n.pid, n.fd)
         except OSError:
             self._respond(n, cont=True)
-            return
+            return None
         try:
             found = _vcom_port(local)
             if found is None:
                 self._respond(n, cont=True)
-                return
-            rdev, pty = found
+            elif n.request in (termios.TCGETS, TCGETS2) and self._tcgets_kept(n, *found):
+                self._respond(n, value=0)
+            else:
+                owned, local = local, -1  # the coroutine closes it
+                return self._handle(n, owned, *found)
+        except _Continue:
+            self._respond(n, cont=True)
+        except OSError as exc:
+            self._respond(n, error=exc.errno or errno.EIO)
+        finally:
+            if local >= 0:
+                os.close(local)
+        return None
+
+    async def _handle(self, n: Notification, local: int, rdev: int, pty: Termios2) -> None:
+        try:
             if n.request in (termios.TCGETS, TCGETS2):
-                value = await self._tcgets(n, rdev, pty)
+                value = await self._tcgets(n, rdev)
             else:
                 value = await self._emulate(n, rdev)
         except _Continue:
@@ -227,11 +250,17 @@ class Supervisor:
     def _respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
         seccomp.respond(self._listener, n.id, value=value, error=error, cont=cont)
 
-    async def _tcgets(self, n: Notification, rdev: int, pty: Termios2) -> int:
-        """TCGETS and TCGETS2: from the views kept here when the pty's termios is one seen before."""
+    def _tcgets_kept(self, n: Notification, rdev: int, pty: Termios2) -> bool:
+        """TCGETS and TCGETS2 from the views kept here, when the pty's termios is one seen before."""
         view = self._views.lookup(rdev, pty)
         if view is None:
-            view = self._keep(rdev, await self._ask(n, "view", rdev))
+            return False
+        self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
+        return True
+
+    async def _tcgets(self, n: Notification, rdev: int) -> int:
+        """TCGETS and TCGETS2 that no kept view answers: the manager's view, kept for the next one."""
+        view = self._keep(rdev, await self._ask(n, "view", rdev))
         self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
         return 0
 
