@@ -429,6 +429,23 @@ class Port:
             self._pacer.set_settings(self.effective_settings)
             self._repace()
 
+    def _settings_ahead(self, asked: Termios2) -> None:
+        """An interposed change's line settings, to the link before the pty takes the change: what the
+        program asked is what goes on the wire (the pty only forces its data bits and parity, which the
+        wire gets as asked anyway), and the pty's two ioctls then follow the send instead of preceding it.
+        The refresh from what the pty kept comes right after and sends whatever differs."""
+        settings = termio.to_line_settings(asked, fallback_baud=self.settings.baud)
+        if settings != self.settings:
+            self._take_settings(settings)
+            self.group.member_settings(self)
+
+    def _take_settings(self, settings: LineSettings) -> None:
+        if settings != self.settings:
+            log.info("%s: program set %s", self.name, settings.describe())
+            if self.taps:
+                self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
+        self.settings = settings
+
     def read_settings(self, current: Termios2 | None = None, *, if_changed: bool = False) -> bool:
         """Take the program's termios (from the pty, with what it asked through the interposer); False
         when ``if_changed`` and nothing changed since the last time."""
@@ -449,12 +466,7 @@ class Port:
         self.hangup = termio.speed_of(tio) == 0
         self.hupcl = bool(tio.cflag & termios.HUPCL)
         self.clocal = bool(tio.cflag & termios.CLOCAL)
-        settings = termio.to_line_settings(tio, fallback_baud=self.settings.baud)
-        if settings != self.settings:
-            log.info("%s: program set %s", self.name, settings.describe())
-            if self.taps:
-                self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
-        self.settings = settings
+        self._take_settings(termio.to_line_settings(tio, fallback_baud=self.settings.baud))
         return True
 
     def _flush(self, *, receive: bool, transmit: bool) -> None:
@@ -510,9 +522,14 @@ class Port:
         # change has not completed, and may not be seen half made).  And once the change has gone to the
         # link (not before: a notice is a send), before the call is answered: the view to keep from then on.
         self.view.changed(maker)
-        applied = self.pty.apply(asked, flush_input=flush)
+        self._settings_ahead(asked)
+        try:
+            applied = self.pty.apply(asked, flush_input=flush)
+        except OSError:
+            self._refresh_settings()  # the change failed: the wire goes back to what the pty holds
+            raise
         self.view.record(asked, applied)
-        self._refresh_settings(applied)
+        self._refresh_settings(applied)  # finds nothing new unless the pty kept other than it was asked
         self.view.changed(maker)
         if self.host is not None:
             self.host.view_changed(self)
