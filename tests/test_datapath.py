@@ -249,3 +249,60 @@ def test_modem_line_calls_before_the_open_is_seen_each_keep_the_other(tmp_path: 
             await port.close()
 
     assert asyncio.run(scenario()) == Lines(dtr=True, rts=True)
+
+
+def _flush_then(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered: bytes) -> tuple[int, bytes]:
+    """The program flushes its input (a TCSAFLUSH's first half); the port delivers ``delivered`` before it
+    sees the flush; then it handles the flush while the program sets 19200 baud (the TCSAFLUSH's second
+    half) in the middle of whatever the port does about it.  The program's speed and what it can read."""
+    real_set = vcom.pty.set_termios2
+    program_set = False
+
+    def set_meanwhile(fd: int, t: Any, **kwargs: Any) -> None:
+        nonlocal program_set
+        if not program_set:
+            program_set = True
+            set_speed(program, termios.B19200)  # the program's set lands between the port's read and write
+        real_set(fd, t, **kwargs)
+
+    async def scenario() -> tuple[int, bytes]:
+        nonlocal program
+        port, link, program = await open_port(tmp_path)
+        try:
+            termios.tcflush(program, termios.TCIFLUSH)
+            if delivered:
+                port.deliver(delivered, bounded=False)
+            monkeypatch.setattr(vcom.pty, "set_termios2", set_meanwhile)
+            port._on_readable()  # the flush's status byte
+            monkeypatch.undo()
+            if not program_set:
+                set_speed(program, termios.B19200)  # the port set nothing: the program's set comes in order
+            await asyncio.sleep(0.05)
+            try:
+                readable = os.read(program, 100)
+            except BlockingIOError:
+                readable = b""
+            return termios.tcgetattr(program)[4], readable
+        finally:
+            monkeypatch.undo()
+            os.close(program)
+            await port.close()
+
+    program = -1
+    return asyncio.run(scenario())
+
+
+def test_a_flush_with_nothing_delivered_leaves_the_programs_termios_alone(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """setraw() right after open is a TCSAFLUSH: the kernel flushes, then sets.  Discarding what vcom wrote
+    means setting the termios the port reads; if nothing was written there is nothing to discard, and the
+    port must not touch the termios (it once put such a program back in canonical mode, reading nothing)."""
+    speed, readable = _flush_then(tmp_path, monkeypatch, b"")
+    assert speed == termios.B19200
+    assert readable == b""
+
+
+def test_bytes_delivered_after_the_programs_flush_are_discarded_with_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    _, readable = _flush_then(tmp_path, monkeypatch, b"from before the flush")
+    assert readable == b""  # they left the remote before the program flushed

@@ -136,6 +136,9 @@ class VirtualPty:
         # discard_output raises TIOCPKT_FLUSHREAD itself; that one is not
         # the program's flush and must not be reported as such.
         self._own_flush_pending = False
+        # Bytes went to the program since the last status byte was handled: only then can a flush by the
+        # program have left any of ours unflushed (see discard_output).
+        self.delivered = False
         self._poller: select.poll | None = None
         self._poller_fd = -1
 
@@ -407,13 +410,16 @@ class VirtualPty:
         open the kernel still accepts them for the next program to open it:
         the caller decides whether to write then at all."""
         try:
-            return os.write(self.master_fd, data)
+            taken = os.write(self.master_fd, data)
         except BlockingIOError:
             return 0
         except OSError as exc:
             if exc.errno == errno.EIO:
                 return 0
             raise
+        if taken:
+            self.delivered = True
+        return taken
 
     def discard_output(self) -> None:
         """Drop what the manager wrote that the program has not read yet.

@@ -363,9 +363,13 @@ class Port:
     def _handle(self, chunk: PtyRead) -> None:
         if chunk.ioctl or chunk.dostop or chunk.nostop:
             self._refresh_settings(if_changed=True)
+        delivered, self.pty.delivered = self.pty.delivered, False  # since the status byte before this one
         if chunk.flush_read or chunk.flush_write:
-            if chunk.flush_read:
-                # What vcom wrote between the program's tcflush and now came from before the flush too.
+            if chunk.flush_read and delivered:
+                # What vcom wrote between the program's tcflush and now came from before the flush too.  Only
+                # if vcom wrote at all since the last status byte: the discard sets the termios it reads,
+                # which undoes a change the program makes meanwhile (TCSAFLUSH flushes, then sets: setraw
+                # right after open would be left in canonical mode, reading nothing without a newline).
                 with contextlib.suppress(OSError):
                     self.pty.discard_output()
             self._flush(receive=chunk.flush_read, transmit=chunk.flush_write)
@@ -888,6 +892,8 @@ class Port:
             # little before a command, a server flooding commands, must grow hot again first.)
             self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
         self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
+        if outcome.received:
+            self.pty.delivered = True  # the relay wrote to the pty itself
         if outcome.undelivered:
             self.deliver(outcome.undelivered, bounded=False)
         if outcome.carried:
