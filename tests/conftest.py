@@ -51,9 +51,26 @@ def _diagnostics(item: pytest.Item) -> list[tuple[str, str]]:
         found.append(("vcom status at the failure", status))
         found.append(("vcom logs", driver.log_tail(200)))
     for name, value in funcargs.items():
-        if isinstance(value, PeerProcess):
-            found.append((f"{name} log", value.log_tail(100)))
+        for part in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(part, PeerProcess):
+                found.append((f"{name} log ({part.name})", part.log_tail(100)))
+            elif isinstance(part, PtyDevice):
+                found.append((f"{name}", part.describe()))
+    found.append(("loopback TCP queues (/proc/net/tcp, tcp6: local remote state tx:rx)", _tcp_queues()))
     return found
+
+
+def _tcp_queues() -> str:
+    """Loopback connections with bytes queued: sent and not acknowledged (tx), or received and not read by
+    the process that owns the socket (rx).  Which side holds data a test waits for."""
+    lines = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[4] != "00000000:00000000":
+                    lines.append(f"{fields[1]} {fields[2]} st={fields[3]} {fields[4]}")
+    return "\n".join(lines) or "(none)"
 
 
 @pytest.fixture
