@@ -222,7 +222,7 @@ class Supervisor:
                 self._respond(n, value=0)
             else:
                 owned, local = local, -1  # the coroutine closes it
-                return self._handle(n, owned, *found)
+                return self._handle(n, owned, found[0])
         except _Continue:
             self._respond(n, cont=True)
         except OSError as exc:
@@ -232,7 +232,7 @@ class Supervisor:
                 os.close(local)
         return None
 
-    async def _handle(self, n: Notification, local: int, rdev: int, pty: Termios2) -> None:
+    async def _handle(self, n: Notification, local: int, rdev: int) -> None:
         try:
             if n.request in (termios.TCGETS, TCGETS2):
                 value = await self._tcgets(n, rdev)

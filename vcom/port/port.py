@@ -438,17 +438,18 @@ class Port(ProgramCalls):
         program asked is what goes on the wire (the pty only forces its data bits and parity, which the
         wire gets as asked anyway), and the pty's two ioctls then follow the send instead of preceding it.
         The refresh from what the pty kept comes right after and sends whatever differs."""
-        settings = termio.to_line_settings(asked, fallback_baud=self.settings.baud)
-        if settings != self.settings:
-            self._take_settings(settings)
+        if self._take_settings(termio.to_line_settings(asked, fallback_baud=self.settings.baud)):
             self.group.member_settings(self)
 
-    def _take_settings(self, settings: LineSettings) -> None:
-        if settings != self.settings:
-            log.info("%s: program set %s", self.name, settings.describe())
-            if self.taps:
-                self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
+    def _take_settings(self, settings: LineSettings) -> bool:
+        """The program's settings from now on; whether they differ from the last ones (said in the log)."""
+        if settings == self.settings:
+            return False
+        log.info("%s: program set %s", self.name, settings.describe())
+        if self.taps:
+            self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
         self.settings = settings
+        return True
 
     def read_settings(self, current: Termios2 | None = None, *, if_changed: bool = False) -> bool:
         """Take the program's termios (from the pty, with what it asked through the interposer); False
