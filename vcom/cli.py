@@ -18,18 +18,19 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
-
-from . import clitext, control, paths
+from . import clitext, control, paths, quickargs
 
 if TYPE_CHECKING:
+    import typer  # imported by _typer_app(): `vcom add DEVICE TARGET` does without it (see quickargs)
+
     from .config import ConfigError, PortConfig, ShareConfig
     from .configfile import Loaded
 
-app = typer.Typer(
+_TYPER_SETTINGS: dict[str, Any] = dict(
     add_completion=True,
     no_args_is_help=True,
     rich_markup_mode=None,  # help texts are plain: "[HOST]:PORT" and "[default: 9600]" are not markup
@@ -43,6 +44,25 @@ app = typer.Typer(
            "$XDG_RUNTIME_DIR/vcom, or ~/.local/state/vcom without XDG_RUNTIME_DIR. "
            "'vcom COMMAND --help' shows the options of a command.",
 )
+
+# The commands, as (typer's command() arguments, function), in the order `vcom --help` lists them.
+# The annotations that tell typer their parameters are strings until typer reads them (postponed
+# evaluation), so defining a command costs nothing: typer is imported and told the commands only when a
+# command line needs it.
+_COMMANDS: list[tuple[tuple[Any, ...], dict[str, Any], Callable[..., Any]]] = []
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A typer command (as typer.Typer.command), registered when the typer app is built."""
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        _COMMANDS.append((args, kwargs, function))
+        return function
+    return register
+
+
+def command_name(args: tuple[Any, ...], function: Callable[..., Any]) -> str:
+    return args[0] if args else function.__name__.replace("_", "-")
+
 
 _MANAGER_START_TIMEOUT = 15.0
 EXIT_NOT_RUNNING = 3  # `vcom status` with no manager, as `systemctl status` of a stopped unit
@@ -143,7 +163,7 @@ def _load_config(where: paths.Paths) -> Loaded:
 # -- ports ---------------------------------------------------------------------------------------
 
 
-@app.command(short_help="Create a virtual port that reaches a device server (RFC 2217, TCP, UDP)")
+@command(short_help="Create a virtual port that reaches a device server (RFC 2217, TCP, UDP)")
 def add(
     device: Annotated[str | None, typer.Argument(
         metavar="DEVICE", show_default=False, help="Path of the virtual port to create, e.g. /dev/ttyV0")] = None,
@@ -382,7 +402,7 @@ def _is_configured(table: str, device: str) -> bool:
     return any(p.device == device for p in (loaded.ports if table == "port" else loaded.shares))
 
 
-@app.command(short_help="Remove a virtual port")
+@command(short_help="Remove a virtual port")
 def remove(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False,
                                                         help="Path of the virtual port",
                                                         autocompletion=complete_devices)] = None) -> None:
@@ -390,7 +410,7 @@ def remove(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_d
     _remove_or_edit("port", os.path.abspath(_required(device, "DEVICE", "vcom remove DEVICE")))
 
 
-@app.command(short_help="Stop sharing a device")
+@command(short_help="Stop sharing a device")
 def unshare(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False,
                                                          help="The shared device, or sim:NAME",
                                                          autocompletion=complete_devices)] = None) -> None:
@@ -437,7 +457,7 @@ def _edit_without_manager(where: paths.Paths, table: str, device: str) -> None:
     print(f"{device}: removed from {where.config} (no manager is running)")
 
 
-@app.command("list", short_help="The configured ports and shares (no manager needed); --paths for scripts")
+@command("list", short_help="The configured ports and shares (no manager needed); --paths for scripts")
 def list_ports(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     paths_only: Annotated[bool, typer.Option(
@@ -477,7 +497,7 @@ def _manager_pid(where: paths.Paths) -> int | None:
     return int(answer["pid"]) if answer.get("ok") and isinstance(answer.get("pid"), int) else None
 
 
-@app.command(short_help="State, settings in force, traffic and errors; --watch: live view")
+@command(short_help="State, settings in force, traffic and errors; --watch: live view")
 def status(
     device: Annotated[str | None, typer.Argument(
         metavar="[DEVICE]", show_default=False, help="One port or share (default: all)",
@@ -578,7 +598,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port_text)
 
 
-@app.command(short_help="Serve a local serial device (or sim:echo|gps|modem) to network clients")
+@command(short_help="Serve a local serial device (or sim:echo|gps|modem) to network clients")
 def share(
     device: Annotated[str | None, typer.Argument(
         metavar="DEVICE", show_default=False,
@@ -691,7 +711,7 @@ def _share_in_foreground(config: ShareConfig) -> None:
 # -- watching ------------------------------------------------------------------------------------
 
 
-@app.command(short_help="A port's traffic both ways, with settings and signal events")
+@command(short_help="A port's traffic both ways, with settings and signal events")
 def monitor(
     device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_default=False, help="The vcom port to watch",
                                                  autocompletion=complete_devices)] = None,
@@ -742,7 +762,7 @@ def _setup_logging(level: int, json_lines: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-@app.command(short_help="The manager in the foreground (systemd, debugging)")
+@command(short_help="The manager in the foreground (systemd, debugging)")
 def run(
     log_level: Annotated[str, typer.Option(metavar="LEVEL", autocompletion=_choices("debug", "info", "warning",
                                                                                     "error"),
@@ -793,7 +813,7 @@ def run(
         fail(str(exc))
 
 
-@app.command(short_help="The whole chain on this machine: simulated GPS, server, port, reader")
+@command(short_help="The whole chain on this machine: simulated GPS, server, port, reader")
 def demo(
     seconds: Annotated[str | None, typer.Option(metavar="S", show_default=False,
                                                 help="Stop after this many seconds (default: Ctrl-C)")] = None,
@@ -815,7 +835,7 @@ def demo(
         fail("no position came through the virtual port", code)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              short_help="Run a program as on a real UART: exact parity, modem lines, break (static too)")
 def wrap(
     program: Annotated[list[str], typer.Argument(metavar="PROGRAM [ARGS]...", show_default=False,
@@ -850,7 +870,7 @@ def wrap(
         fail(f"cannot run {program[0]}: {exc.strerror}", 127)
 
 
-@app.command("wrap-all", short_help="Interpose every dynamically linked program on the host (root)")
+@command("wrap-all", short_help="Interpose every dynamically linked program on the host (root)")
 def wrap_all(
     action: Annotated[str, typer.Argument(metavar="on|off|status", autocompletion=_choices("on", "off", "status"),
                                           help="on, off or status")] = "status",
@@ -875,7 +895,7 @@ def wrap_all(
         fail(f"wrap-all {action}: {exc.strerror or exc}")
 
 
-@app.command("preload-path", short_help="Print LD_PRELOAD and VCOM_INTERPOSER for programs started elsewhere")
+@command("preload-path", short_help="Print LD_PRELOAD and VCOM_INTERPOSER for programs started elsewhere")
 def preload_path() -> None:
     """Print the interposer library (for LD_PRELOAD) and the socket it needs (VCOM_INTERPOSER)."""
     from .interposer.build import BuildError, library
@@ -888,7 +908,7 @@ def preload_path() -> None:
     print(f"VCOM_INTERPOSER={where.interposer}")
 
 
-@app.command(short_help="Read TLS certificates and keys again, without dropping anyone")
+@command(short_help="Read TLS certificates and keys again, without dropping anyone")
 def reload() -> None:
     """Make the manager read the TLS certificates, keys and CAs of every port and share again (as SIGHUP
     does): new connections use them, connected clients and links stay.  Files that cannot be used are
@@ -903,7 +923,7 @@ def reload() -> None:
         raise SystemExit(1)
 
 
-@app.command(short_help="Stop the running manager (its ports go until it runs again)")
+@command(short_help="Stop the running manager (its ports go until it runs again)")
 def shutdown() -> None:
     """Stop the running manager; its ports are removed until it starts again."""
     where = paths.resolve()
@@ -924,8 +944,6 @@ def _python_env() -> dict[str, str]:
 
 def _ensure_manager() -> None:
     """Start a background manager unless one answers, and wait until it does."""
-    import subprocess
-
     where = paths.resolve()
     try:
         where.check()
@@ -933,6 +951,7 @@ def _ensure_manager() -> None:
         fail(str(exc))
     if control.manager_running(where.socket):
         return
+    import subprocess
     _load_config(where)  # a broken file is reported here, in full, rather than as the manager's last words
     where.log.parent.mkdir(parents=True, exist_ok=True)
     env = _python_env()
@@ -964,29 +983,48 @@ def _last_line(path: Path) -> str:
     return lines[-1].removeprefix("vcom: ") if lines else "no log"
 
 
-@app.callback()
 def _root() -> None:
-    # A callback keeps `vcom COMMAND` a command group even when _only_the_command_asked_for() leaves
-    # a single command registered.
+    # A callback keeps `vcom COMMAND` a command group when _typer_app() is told a single command.
     pass
 
 
-def _only_the_command_asked_for(argv: list[str]) -> None:
-    """typer builds the parser of every command on each call (a sixth of a `vcom add`): keep only the
-    command named on the command line, when it names one."""
+def _typer_app(argv: list[str]) -> typer.Typer:
+    """The typer app for this command line.  typer builds the parser of every command it knows on each
+    call (a sixth of a `vcom add`): when the line names a command, it is told only that one."""
+    global typer
+    import typer
+
+    app = typer.Typer(**_TYPER_SETTINGS)
+    app.callback()(_root)
     name = argv[0] if argv and not argv[0].startswith("-") else None
-    for info in app.registered_commands:
-        if name is not None and (info.name or info.callback.__name__.replace("_", "-")) == name:  # type: ignore
-            app.registered_commands = [info]
-            return
+    asked = [entry for entry in _COMMANDS if command_name(entry[0], entry[2]) == name]
+    for args, kwargs, function in asked or _COMMANDS:
+        app.command(*args, **kwargs)(function)
+    return app
+
+
+# Commands read without typer when their command line is plain (quickargs): the ones scripts call in
+# loops.  Their shapes are checked against typer's parsers by tests/test_quickargs.py.
+QUICK: dict[str, tuple[Callable[..., None], quickargs.Shape]] = {
+    "add": (add, quickargs.Shape.of(add, positionals=2, spelled={"from_file": "--from"},
+                                    flags={"pin_baud": True, "hangup_on_dcd": True, "emulate_baud": True,
+                                           "tls_insecure": False})),
+    "remove": (remove, quickargs.Shape.of(remove, positionals=1)),
+}
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] in QUICK:
+        function, shape = QUICK[argv[0]]
+        given = quickargs.read(shape, argv[1:])
+        if given is not None:
+            function(**given)
+            raise SystemExit(0)
     # click's exceptions are reached through typer (which may vendor its own click): usage errors carry
     # format_message() and exit_code; they are reworded to one line instead of a usage box.
-    _only_the_command_asked_for(sys.argv[1:])
     try:
-        code = app(prog_name="vcom", standalone_mode=False)
+        code = _typer_app(argv)(prog_name="vcom", standalone_mode=False)
     except Exception as exc:
         name = type(exc).__name__
         if name == "NoArgsIsHelpError":
