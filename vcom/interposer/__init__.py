@@ -16,7 +16,9 @@ Three ways to reach a program, one protocol, one answer:
   recognises vcom ports, asks the manager, writes the answer into the
   program's memory and lets every other call continue untouched.  It works
   for static binaries (Go, musl, ``gcc -static``) and for every process the
-  program starts.
+  program starts.  Once the manager has answered a call on one of its ports,
+  the supervisor hands it the listener (:mod:`.handoff`) and the manager answers
+  the trapped calls itself (:mod:`.calls` maps a call to requests for both).
 * ``LD_PRELOAD`` of ``preload.c`` (:mod:`.build`), for dynamically linked
   programs started another way (``vcom preload-path``).
 * ``vcom wrap-all on`` (:mod:`.wrapall`): the same library listed in

@@ -51,6 +51,11 @@ answered by one line, in order::
                                                     step as every change of the port's
                                                     view, and "gone RDEV" when the port
                                                     is removed
+    handoff   LISTENER HELD PID     -               the supervisor hands its seccomp
+              (RDEV 0)                              listener to the manager, which then
+                                                    answers the program's calls itself
+                                                    (vcom.interposer.handoff); the two
+                                                    numbers are the supervisor's fds
 
 ``HEX44`` is the program's view of the port as a ``struct termios2``: what
 the pty holds, with the data bits, parity and CREAD the program asked for,
@@ -77,6 +82,7 @@ VERBS = {
     "flush": (1, 1),
     "view": (0, 0),
     "watch": (0, 0),
+    "handoff": (3, 3),
 }
 NOTICES = ("changed", "gone")
 FLUSH_QUEUES = ("in", "out", "both")

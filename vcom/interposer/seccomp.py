@@ -240,6 +240,14 @@ def get_fd(pid: int, fd: int) -> int:
         os.close(int(pidfd))
 
 
+def take_fd(pidfd: int, fd: int) -> int:
+    """A duplicate of descriptor ``fd`` of the process behind ``pidfd`` (needs the ptrace right over it)."""
+    local = _libc.syscall(_PIDFD_GETFD, pidfd, fd, 0)
+    if local < 0:
+        _raise("pidfd_getfd")
+    return int(local)
+
+
 def _thread_group(tid: int) -> int:
     try:
         with open(f"/proc/{tid}/status", "rb") as status:

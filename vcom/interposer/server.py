@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..ratelog import RateLog
 from ..termio import TERMIOS2_SIZE, TERMIOS_SIZE, Termios2
-from . import protocol
+from . import handoff, protocol
 from .protocol import ProtocolError, Request
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class InterposerServer:
     def admit(self, connection: _Connection) -> bool:
         mine = self._per_user.setdefault(connection.uid, {})
         if len(mine) >= MAX_CONNECTIONS_PER_USER:
-            idle = next((c for c in mine if c.header is not None and c.task is None), None)
+            idle = next((c for c in mine if c.header is not None and c.task is None and c.handed is None), None)
             if idle is None:
                 _problems.warning(("full", connection.uid), "interposer socket: uid %d already has %d connections; "
                                   "refused another (pid %d)", connection.uid, MAX_CONNECTIONS_PER_USER, connection.pid)
@@ -96,6 +96,10 @@ class InterposerServer:
             mine[connection] = None  # now the most recently used
 
     def left(self, connection: _Connection) -> None:
+        if connection.handed is not None:  # the supervisor went: it no longer takes back what is held
+            asyncio.get_running_loop().remove_reader(connection.handed.listener)
+            connection.handed.close()
+            connection.handed = None
         mine = self._per_user.get(connection.uid)
         if mine is not None:
             mine.pop(connection, None)
@@ -127,6 +131,8 @@ class InterposerServer:
 
     def answer(self, connection: _Connection, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
         """The answer, when it needs no waiting (most requests); else a coroutine that gives it."""
+        if request.verb == "handoff":
+            return self._take_listener(connection, request)
         port = self._find(request.rdev)
         if port is None:
             return protocol.NO
@@ -147,6 +153,31 @@ class InterposerServer:
             return _dispatch(port, request, connection.pid)
         except OSError as exc:
             return protocol.err(exc.errno or errno.EIO)
+
+    def _take_listener(self, connection: _Connection, request: Request) -> bytes:
+        """A supervisor's seccomp listener, answered here from now on (vcom.interposer.handoff); "no" when
+        it cannot be taken (no ptrace right over the supervisor), and the supervisor answers as before."""
+        if connection.handed is not None:
+            return protocol.err(errno.EBUSY)
+        listener_fd, held_fd, program = (_int(arg) for arg in request.args)
+        try:
+            listener, page = handoff.take(connection.pid, listener_fd, held_fd)
+        except OSError as exc:
+            _problems.info(("handoff", exc.errno), "vcom wrap (pid %d): the manager cannot take its seccomp "
+                           "listener (%s); the supervisor answers the calls", connection.pid, exc.strerror)
+            return protocol.NO
+        loop = asyncio.get_running_loop()
+
+        def ended(handed: handoff.Handed) -> None:
+            loop.remove_reader(handed.listener)
+            handed.close()
+            connection.handed = None
+            connection.close()  # the supervisor sees the end and reads the listener again
+
+        handed = handoff.Handed(listener, page, program, self._find, _dispatch, ended)
+        connection.handed = handed
+        loop.add_reader(listener, handed.readable)
+        return protocol.ok()
 
     def _refused(self, name: str, pid: int) -> None:
         # Once per port and interval, with how many were refused meanwhile: a program retrying in a
@@ -179,6 +210,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._found: dict[str, str] = {}  # slave path -> the /proc fd entry where the client last had it
         self.watching: set[int] = set()  # ports this connection gets notices about
+        self.handed: handoff.Handed | None = None  # the supervisor's listener, held while this connection is
         # Read into a small buffer of our own: a plain Protocol gets a new 256 KiB bytes object per read
         # (an mmap and munmap each time) for requests of a few dozen bytes.
         self._read_buffer = bytearray(protocol.MAX_LINE * 2)
@@ -277,7 +309,7 @@ class _Connection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         limit = _IDLE_TIMEOUT if self.header is not None else _HEADER_TIMEOUT
         due = self._last_use + limit
-        if self.task is None and loop.time() >= due:
+        if self.task is None and self.handed is None and loop.time() >= due:
             self._timer = None
             self.close()
             return

@@ -8,9 +8,14 @@ on a vcom port (the tag in its termios) it asks the manager as the preload
 library does and writes the answer into the program's memory; on anything
 else, or when the manager does not answer, it lets the call run in the kernel
 unchanged.  A TCGETS whose pty termios it has seen before is answered from the
-views it kept (:mod:`.viewcache`, exact by the manager's notices).  Each
-notification is its own task, so a TIOCMIWAIT that waits for a modem line does
-not hold up the program's other threads.
+views it kept (:mod:`.viewcache`, exact by the manager's notices).  How a call
+becomes requests is :mod:`.calls`, shared with the manager.
+
+Once the manager has answered a call on one of its ports, the supervisor hands
+it the listener (:mod:`.handoff`): the manager then answers the calls in its own
+loop, a process wake-up fewer per call, and the supervisor only watches.  When
+the manager goes, the supervisor answers what it held and reads the listener
+itself again, until a manager takes it anew.
 
 The supervisor is a subreaper and stays as long as any process carrying the
 filter lives (the listener reports POLLHUP when the last one has gone): a
@@ -22,30 +27,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import select
 import signal
 import socket
 import stat
 import struct
-import termios
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE, Termios2, get_termios2
-from . import protocol, seccomp
-from .seccomp import TCSETSW2, TIOCCBRK, TIOCGICOUNT, TIOCMIWAIT, TIOCSBRK, Notification
+from ..termio import Termios2, get_termios2
+from . import handoff, protocol, seccomp
+from .calls import ANSWER_TIMEOUT, Asking, CallAnswerer, Continue
+from .seccomp import Notification
 from .viewcache import ViewCache
 
-_PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
-_ANSWER_TIMEOUT = 5.0
-_SET_MODES = {termios.TCSETS: "now", termios.TCSETSW: "drain", termios.TCSETSF: "flush",
-              TCSETS2: "now", TCSETSW2: "drain", TCSETSF2: "flush"}
-_OLD_STRUCT = (termios.TCGETS, termios.TCSETS, termios.TCSETSW, termios.TCSETSF)
-_MODEM_OPS = {termios.TIOCMGET: "get", termios.TIOCMSET: "set", termios.TIOCMBIS: "bis", termios.TIOCMBIC: "bic"}
-_ICOUNT = struct.Struct("=20i")  # struct serial_icounter_struct: 11 counters and 9 reserved
+_PTY_SLAVE_MAJORS = handoff.PTY_SLAVE_MAJORS
+_HANDOFF_TIMEOUT = 1.0  # the program's calls wait meanwhile: a manager that is slow to take it is passed by
+_HANDOFF_RETRY = 5.0  # seconds before a refused or ended handoff is tried again
 
 
 class WrapError(Exception):
@@ -55,10 +55,6 @@ class WrapError(Exception):
     def __init__(self, message: str, *, unavailable: bool = False) -> None:
         super().__init__(message)
         self.unavailable = unavailable
-
-
-class _Continue(Exception):
-    """Let the kernel run the call as the program made it."""
 
 
 def spawn(program: list[str], env: dict[str, str]) -> tuple[int, int]:
@@ -132,17 +128,28 @@ def run(program: list[str], env: dict[str, str], socket_path: Path) -> int:
     return asyncio.run(Supervisor(listener, pid, socket_path).serve())
 
 
-class Supervisor:
+class Supervisor(CallAnswerer):
+    """Answers the program's trapped calls by asking the manager; hands the listener to the manager once
+    the manager has answered a call on one of its ports, and takes it back when the manager goes
+    (:mod:`.handoff`)."""
+
     def __init__(self, listener: int, child: int, socket_path: Path) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._child = child
-        self._connections = _Connections(str(socket_path))
-        self._views = ViewCache(str(socket_path), child)
+        self._path = str(socket_path)
+        self._connections = _Connections(self._path)
+        self._views = ViewCache(self._path, child)
         self._status: int | None = None
         self._done: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._poller = select.poll()
         self._poller.register(listener, select.POLLIN)
+        self._reading = False
+        self._highest = 0  # the highest notification id received here
+        self._held_fd, self._held = handoff.held_page()
+        self._handed: asyncio.StreamWriter | None = None  # the connection to a manager that holds the listener
+        self._hangup: select.epoll | None = None
+        self._next_handoff = 0.0
+        self._handing = False
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -154,17 +161,21 @@ class Supervisor:
             loop.add_signal_handler(sig, self._forward, sig)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # what came meanwhile is handled now
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        loop.add_reader(self._listener, self._on_listener)
+        self._read()
         self._reap()
         try:
             await self._done.wait()
         finally:
-            loop.remove_reader(self._listener)
-            os.close(self._listener)
-            for task in list(self._tasks):
-                task.cancel()
+            self._unread()
+            self._watch_hangup(False)
+            if self._handed is not None:
+                self._handed.close()
+            os.close(self.listener)
+            self.cancel()
             self._connections.close()
             self._views.close()
+            self._held.close()
+            os.close(self._held_fd)
         while self._status is None:  # the listener is done: the program has exited or is about to
             await asyncio.sleep(0.01)
             self._reap()
@@ -188,144 +199,87 @@ class Supervisor:
                 if self._status < 0:
                     self._status = 128 - self._status
 
+    def _read(self) -> None:
+        if not self._reading:
+            asyncio.get_running_loop().add_reader(self.listener, self._on_listener)
+            self._reading = True
+
+    def _unread(self) -> None:
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self.listener)
+            self._reading = False
+
     def _on_listener(self) -> None:
         events = sum(revents for _, revents in self._poller.poll(0))
         if not events & select.POLLIN:
             if events & (select.POLLHUP | select.POLLERR):
-                assert self._done is not None
-                self._done.set()  # no process carries the filter any more
+                self._program_gone()  # no process carries the filter any more
             return
-        notification = seccomp.receive(self._listener)
+        notification = seccomp.receive(self.listener)
         if notification is None:
             return
-        # What needs no manager is answered here, at once: a call on a tty that is not a vcom port, and a
-        # TCGETS from a kept view.  Only a call that asks the manager becomes a task (each its own: a
-        # TIOCMIWAIT that waits for a modem line must not hold up the program's other threads).
-        asking = self._start(notification)
-        if asking is not None:
-            task = asyncio.get_running_loop().create_task(asking)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._highest = notification.id
+        self.on_notification(notification)
 
-    def _start(self, n: Notification) -> Coroutine[Any, Any, None] | None:
-        """Answer ``n`` if no manager is needed; else the coroutine that asks it and answers."""
+    def _program_gone(self) -> None:
+        assert self._done is not None
+        self._done.set()
+
+    # -- CallAnswerer: asking the manager over the interposer socket ---------------------------------------
+
+    def locate(self, n: Notification) -> tuple[int, Any, int] | None:
         try:
             local = seccomp.get_fd(n.pid, n.fd)
         except OSError:
-            self._respond(n, cont=True)
+            raise Continue from None
+        found = _vcom_port(local)
+        if found is None:
+            os.close(local)
             return None
-        try:
-            found = _vcom_port(local)
-            if found is None:
-                self._respond(n, cont=True)
-            elif n.request in (termios.TCGETS, TCGETS2) and self._tcgets_kept(n, *found):
-                self._respond(n, value=0)
-            else:
-                owned, local = local, -1  # the coroutine closes it
-                return self._handle(n, owned, found[0])
-        except _Continue:
-            self._respond(n, cont=True)
-        except OSError as exc:
-            self._respond(n, error=exc.errno or errno.EIO)
-        finally:
-            if local >= 0:
-                os.close(local)
-        return None
+        return found[0], found[1], local
 
-    async def _handle(self, n: Notification, local: int, rdev: int) -> None:
-        try:
-            if n.request in (termios.TCGETS, TCGETS2):
-                value = await self._tcgets(n, rdev)
-            else:
-                value = await self._emulate(n, rdev)
-        except _Continue:
-            self._respond(n, cont=True)
-        except OSError as exc:
-            self._respond(n, error=exc.errno or errno.EIO)
-        else:
-            self._respond(n, value=value)
-        finally:
-            os.close(local)  # held until the answer: the manager checks that the asker has the port open
-
-    def _respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
-        seccomp.respond(self._listener, n.id, value=value, error=error, cont=cont)
-
-    def _tcgets_kept(self, n: Notification, rdev: int, pty: Termios2) -> bool:
+    def answer_kept_tcgets(self, n: Notification, rdev: int, found: Any) -> bool:
         """TCGETS and TCGETS2 from the views kept here, when the pty's termios is one seen before."""
-        view = self._views.lookup(rdev, pty)
+        view = self._views.lookup(rdev, found)
         if view is None:
             return False
-        self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
+        self.write_view(n, view.pack())
         return True
 
-    async def _tcgets(self, n: Notification, rdev: int) -> int:
+    def tcgets_asking(self, n: Notification, rdev: int) -> Asking:
         """TCGETS and TCGETS2 that no kept view answers: the manager's view, kept for the next one."""
-        view = self._keep(rdev, await self._ask(n, "view", rdev))
-        self._write(n, n.arg, view.pack_termios() if n.request == termios.TCGETS else view.pack())
-        return 0
+        return Asking("view", then=lambda answer: self.write_view(n, self._keep(rdev, answer).pack()))
+
+    def tcsets_asking(self, n: Notification, rdev: int, mode: str, raw: bytes) -> Asking:
+        def keep(answer: tuple[str, ...]) -> None:
+            try:
+                self._keep(rdev, answer)
+            except Continue:  # the change is made: a view that cannot be kept is no error
+                self._views.forget(rdev)
+
+        return Asking("tcsets", (mode, raw.hex(), "view"), timeout=None, then=keep)
+
+    def settle(self, n: Notification, rdev: int, asking: Asking) -> Coroutine[Any, Any, None]:
+        return self._ask_manager(n, rdev, asking)
+
+    async def _ask_manager(self, n: Notification, rdev: int, asking: Asking) -> None:
+        # Our watch is not told of our own change: the answer's view is what we keep (viewcache).
+        with self._views.changing(rdev) if asking.verb == "tcsets" else contextlib.nullcontext():
+            answer = await self.ask(n, asking.verb, rdev, *asking.args, timeout=asking.timeout)
+            if asking.then is not None:
+                asking.then(answer)
 
     def _keep(self, rdev: int, answer: tuple[str, ...]) -> Termios2:
         """The view in a "view" answer (or a tcsets one), kept for the next TCGETS."""
         try:
             generation, view, made_from = int(answer[0]), *(Termios2.unpack(bytes.fromhex(v)) for v in answer[1:3])
         except (ValueError, IndexError, struct.error):
-            raise _Continue from None  # a manager that answers otherwise: the kernel has the call
+            raise Continue from None  # a manager that answers otherwise: the kernel has the call
         self._views.keep(rdev, generation, view, made_from)
         return view
 
-    async def _emulate(self, n: Notification, rdev: int) -> int:
-        request, arg = n.request, n.arg
-        if request in _SET_MODES:
-            size = TERMIOS_SIZE if request in _OLD_STRUCT else TERMIOS2_SIZE
-            raw = seccomp.read_memory(n.pid, arg, size)
-            if not seccomp.still_waiting(self._listener, n.id):
-                raise _Continue  # what was read may belong to another process by now
-            # Our watch is not told of this change: the answer's view is what we keep (viewcache).
-            with self._views.changing(rdev):
-                answer = await self._ask(n, "tcsets", rdev, _SET_MODES[request], raw.hex(), "view", timeout=None)
-                try:
-                    self._keep(rdev, answer)
-                except _Continue:  # the change is made: a view that cannot be kept is no error
-                    self._views.forget(rdev)
-        elif request in _MODEM_OPS:
-            op = _MODEM_OPS[request]
-            bits = 0 if op == "get" else struct.unpack("=i", seccomp.read_memory(n.pid, arg, 4))[0]
-            answer = await self._ask(n, "modem", rdev, op, bits, timeout=_ANSWER_TIMEOUT if op == "get" else None)
-            if op == "get":
-                self._write(n, arg, struct.pack("=i", int(answer[0])))
-        elif request in (TIOCSBRK, TIOCCBRK):
-            await self._ask(n, "break", rdev, "on" if request == TIOCSBRK else "off", timeout=None)
-        elif request == termios.TCSBRK:
-            if arg != 0:  # tcdrain()
-                await self._ask(n, "drain", rdev, timeout=None)
-            else:
-                await self._ask(n, "break", rdev, "pulse", 250, timeout=None)
-        elif request == termios.TCFLSH:
-            if arg not in (termios.TCIFLUSH, termios.TCOFLUSH, termios.TCIOFLUSH):
-                raise OSError(errno.EINVAL, "bad queue")
-            await self._ask(n, "flush", rdev, ("in", "out", "both")[arg])
-        elif request == termios.TIOCOUTQ:
-            queued = int((await self._ask(n, "outq", rdev))[0])
-            self._write(n, arg, struct.pack("=i", queued))
-        elif request == termios.TCSBRKP:
-            ms = min(arg * 100, protocol.MAX_BREAK_MS) if arg > 0 else 250
-            await self._ask(n, "break", rdev, "pulse", ms, timeout=None)
-        elif request == TIOCMIWAIT:
-            await self._ask(n, "miwait", rdev, arg & 0xFFFFFFFF, timeout=None)
-        elif request == TIOCGICOUNT:
-            counts = [int(v) for v in await self._ask(n, "icount", rdev)]
-            self._write(n, arg, _ICOUNT.pack(*counts[:11], *([0] * 9)))
-        else:
-            raise _Continue
-        return 0
-
-    def _write(self, n: Notification, address: int, data: bytes) -> None:
-        if not seccomp.still_waiting(self._listener, n.id):
-            raise _Continue  # the pid is no longer that program: never write into another process
-        seccomp.write_memory(n.pid, address, data)
-
-    async def _ask(self, n: Notification, verb: str, rdev: int, *args: object,
-                   timeout: float | None = _ANSWER_TIMEOUT) -> tuple[str, ...]:
+    async def ask(self, n: Notification, verb: str, rdev: int, *args: object,
+                  timeout: float | None = ANSWER_TIMEOUT) -> tuple[str, ...]:
         """One request to the manager; the answer's values.  No manager or "no": the kernel has the call.
         ``timeout`` None: a change waits as long as the manager takes (it answers once the bytes written
         before it have left); reads of state are bounded, so a stuck manager cannot hang a program."""
@@ -333,12 +287,94 @@ class Supervisor:
             line = await self._connections.ask(n.pid, protocol.request(verb, rdev, *args), timeout)
             answer = protocol.parse_answer(line)
         except (OSError, TimeoutError, ValueError):  # ValueError: ProtocolError, or a line past the limit
-            raise _Continue from None
+            raise Continue from None
         if answer.status == "no":
-            raise _Continue
+            raise Continue
+        self._consider_handoff()  # this manager answers for this port: it may take the listener
         if answer.status == "err":
             raise OSError(answer.errno, os.strerror(answer.errno))
         return answer.values
+
+    # -- the listener handed to the manager (vcom.interposer.handoff) --------------------------------------
+
+    def _consider_handoff(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._handed is not None or self._handing or loop.time() < self._next_handoff or self._done is None:
+            return
+        self._handing = True
+        task = loop.create_task(self._hand_over())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _hand_over(self) -> None:
+        """Hand the listener to the manager; on refusal read it here as before (and ask again later)."""
+        loop = asyncio.get_running_loop()
+        self._unread()  # two readers of one listener could each wait for a notification the other took
+        writer = None
+        try:
+            handoff.clear(self._held)
+            handoff.note_highest(self._held, self._highest)
+            reader, writer = await asyncio.open_unix_connection(self._path, limit=protocol.MAX_LINE * 2)
+            writer.write(protocol.header("seccomp", self._child))
+            writer.write(protocol.request("handoff", 0, self.listener, self._held_fd, self._child))
+            async with asyncio.timeout(_HANDOFF_TIMEOUT):
+                answer = protocol.parse_answer(await reader.readline())
+            if answer.status != "ok":
+                raise ConnectionRefusedError
+        except (OSError, TimeoutError, ValueError):
+            if writer is not None:
+                writer.close()
+            self._next_handoff = loop.time() + _HANDOFF_RETRY
+            self._read()
+            return
+        finally:
+            self._handing = False
+        self._handed = writer
+        self._watch_hangup(True)
+        # The manager's notices of view changes would wake us for nothing now: the watch goes (and what it
+        # kept with it), to be made anew if the listener comes back; so do the idle request connections.
+        self._views.close()
+        self._connections.close()
+        task = loop.create_task(self._while_handed(reader))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _while_handed(self, reader: asyncio.StreamReader) -> None:
+        """Wait for the manager's end of the handoff connection, then take the listener back."""
+        with contextlib.suppress(OSError):
+            while await reader.read(256):
+                pass  # the manager sends nothing on it
+        self._take_back()
+
+    def _take_back(self) -> None:
+        """The manager is gone (or let go): answer "continue" for whatever it held, read the listener here."""
+        if self._handed is None:
+            return
+        self._handed.close()
+        self._handed = None
+        self._watch_hangup(False)
+        for nid in handoff.held_ids(self._held):
+            if seccomp.still_waiting(self.listener, nid):
+                with contextlib.suppress(OSError):
+                    seccomp.respond(self.listener, nid, cont=True)
+        self._highest = max(self._highest, handoff.highest(self._held))
+        handoff.clear(self._held)
+        self._next_handoff = asyncio.get_running_loop().time() + _HANDOFF_RETRY
+        if self._done is not None and not self._done.is_set():
+            self._read()
+
+    def _watch_hangup(self, on: bool) -> None:
+        """While the manager reads the listener, its hang-up (the last process with the filter gone) is
+        watched through an epoll that asks for no events: EPOLLHUP is reported regardless."""
+        loop = asyncio.get_running_loop()
+        if on and self._hangup is None:
+            self._hangup = select.epoll()
+            self._hangup.register(self.listener, 0)
+            loop.add_reader(self._hangup.fileno(), self._program_gone)
+        elif not on and self._hangup is not None:
+            loop.remove_reader(self._hangup.fileno())
+            self._hangup.close()
+            self._hangup = None
 
 
 class _Connections:

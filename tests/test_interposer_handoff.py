@@ -1,0 +1,207 @@
+"""The seccomp listener of `vcom wrap` in the manager's hands (vcom/interposer/handoff.py).
+
+Once the manager has answered a wrapped program's call on one of its ports, it holds the program's
+listener and answers every trapped call itself.  What must hold then: the program gets what it got
+before (exact settings, modem lines, TIOCMIWAIT); a manager killed while it holds a call that waits
+leaves no program hanging, and the supervisor answers until a new manager takes the listener again;
+and what a local process hands the manager that is not a sealed page and a seccomp listener of its own
+is refused without harm.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from peers import Vcom, wait_until
+
+from vcom.interposer import handoff
+
+
+def share_echo(vcom: Vcom) -> int:
+    return vcom.share("sim:echo")
+
+
+def manager_pid(vcom: Vcom) -> int:
+    return int((vcom.home / "vcom.pid").read_text().split()[0])
+
+
+def listeners_held(pid: int) -> int:
+    """How many seccomp listeners process ``pid`` holds."""
+    held = 0
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += os.readlink(entry) == "anon_inode:seccomp notify"
+        except OSError:
+            pass
+    return held
+
+
+PROGRAM = """
+    import errno, fcntl, json, sys, termios, threading, time, serial
+    s = serial.Serial({port!r}, 19200, bytesize=7, parity="E")
+
+    def frame():
+        cflag = termios.tcgetattr(s.fileno())[2]
+        return [cflag & termios.CSIZE == termios.CS7, bool(cflag & termios.PARENB)]
+
+    print(json.dumps({{"frame": frame()}}))
+    for line in sys.stdin:
+        step = line.strip()
+        if step == "wait":  # a thread waits for RI, which the loop-back plug never raises
+            waited = []
+
+            def wait():
+                try:
+                    fcntl.ioctl(s.fileno(), termios.TIOCMIWAIT, termios.TIOCM_RNG)
+                    waited.append("answered")
+                except OSError as exc:
+                    waited.append(errno.errorcode[exc.errno])
+
+            waiter = threading.Thread(target=wait, daemon=True)
+            waiter.start()
+            print(json.dumps({{"waiting": True}}))
+        elif step == "joined":
+            waiter.join(15)
+            print(json.dumps({{"waited": waited}}))
+        elif step == "set":  # until the settings read back exact again, within 20 s
+            end = time.monotonic() + 20
+            while True:
+                try:
+                    s.parity = "O"
+                    s.parity = "E"
+                    exact = frame() == [True, True]
+                except (OSError, ValueError):
+                    exact = False
+                if exact or time.monotonic() > end:
+                    break
+                time.sleep(0.2)
+            s.rts = False
+            s.rts = True
+            end = time.monotonic() + 10  # the plug raises CTS at the remote; the news takes a round trip
+            while not s.cts and time.monotonic() < end:
+                time.sleep(0.01)
+            print(json.dumps({{"frame": frame(), "cts": s.cts}}))
+"""
+
+
+def test_the_manager_answers_the_calls_once_it_holds_the_listener(vcom: Vcom, interactive, tmp_path):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
+    program = interactive(PROGRAM.format(port=str(port)))
+    assert program.expect() == {"frame": [True, True]}
+    manager = manager_pid(vcom)
+    wait_until(lambda: listeners_held(manager) == 1, 15, "the manager holding the program's listener")
+    program.send("set")
+    assert program.expect() == {"frame": [True, True], "cts": True}
+    vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"]) == (7, "even"),
+                     what="7E1 at the device")
+    status = vcom.status(port)
+    assert status["interposed"] == ["seccomp"] and status["settings_exact"] is True
+    # The program ends: the manager lets go of its listener, and the supervisor exits with the program.
+    program.proc.stdin.close()
+    assert program.proc.wait(15) == 0
+    wait_until(lambda: listeners_held(manager) == 0, 15, "the manager letting go of the listener")
+
+
+def test_a_manager_killed_while_it_holds_a_call_leaves_no_program_waiting(vcom: Vcom, interactive, tmp_path):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
+    program = interactive(PROGRAM.format(port=str(port)))
+    assert program.expect() == {"frame": [True, True]}
+    old = manager_pid(vcom)
+    wait_until(lambda: listeners_held(old) == 1, 15, "the manager holding the program's listener")
+    program.send("wait")
+    assert program.expect() == {"waiting": True}
+    time.sleep(0.3)  # the TIOCMIWAIT is in the manager's hands, and waits
+    os.kill(old, signal.SIGKILL)
+    # The supervisor answers what the dead manager held: the call runs on the pty, which refuses it.
+    program.send("joined")
+    waited = program.expect()["waited"]
+    assert len(waited) == 1 and waited[0] != "answered", waited
+    # Until a manager answers again the supervisor passes the calls to the kernel; then the settings are
+    # exact again, and the new manager takes the listener.
+    wait_until(lambda: manager_pid(vcom) != old, 15, "a new manager")
+    program.send("set")
+    assert program.expect(timeout=40) == {"frame": [True, True], "cts": True}
+    new = manager_pid(vcom)
+
+    def taken_again() -> bool:  # the supervisor offers the listener again with a call the manager answers
+        program.send("set")
+        assert program.expect() == {"frame": [True, True], "cts": True}
+        return listeners_held(new) == 1
+
+    wait_until(taken_again, 30, "the new manager holding the program's listener", interval=0.5)
+
+
+def request(sock_path: Path, lines: list[bytes], fds: list[int] = ()) -> bytes:
+    """Send ``lines`` on a new interposer connection; the first answer line."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(sock_path))
+        sock.sendall(b"".join(lines))
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("what", ["a file", "an unsealed page", "a page of the wrong size", "no such fd"])
+def test_what_is_not_a_listener_and_a_sealed_page_is_refused(vcom: Vcom, tmp_path, what):
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
+    opened = []
+    try:
+        plain = os.open(tmp_path / "plain", os.O_RDWR | os.O_CREAT, 0o600)
+        opened.append(plain)
+        if what == "a file":
+            page = handoff.held_page()[0]
+            listener = plain
+        elif what == "an unsealed page":
+            page = os.memfd_create("unsealed", os.MFD_ALLOW_SEALING)
+            os.ftruncate(page, handoff.HELD_SIZE)
+            listener = plain
+        elif what == "a page of the wrong size":
+            page = os.memfd_create("small", os.MFD_ALLOW_SEALING)
+            os.ftruncate(page, 8)
+            fcntl.fcntl(page, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            listener = plain
+        else:
+            page, listener = 999, 998
+        if page != 999:
+            opened.append(page)
+        answer = request(vcom.home / "interposer.sock",
+                         [b"vcom1 seccomp %d\n" % os.getpid(), b"handoff 0 %d %d %d\n" % (listener, page, os.getpid())])
+        assert answer == b"no\n"
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert listeners_held(manager_pid(vcom)) == 0
+    # The manager serves on.
+    assert vcom.status(port)["device"] == str(port)
+
+
+def test_the_ids_a_dead_manager_may_have_held() -> None:
+    fd, page = handoff.held_page()
+    try:
+        handoff.note_highest(page, 2**64 - 3)
+        struct.pack_into("=Q", page, 8 * 5, 41)
+        ids = handoff.held_ids(page)
+        after = [(2**64 - 3 + k) % 2**64 for k in range(1, handoff.PROBED + 1)]
+        assert ids == sorted([41, *after])  # the noted one, and those right after the highest (wrapping)
+        handoff.clear(page)
+        assert handoff.held_ids(page) == []
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 8)  # sealed: the manager's mapping can never be cut short under it
+    finally:
+        page.close()
+        os.close(fd)
