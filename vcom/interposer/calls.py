@@ -106,6 +106,8 @@ class CallAnswerer:
         """Answer ``n`` if that needs no waiting; else the coroutine that waits and answers."""
         held = -1
         try:
+            if not seccomp.is_ioctl(n):
+                raise Continue
             found = self.locate(n)
             if found is None:
                 self.respond(n, cont=True)

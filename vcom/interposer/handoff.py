@@ -113,11 +113,10 @@ class Handed(CallAnswerer):
     """A listener the manager holds: every notification is answered here, in the manager's loop, with the
     same requests the supervisor would have sent (answered in place by ``dispatch``)."""
 
-    def __init__(self, listener: int, page: mmap.mmap, program: int, find_port: Callable[[int], Port | None],
+    def __init__(self, listener: int, page: mmap.mmap, find_port: Callable[[int], Port | None],
                  dispatch: Callable[[Port, protocol.Request, int], Any], ended: Callable[[Handed], None]) -> None:
         super().__init__(listener)
         self._page = page
-        self._program = program
         self._find = find_port
         self._dispatch = dispatch
         self._ended = ended
@@ -207,9 +206,9 @@ class Handed(CallAnswerer):
         port = self._find(rdev)
         if port is None:
             raise Continue
-        interposed = port.view.interposed
-        if interposed.get(self._program) != "seccomp":
-            interposed[self._program] = "seccomp"
+        interposed = port.view.interposed  # by the calling thread, as the supervisor's requests name it
+        if interposed.get(n.pid) != "seccomp":
+            interposed[n.pid] = "seccomp"
         answer = self._dispatch(port, protocol.Request(asking.verb, rdev, tuple(map(str, asking.args))), n.pid)
         if isinstance(answer, bytes):
             _take(answer, asking)

@@ -57,6 +57,7 @@ _ABIS = {
     "riscv64": (_Abi(0xC00000F3, 29),),
 }
 _SECCOMP_NR = {"x86_64": 317, "aarch64": 277, "riscv64": 277}
+_IOCTLS = frozenset((abi.audit_arch, abi.ioctl_nr) for abi in _ABIS.get(platform.machine(), ()))
 _PIDFD_OPEN = 434  # the same on every architecture (unified syscall table)
 _PIDFD_GETFD = 438
 
@@ -114,6 +115,12 @@ class Notification:
     @property
     def arg(self) -> int:
         return self.args[2]
+
+
+def is_ioctl(n: Notification) -> bool:
+    """Whether ``n`` is an ioctl, the only call vcom's filter traps.  A listener handed to the manager by
+    another process may come from a filter that traps other calls: those are not read as ioctls."""
+    return (n.arch, n.nr) in _IOCTLS
 
 
 def supported() -> bool:

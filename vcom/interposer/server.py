@@ -174,9 +174,10 @@ class InterposerServer:
             connection.handed = None
             connection.close()  # the supervisor sees the end and reads the listener again
 
-        handed = handoff.Handed(listener, page, program, self._find, _dispatch, ended)
+        handed = handoff.Handed(listener, page, self._find, _dispatch, ended)
         connection.handed = handed
         loop.add_reader(listener, handed.readable)
+        log.debug("vcom wrap (pid %d, program %d): the manager answers its calls", connection.pid, program)
         return protocol.ok()
 
     def _refused(self, name: str, pid: int) -> None:
