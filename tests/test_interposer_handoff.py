@@ -17,6 +17,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from peers import Vcom, wait_until
@@ -91,13 +92,20 @@ PROGRAM = """
 """
 
 
-def test_the_manager_answers_the_calls_once_it_holds_the_listener(vcom: Vcom, interactive, tmp_path):
+def handed_over(vcom: Vcom, interactive, tmp_path: Path) -> tuple[Path, Any, int]:  # noqa: ANN001
+    """A port, the wrapped program on it (its first call made), and the manager, once it holds the
+    program's listener."""
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
     program = interactive(PROGRAM.format(port=str(port)))
     assert program.expect() == {"frame": [True, True]}
     manager = manager_pid(vcom)
     wait_until(lambda: listeners_held(manager) == 1, 15, "the manager holding the program's listener")
+    return port, program, manager
+
+
+def test_the_manager_answers_the_calls_once_it_holds_the_listener(vcom: Vcom, interactive, tmp_path):
+    port, program, manager = handed_over(vcom, interactive, tmp_path)
     program.send("set")
     assert program.expect() == {"frame": [True, True], "cts": True}
     vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"]) == (7, "even"),
@@ -111,12 +119,7 @@ def test_the_manager_answers_the_calls_once_it_holds_the_listener(vcom: Vcom, in
 
 
 def test_a_manager_killed_while_it_holds_a_call_leaves_no_program_waiting(vcom: Vcom, interactive, tmp_path):
-    port = tmp_path / "ttyV0"
-    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
-    program = interactive(PROGRAM.format(port=str(port)))
-    assert program.expect() == {"frame": [True, True]}
-    old = manager_pid(vcom)
-    wait_until(lambda: listeners_held(old) == 1, 15, "the manager holding the program's listener")
+    _, program, old = handed_over(vcom, interactive, tmp_path)
     program.send("wait")
     assert program.expect() == {"waiting": True}
     time.sleep(0.3)  # the TIOCMIWAIT is in the manager's hands, and waits
@@ -140,19 +143,14 @@ def test_a_manager_killed_while_it_holds_a_call_leaves_no_program_waiting(vcom: 
     wait_until(taken_again, 30, "the new manager holding the program's listener", interval=0.5)
 
 
-def request(sock_path: Path, lines: list[bytes], fds: list[int] = ()) -> bytes:
+def request(sock_path: Path, lines: list[bytes]) -> bytes:
     """Send ``lines`` on a new interposer connection; the first answer line."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(sock_path))
         sock.sendall(b"".join(lines))
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+        with sock.makefile("rb") as answers:
+            return answers.readline()
 
 
 @pytest.mark.parametrize("what", ["a file", "an unsealed page", "a page of the wrong size", "no such fd"])

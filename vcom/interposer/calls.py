@@ -122,13 +122,8 @@ class CallAnswerer:
                 return None
             finishing, held = self._finish(n, later, held), -1  # the coroutine closes it
             return finishing
-        except Continue:
-            self.respond(n, cont=True)
-        except OSError as exc:
-            self.respond(n, error=exc.errno or errno.EIO)
-        except Exception:  # never leave the program waiting
-            log.exception("answering a trapped ioctl %#x", n.request)
-            self.respond(n, cont=True)
+        except Exception as exc:  # noqa: BLE001 - every failure is an answer: never leave the program waiting
+            self._answer_failure(n, exc)
         finally:
             if held >= 0:
                 os.close(held)
@@ -137,18 +132,23 @@ class CallAnswerer:
     async def _finish(self, n: Notification, later: Coroutine[Any, Any, None], held: int) -> None:
         try:
             await later
-        except Continue:
-            self.respond(n, cont=True)
-        except OSError as exc:
-            self.respond(n, error=exc.errno or errno.EIO)
-        except Exception:  # never leave the program waiting
-            log.exception("answering a trapped ioctl %#x", n.request)
-            self.respond(n, cont=True)
+        except Exception as exc:  # noqa: BLE001 - as in _start
+            self._answer_failure(n, exc)
         else:
             self.respond(n, value=0)
         finally:
             if held >= 0:
                 os.close(held)  # held until the answer: the manager checks that the asker has the port open
+
+    def _answer_failure(self, n: Notification, exc: Exception) -> None:
+        """Continue: the kernel runs the call; OSError: the call fails with its errno; anything else is a
+        fault of ours, logged, and the kernel runs the call."""
+        if isinstance(exc, OSError):
+            self.respond(n, error=exc.errno or errno.EIO)
+            return
+        if not isinstance(exc, Continue):
+            log.error("answering a trapped ioctl %#x", n.request, exc_info=exc)
+        self.respond(n, cont=True)
 
     def _asking(self, n: Notification, rdev: int) -> Asking:
         """The request that answers the call (what the program passed is read here)."""
