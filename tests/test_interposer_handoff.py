@@ -143,6 +143,21 @@ def test_a_manager_killed_while_it_holds_a_call_leaves_no_program_waiting(vcom: 
     wait_until(taken_again, 30, "the new manager holding the program's listener", interval=0.5)
 
 
+def test_a_manager_that_shuts_down_while_it_holds_a_call_leaves_no_program_waiting(vcom: Vcom, interactive,
+                                                                                    tmp_path):
+    _, program, manager = handed_over(vcom, interactive, tmp_path)
+    program.send("wait")
+    assert program.expect() == {"waiting": True}
+    time.sleep(0.3)
+    vcom.ok("shutdown")  # the manager lets go of the listener, answering what it holds, and exits
+    wait_until(lambda: not Path(f"/proc/{manager}").exists(), 15, "the manager gone")
+    program.send("joined")
+    waited = program.expect()["waited"]
+    assert len(waited) == 1 and waited[0] != "answered", waited
+    program.proc.stdin.close()
+    assert program.proc.wait(15) == 0  # the supervisor, reading the listener again, sees the program out
+
+
 def request(sock_path: Path, lines: list[bytes]) -> bytes:
     """Send ``lines`` on a new interposer connection; the first answer line."""
     with socket.socket(socket.AF_UNIX) as sock:

@@ -150,6 +150,8 @@ class Handed(CallAnswerer):
         self.on_notification(n)
 
     def respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+        if self._closed:
+            return  # close() answered everything held, and the listener's number may be another file's now
         try:
             super().respond(n, value=value, error=error, cont=cont)
         finally:

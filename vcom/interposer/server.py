@@ -95,11 +95,16 @@ class InterposerServer:
             del mine[connection]
             mine[connection] = None  # now the most recently used
 
+    def release(self, connection: _Connection) -> None:
+        """Stop reading the listener ``connection`` handed over, before the connection ends: the supervisor
+        reads it again as soon as it sees the end, and two readers must never overlap."""
+        handed, connection.handed = connection.handed, None
+        if handed is not None:
+            asyncio.get_running_loop().remove_reader(handed.listener)
+            handed.close()
+
     def left(self, connection: _Connection) -> None:
-        if connection.handed is not None:  # the supervisor went: it no longer takes back what is held
-            asyncio.get_running_loop().remove_reader(connection.handed.listener)
-            connection.handed.close()
-            connection.handed = None
+        self.release(connection)  # the supervisor went (killed): nobody takes back what is held
         mine = self._per_user.get(connection.uid)
         if mine is not None:
             mine.pop(connection, None)
@@ -169,10 +174,7 @@ class InterposerServer:
         loop = asyncio.get_running_loop()
 
         def ended(handed: handoff.Handed) -> None:
-            loop.remove_reader(handed.listener)
-            handed.close()
-            connection.handed = None
-            connection.close()  # the supervisor sees the end and reads the listener again
+            connection.close()  # released first; the supervisor sees the end and reads the listener again
 
         handed = handoff.Handed(listener, page, self._find, _dispatch, ended)
         connection.handed = handed
@@ -239,6 +241,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.task.cancel()  # the program gave up (EINTR) or went away: its change is not made
 
     def close(self) -> None:
+        self._server.release(self)
         if self._transport is not None:
             self._transport.close()
 

@@ -44,7 +44,6 @@ from .seccomp import Notification
 from .viewcache import ViewCache
 
 _PTY_SLAVE_MAJORS = handoff.PTY_SLAVE_MAJORS
-_HANDOFF_TIMEOUT = 1.0  # the program's calls wait meanwhile: a manager that is slow to take it is passed by
 _HANDOFF_RETRY = 5.0  # seconds before a refused or ended handoff is tried again
 
 
@@ -317,11 +316,15 @@ class Supervisor(CallAnswerer):
             reader, writer = await asyncio.open_unix_connection(self._path, limit=protocol.MAX_LINE * 2)
             writer.write(protocol.header("seccomp", self._child))
             writer.write(protocol.request("handoff", 0, self.listener, self._held_fd, self._child))
-            async with asyncio.timeout(_HANDOFF_TIMEOUT):
-                answer = protocol.parse_answer(await reader.readline())
+            # No time limit: the manager takes the listener as it reads the request, or refuses it.  A
+            # supervisor that gave up and read the listener again while a late "ok" was on its way would
+            # make two readers of it, and the one that loses a notification to the other waits in NOTIF_RECV
+            # for the next.  A manager that hangs holds the program's calls up as its requests would (its
+            # watchdog replaces it, and the end of this connection gives the listener back).
+            answer = protocol.parse_answer(await reader.readline())
             if answer.status != "ok":
                 raise ConnectionRefusedError
-        except (OSError, TimeoutError, ValueError):
+        except (OSError, ValueError):
             if writer is not None:
                 writer.close()
             self._next_handoff = loop.time() + _HANDOFF_RETRY
