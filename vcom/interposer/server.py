@@ -4,7 +4,10 @@ Who may ask: the socket is open to every local user (programs run as
 members of ``dialout``, not of ``vcom``), so each request is checked against
 the caller's process (SO_PEERCRED): it must hold the port's pty slave open.
 A process can drive only a port it could write to anyway; the seccomp
-supervisor holds a duplicate of the program's descriptor while it asks.
+supervisor holds a duplicate of the program's descriptor while it asks.  A
+supervisor may also hand over its seccomp listener (``handoff``,
+:mod:`.handoff`); the calls trapped there are then answered here, for the
+descriptor the trapped call names, which the program holds by definition.
 
 A hostile or broken client costs little: lines are bounded, a connection
 that says nothing is closed, connections are bounded per user, and refusals

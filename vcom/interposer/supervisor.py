@@ -360,7 +360,7 @@ class Supervisor(CallAnswerer):
             if seccomp.still_waiting(self.listener, nid):
                 with contextlib.suppress(OSError):
                     seccomp.respond(self.listener, nid, cont=True)
-        self._highest = max(self._highest, handoff.highest(self._held))
+        self._highest = handoff.highest(self._held) or self._highest  # the manager received after us
         handoff.clear(self._held)
         self._next_handoff = asyncio.get_running_loop().time() + _HANDOFF_RETRY
         if self._done is not None and not self._done.is_set():
