@@ -119,7 +119,8 @@ def test_the_programs_exact_settings_survive_the_crash(vcom: Vcom, tmp_path):
         vcom.wait_status("sim:echo", lambda s: s["settings"]["data_bits"] == 7, what="7E1 at the device")
         old = manager_pid(vcom)
         os.kill(old, signal.SIGKILL)
-        wait_until(lambda: manager_pid(vcom) != old, 15, "a new manager")
+        # Its pid file comes before its control socket: wait for the socket too before asking it.
+        wait_until(lambda: manager_pid(vcom) != old and vcom.answering(), 15, "a new manager answering")
         # The new manager's connection starts from a fresh device: it must send 7E1 again.
         status = vcom.wait_status(port, lambda s: s["remote_settings"]["data_bits"] == 7, what="7E1 acknowledged")
         assert status["settings_exact"] and status["remote_settings"]["parity"] == "even"
@@ -278,6 +279,6 @@ def test_status_json_is_unchanged_by_a_takeover(vcom: Vcom, program, tmp_path):
     before = vcom.status(port)
     old = manager_pid(vcom)
     os.kill(old, signal.SIGKILL)
-    wait_until(lambda: manager_pid(vcom) != old, 15, "a new manager")
+    wait_until(lambda: manager_pid(vcom) != old and vcom.answering(), 15, "a new manager answering")
     after = vcom.wait_status(port, lambda s: s["state"] == "connected" and s["open"], what="connected again")
     assert json.dumps(sorted(before)) == json.dumps(sorted(after))
