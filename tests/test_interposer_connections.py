@@ -128,7 +128,7 @@ def test_calls_are_answered_by_the_manager_that_replaced_a_killed_one(vcom: Vcom
         assert json.loads(proc.stdout.readline()) == {"frame": [True, True], "dtr": False}
         old = vcom.manager_pid()
         os.kill(old, signal.SIGKILL)
-        wait_until(lambda: vcom.manager_pid() != old, 15, "a new manager")
+        wait_until(lambda: vcom.manager_pid() != old and vcom.answering(), 15, "a new manager answering")
         vcom.wait_status(port, lambda s: s["state"] == "connected", what="the port connected again")
         proc.stdin.write("next\n")
         proc.stdin.flush()
