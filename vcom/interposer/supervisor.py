@@ -44,7 +44,8 @@ from .seccomp import Notification
 from .viewcache import ViewCache
 
 _PTY_SLAVE_MAJORS = handoff.PTY_SLAVE_MAJORS
-_HANDOFF_RETRY = 5.0  # seconds before a refused or ended handoff is tried again
+_HANDOFF_RETRY = 5.0  # seconds before a handoff that failed or ended is tried again
+_HANDOFF_REFUSED_RETRY = 60.0  # ... and one the manager refused
 
 
 class WrapError(Exception):
@@ -323,11 +324,13 @@ class Supervisor(CallAnswerer):
             # watchdog replaces it, and the end of this connection gives the listener back).
             answer = protocol.parse_answer(await reader.readline())
             if answer.status != "ok":
-                raise ConnectionRefusedError
-        except (OSError, ValueError):
+                raise PermissionError  # "no": this manager may not take it (no ptrace right over us)
+        except (OSError, ValueError) as exc:
             if writer is not None:
                 writer.close()
-            self._next_handoff = loop.time() + _HANDOFF_RETRY
+            # A refusal will be the same until the manager is another one: asked again much later.
+            later = _HANDOFF_REFUSED_RETRY if isinstance(exc, PermissionError) else _HANDOFF_RETRY
+            self._next_handoff = loop.time() + later
             self._read()
             return
         finally:
