@@ -188,3 +188,20 @@ def test_the_filter_stops_only_terminal_ioctls():
     assert _run_bpf(program, x86_64, 0, termios.TCGETS) == allow  # read(2) whose second argument looks alike
     assert _run_bpf(program, x86_64, 16, termios.TCGETS | (1 << 32)) == notify  # the kernel uses 32 bits
     assert _run_bpf(program, 0xC00000B7, 29, termios.TCGETS) == allow  # an ABI the filter does not know
+
+
+def test_the_programs_noted_per_port_stay_bounded() -> None:
+    # Both the request socket and a handed-over listener note who reached a port (for status); short-lived
+    # programs, or a program's many threads, must not grow that record without end.
+    import os
+    from types import SimpleNamespace
+
+    from vcom.interposer import server
+
+    port = SimpleNamespace(view=SimpleNamespace(interposed={}), pty=SimpleNamespace(slave_path="/nonexistent/pts"))
+    server.note_interposed(port, os.getpid(), "seccomp")
+    assert port.view.interposed == {os.getpid(): "seccomp"}
+    for pid in range(1_000_000, 1_000_000 + server._REMEMBERED_PROGRAMS + 1):
+        server.note_interposed(port, pid, "seccomp")
+    # Past the bound only those still holding the port open are kept: none of these do.
+    assert len(port.view.interposed) <= server._REMEMBERED_PROGRAMS

@@ -64,10 +64,10 @@ def held_page() -> tuple[int, mmap.mmap]:
 
 def held_ids(page: mmap.mmap) -> list[int]:
     """Every id a manager may have held: the ones noted, and those just after the highest received."""
-    highest = _ID.unpack_from(page, 0)[0]
+    last = highest(page)
     noted = {_ID.unpack_from(page, _ID.size * (1 + i))[0] for i in range(SLOTS)} - {0}
-    if highest:
-        noted.update((highest + k) & 0xFFFFFFFFFFFFFFFF for k in range(1, PROBED + 1))
+    if last:
+        noted.update((last + k) & 0xFFFFFFFFFFFFFFFF for k in range(1, PROBED + 1))
     return sorted(noted)
 
 
@@ -114,11 +114,13 @@ class Handed(CallAnswerer):
     same requests the supervisor would have sent (answered in place by ``dispatch``)."""
 
     def __init__(self, listener: int, page: mmap.mmap, find_port: Callable[[int], Port | None],
-                 dispatch: Callable[[Port, protocol.Request, int], Any], ended: Callable[[Handed], None]) -> None:
+                 dispatch: Callable[[Port, protocol.Request, int], Any], note: Callable[[Port, int, str], None],
+                 ended: Callable[[Handed], None]) -> None:
         super().__init__(listener)
         self._page = page
         self._find = find_port
         self._dispatch = dispatch
+        self._note = note
         self._ended = ended
         self._free = list(range(SLOTS, 0, -1))
         self._slot_of: dict[int, int] = {}
@@ -208,9 +210,7 @@ class Handed(CallAnswerer):
         port = self._find(rdev)
         if port is None:
             raise Continue
-        interposed = port.view.interposed  # by the calling thread, as the supervisor's requests name it
-        if interposed.get(n.pid) != "seccomp":
-            interposed[n.pid] = "seccomp"
+        self._note(port, n.pid, "seccomp")  # by the calling thread, as the supervisor's requests named it
         answer = self._dispatch(port, protocol.Request(asking.verb, rdev, tuple(map(str, asking.args))), n.pid)
         if isinstance(answer, bytes):
             _take(answer, asking)

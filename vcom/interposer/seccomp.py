@@ -239,10 +239,7 @@ def get_fd(pid: int, fd: int) -> int:
     if pidfd < 0:
         _raise("pidfd_open")
     try:
-        local = _libc.syscall(_PIDFD_GETFD, int(pidfd), fd, 0)
-        if local < 0:
-            _raise("pidfd_getfd")
-        return int(local)
+        return take_fd(int(pidfd), fd)
     finally:
         os.close(int(pidfd))
 

@@ -148,13 +148,7 @@ class InterposerServer:
             self._refused(port.name, connection.pid)
             return protocol.NO
         assert connection.header is not None
-        interposed = port.view.interposed
-        if interposed.get(connection.header.pid) != connection.header.kind:
-            interposed[connection.header.pid] = connection.header.kind
-            if len(interposed) > _REMEMBERED_PROGRAMS:
-                # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
-                port.view.interposed = {pid: kind for pid, kind in interposed.items()
-                                        if holds_open(pid, port.pty.slave_path)}
+        note_interposed(port, connection.header.pid, connection.header.kind)
         if request.verb == "watch":
             return self._watch(connection, port, request.rdev)
         try:
@@ -179,7 +173,7 @@ class InterposerServer:
         def ended(handed: handoff.Handed) -> None:
             connection.close()  # released first; the supervisor sees the end and reads the listener again
 
-        handed = handoff.Handed(listener, page, self._find, _dispatch, ended)
+        handed = handoff.Handed(listener, page, self._find, _dispatch, note_interposed, ended)
         connection.handed = handed
         loop.add_reader(listener, handed.readable)
         log.debug("vcom wrap (pid %d, program %d): the manager answers its calls", connection.pid, program)
@@ -416,6 +410,18 @@ def _peer(sock: socket.socket) -> tuple[int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _ = struct.unpack("3i", raw)
     return pid, uid
+
+
+def note_interposed(port: Port, pid: int, kind: str) -> None:
+    """That ``pid`` reached ``port`` through an interposer of ``kind`` (for `vcom status`)."""
+    interposed = port.view.interposed
+    if interposed.get(pid) == kind:
+        return
+    interposed[pid] = kind
+    if len(interposed) > _REMEMBERED_PROGRAMS:
+        # Short-lived programs come and go (a wrapped job started every minute): keep those still here.
+        port.view.interposed = {pid: kind for pid, kind in interposed.items()
+                                if holds_open(pid, port.pty.slave_path)}
 
 
 def holds_open(pid: int, slave_path: str) -> bool:

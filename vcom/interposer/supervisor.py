@@ -43,7 +43,6 @@ from .calls import ANSWER_TIMEOUT, Asking, CallAnswerer, Continue
 from .seccomp import Notification
 from .viewcache import ViewCache
 
-_PTY_SLAVE_MAJORS = handoff.PTY_SLAVE_MAJORS
 _HANDOFF_RETRY = 5.0  # seconds before a handoff that failed or ended is tried again
 _HANDOFF_REFUSED_RETRY = 60.0  # ... and one the manager refused
 
@@ -459,7 +458,7 @@ def _vcom_port(fd: int) -> tuple[int, Termios2] | None:
     tag)."""
     try:
         st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) not in _PTY_SLAVE_MAJORS:
+        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) not in handoff.PTY_SLAVE_MAJORS:
             return None
         current = get_termios2(fd)
         return (st.st_rdev, current) if current.tagged else None
