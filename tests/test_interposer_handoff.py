@@ -52,6 +52,9 @@ PROGRAM = """
         cflag = termios.tcgetattr(s.fileno())[2]
         return [cflag & termios.CSIZE == termios.CS7, bool(cflag & termios.PARENB)]
 
+    def cts_changes():  # TIOCGICOUNT's first counter
+        return int.from_bytes(fcntl.ioctl(s.fileno(), 0x545D, bytes(80))[:4], "little")
+
     print(json.dumps({{"frame": frame()}}))
     for line in sys.stdin:
         step = line.strip()
@@ -83,10 +86,13 @@ PROGRAM = """
                 if exact or time.monotonic() > end:
                     break
                 time.sleep(0.2)
+            before = cts_changes()
             s.rts = False
             s.rts = True
-            end = time.monotonic() + 10  # the plug raises CTS at the remote; the news takes a round trip
-            while not s.cts and time.monotonic() < end:
+            # The plug drops CTS at the remote, then raises it; each news takes a round trip, so a CTS read
+            # at once may still be the one from before the drop: wait until both have been counted.
+            end = time.monotonic() + 10
+            while cts_changes() < before + 2 and time.monotonic() < end:
                 time.sleep(0.01)
             print(json.dumps({{"frame": frame(), "cts": s.cts}}))
 """
