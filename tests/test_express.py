@@ -10,9 +10,11 @@ with VCOM_EXPRESS_HOT=1 (.ci/run), where every eligible port goes express at its
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import select
 import socket
 import termios
 import threading
@@ -21,7 +23,7 @@ import tty
 from pathlib import Path
 
 import pytest
-from peers import PtyDevice, Vcom, read_exact, wait_settings, wait_until, write_all
+from peers import PtyDevice, Vcom, open_program, read_exact, wait_settings, wait_until, write_all
 
 from vcom.port import express
 from vcom.pty import VirtualPty
@@ -211,6 +213,48 @@ def test_a_streaming_port_goes_express_and_stays_byte_exact(vcom: Vcom, device: 
     wait_until(lambda: not vcom.query(port)["express"], 10, "the quiet port back on the loop")
 
 
+def test_warm_ports_are_lent_to_the_shared_relay_and_stay_exact(vcom: Vcom, make_device, open_port,
+                                                                tmp_path: Path) -> None:
+    """Through the manager: ports that move a chunk now and then (never hot) are lent to the loop's shared
+    relay (status says so), every byte arrives both ways, a speed change set in the middle of the stream
+    reaches each device, and a program's close or a quiet second hands each port back to the loop."""
+    vcom.env["VCOM_EXPRESS_HOT"] = "1000000"
+    vcom.env["VCOM_EXPRESS_WARM"] = "2"
+    ports = [(tmp_path / f"ttyV{i}", make_device()) for i in range(3)]
+    for port, device in ports:
+        vcom.add(port, f"127.0.0.1:{vcom.share(device.path)}", "--connect", "always")
+    for port, _ in ports:
+        vcom.wait_status(port, lambda s: s["state"] == "connected", what="connected")
+    fds = [open_program(ports[0][0])] + [open_port(port) for port, _ in ports[1:]]  # the first is closed below
+    rng = random.Random(7)
+    seen_shared = [False] * len(ports)
+    rounds, size = 30, 300
+    for round_ in range(rounds):
+        for i, (fd, (port, device)) in enumerate(zip(fds, ports, strict=True)):
+            up, down = rng.randbytes(size), rng.randbytes(size)
+            os.write(fd, up)
+            assert device.read_exact(size) == up  # first: the open's purge has reached the device before `down`
+            device.write(down)
+            assert read_exact(fd, size) == down
+            if round_ >= 5:
+                seen_shared[i] = seen_shared[i] or vcom.query(port)["express_shared"]
+            if round_ == rounds // 2:
+                attrs = termios.tcgetattr(fd)
+                attrs[4] = attrs[5] = termios.B57600
+                termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    assert all(seen_shared)
+    for _, device in ports:
+        wait_settings(device, ispeed=57600)
+    os.close(fds[0])  # handed back by the slave's close
+    wait_until(lambda: not vcom.query(ports[0][0])["express"], 10, "the closed port back on the loop")
+    for port, _ in ports[1:]:  # and the quiet ones by the sweep
+        wait_until(lambda port=port: not vcom.query(port)["express"], 10, "a quiet port back on the loop")
+    for port, _ in ports:
+        status = vcom.status(port)
+        assert status["express_runs"] >= 1
+        assert status["bytes_to_remote"] == status["bytes_from_remote"] == rounds * size
+
+
 def test_a_session_is_relayable_only_between_commands_in_binary_mode() -> None:
     """What the relay may take over: the codec's parser in plain data (not half-way through a command)
     and the peer sending BINARY (the relay does not undo CR NUL)."""
@@ -227,3 +271,196 @@ def test_a_session_is_relayable_only_between_commands_in_binary_mode() -> None:
     assert codec.plain_data_follows
     codec.receive_data(bytes((IAC,)))  # half a pair, or a command's start
     assert not codec.plain_data_follows
+
+
+# -- the shared relay (vcom._relay.Mux): many warm ports moved in C from the loop's thread
+
+
+class Pump:
+    """A Mux driven as the event loop drives it (wait for its descriptor, run), by a thread, keeping
+    what it hands back."""
+
+    def __init__(self) -> None:
+        self.mux = _relay.Mux()
+        self.back: list[tuple[int, tuple]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            readable, _, _ = select.select([self.mux.fileno()], [], [], 0.05)
+            if readable:
+                self.back.extend(self.mux.run())
+
+    def lend(self, bench: Bench, iac: bool, hot_events: int = 0, hot_window_ms: int = 50) -> None:
+        self.mux.add(bench.pty.master_fd, bench.ours.fileno(), iac, hot_events, hot_window_ms)
+
+    def handed_back(self, bench: Bench, timeout: float = 10) -> tuple:
+        """The outcome the Mux handed back for ``bench``'s port (waits for it)."""
+        wait_until(lambda: any(key == bench.pty.master_fd for key, _ in self.back), timeout, "a hand-back")
+        index = next(i for i, (key, _) in enumerate(self.back) if key == bench.pty.master_fd)
+        return self.back.pop(index)[1]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(10)
+
+
+@pytest.fixture
+def pump():
+    made = Pump()
+    yield made
+    made.close()
+
+
+def _stream(bench: Bench, rounds: int, size: int, seed: int, iac: bool = False) -> tuple[bytes, bytes]:
+    """Chunks both ways, each read at the other end before the next (within what a pty holds); with
+    ``iac`` the server's side is telnet data (0xFF doubled)."""
+    rng = random.Random(seed)
+    up, down = rng.randbytes(rounds * size), rng.randbytes(rounds * size)
+
+    def wire(data: bytes) -> bytes:
+        return data.replace(b"\xff", b"\xff\xff") if iac else data
+
+    for i in range(0, len(up), size):
+        os.write(bench.program, up[i:i + size])
+        bench.server.sendall(wire(down[i:i + size]))
+        assert bench.read_server(len(wire(up[i:i + size]))) == wire(up[i:i + size])
+        assert bench.read_program(size) == down[i:i + size]
+    return up, down
+
+
+def test_the_shared_relay_moves_both_ways_byte_exact_and_counts(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=False)
+    up, down = _stream(bench, 200, 1000, 4)
+    assert pump.back == []  # nothing needed Python
+    assert pump.mux.counts(bench.pty.master_fd) == (len(up), len(down))
+    reason, unsent, undelivered, extra, _, carried, sent, received = pump.mux.remove(bench.pty.master_fd)
+    assert (reason, unsent, undelivered, extra, carried) == (_relay.WAKE, b"", b"", b"", b"")
+    assert (sent, received) == (len(up), len(down))
+    assert pump.mux.remove(bench.pty.master_fd) is None and len(pump.mux) == 0
+
+
+def test_the_shared_relay_doubles_and_undoubles_iac_and_hands_back_a_carried_one(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=True)
+    os.write(bench.program, b"a\xff\xff\xffb")
+    assert bench.read_server(8) == b"a\xff\xff\xff\xff\xff\xffb"
+    bench.server.sendall(b"x\xff")  # half a pair: carried to the next receive
+    time.sleep(0.2)
+    bench.server.sendall(b"\xffy\xff\xff\xff\xff")
+    assert bench.read_program(5) == b"x\xffy\xff\xff"
+    bench.server.sendall(b"one\xff")
+    assert bench.read_program(3) == b"one"
+    outcome = pump.mux.remove(bench.pty.master_fd)
+    assert (outcome[0], outcome[5], outcome[7]) == (_relay.WAKE, b"\xff", 5 + 3)
+
+
+def test_the_shared_relay_hands_back_a_command_and_a_status_byte(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=True)
+    bench.server.sendall(b"data\xff\xffmore\xff\xfb\x2cafter")  # IAC WILL COM-PORT-OPTION
+    reason, _, undelivered, extra, *_ = pump.handed_back(bench)
+    assert (reason, undelivered, extra) == (_relay.COMMAND, b"data\xffmore", b"\xff\xfb\x2cafter")
+    pump.lend(bench, iac=False)
+    os.write(bench.program, b"before")
+    assert bench.read_server(6) == b"before"
+    attrs = termios.tcgetattr(bench.program)
+    attrs[4] = attrs[5] = termios.B19200
+    termios.tcsetattr(bench.program, termios.TCSANOW, attrs)
+    reason, unsent, _, extra, *_ = pump.handed_back(bench)
+    assert reason == _relay.STATUS and unsent == b""
+    assert bench.pty.parse(extra).ioctl
+
+
+def test_a_pty_that_takes_part_hands_back_the_rest_undelivered(bench: Bench, pump: Pump) -> None:
+    """The program reads nothing: the Mux writes what the pty takes and hands back the rest, in order,
+    without keeping a byte of it; what it did not receive stays in the socket."""
+    down = random.Random(5).randbytes(1 << 18)
+    pump.lend(bench, iac=False)
+    feeder = threading.Thread(target=bench.server.sendall, args=(down,))
+    feeder.start()
+    reason, _, undelivered, *_ = pump.handed_back(bench)
+    assert reason == _relay.BUSY and undelivered
+    written = bytearray()
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(bench.program, 65536):
+            written += chunk
+    rest = bytearray()
+    bench.ours.settimeout(10)
+    while len(written) + len(undelivered) + len(rest) < len(down):
+        rest += bench.ours.recv(65536)  # the loop's part, once the port is back on it
+    feeder.join(10)
+    assert bytes(written + undelivered + rest) == down
+
+
+def test_a_socket_that_takes_part_hands_back_the_rest_unsent(bench: Bench, pump: Pump) -> None:
+    bench.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    bench.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    up = random.Random(6).randbytes(1 << 18)
+    pump.lend(bench, iac=False)
+    offered = 0
+    while not pump.back and offered < len(up):  # the server reads nothing
+        with contextlib.suppress(BlockingIOError):
+            offered += os.write(bench.program, up[offered:offered + 1000])
+        time.sleep(0.001)
+    reason, unsent, *_ = pump.handed_back(bench)
+    assert reason == _relay.BUSY and unsent
+    bench.server.setblocking(False)
+    sent = bytearray()
+    with contextlib.suppress(BlockingIOError):
+        while chunk := bench.server.recv(65536):
+            sent += chunk
+    assert bytes(sent + unsent) == up[:len(sent) + len(unsent)]
+
+
+def test_a_port_grown_hot_is_handed_back_and_a_quiet_one_by_idle(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=False, hot_events=3, hot_window_ms=60_000)
+    for i in range(3):
+        os.write(bench.program, b"%d" % i)
+        assert bench.read_server(1) == b"%d" % i
+    assert pump.handed_back(bench)[0] == _relay.HOT
+    pump.lend(bench, iac=False)
+    assert pump.mux.idle(60_000) == []
+    (key, outcome), = pump.mux.idle(0)
+    assert (key, outcome[0]) == (bench.pty.master_fd, _relay.IDLE) and len(pump.mux) == 0
+
+
+def test_the_shared_relay_hands_back_on_peer_eof_and_slave_close(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=False)
+    bench.server.shutdown(socket.SHUT_WR)
+    assert pump.handed_back(bench)[0] == _relay.SOCKET
+    os.close(bench.program)
+    bench.program = -1
+    pump.lend(bench, iac=False)
+    assert pump.handed_back(bench)[0] == _relay.MASTER
+
+
+def test_many_ports_share_one_relay_each_byte_exact(tmp_path: Path, pump: Pump) -> None:
+    benches = [Bench(tmp_path / str(i)) for i in range(16) if not (tmp_path / str(i)).mkdir()]
+    try:
+        for bench in benches:
+            pump.lend(bench, iac=True)
+        assert len(pump.mux) == len(benches)
+        for round_ in range(10):
+            for i, bench in enumerate(benches):
+                _stream(bench, 1, 700, 1000 * round_ + i, iac=True)
+        assert pump.back == []
+        for bench in benches:
+            assert pump.mux.counts(bench.pty.master_fd) == (7000, 7000)
+            assert pump.mux.remove(bench.pty.master_fd)[0] == _relay.WAKE
+    finally:
+        for bench in benches:
+            bench.close()
+
+
+def test_the_shared_relay_refuses_what_it_cannot_hold(bench: Bench, pump: Pump) -> None:
+    pump.lend(bench, iac=False)
+    with pytest.raises(ValueError, match="lent already"):
+        pump.lend(bench, iac=False)
+    with pytest.raises(ValueError, match="still lent"):
+        pump.mux.close()
+    assert pump.mux.counts(bench.program) is None and pump.mux.remove(bench.program) is None
+    with pytest.raises(OSError):
+        pump.mux.add(bench.wake + 1000, bench.ours.fileno(), False, 0, 50)  # not a descriptor
+    assert len(pump.mux) == 1
+    pump.mux.remove(bench.pty.master_fd)

@@ -24,7 +24,9 @@
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "_iac.h"
@@ -32,7 +34,7 @@
 #define PTY_READ 4096        /* a pty master read returns at most this much: status byte + 4095 data */
 #define NET_READ 65536
 
-enum { WAKE = 0, IDLE = 1, STATUS = 2, COMMAND = 3, MASTER = 4, SOCKET = 5, FAILED = 6 };
+enum { WAKE = 0, IDLE = 1, STATUS = 2, COMMAND = 3, MASTER = 4, SOCKET = 5, FAILED = 6, BUSY = 7, HOT = 8 };
 
 struct relay {
     int master, sock, wake, iac, idle_ms;
@@ -245,6 +247,431 @@ static PyObject *relay(PyObject *module, PyObject *args)
     return result;
 }
 
+/* ---- The shared relay: many steady ports moved in C from the event loop's own thread ----------------
+ *
+ * relay() above costs a thread per port and polls in a loop: right for a port that moves data all the
+ * time, too much for a thousand ports that each move a few chunks a second.  A Mux holds any number of lent
+ * ports in one epoll set that the event loop watches (its fileno); when it is readable the loop calls
+ * run(), which moves every ready chunk in C (one pty read then one send, or one receive then one pty
+ * write) and hands back, with the same outcome as relay(), each port that needs Python:
+ *
+ *   STATUS, COMMAND, MASTER, SOCKET  as relay() (a status byte, a telnet command, the slave's close, the
+ *                                    socket's EOF or error);
+ *   BUSY                             a send or a pty write took only part: what is left comes back as
+ *                                    unsent or undelivered, and the loop queues it with its usual
+ *                                    back-pressure (the Mux keeps no buffer per port, so two thousand lent
+ *                                    ports cost a few dozen bytes each);
+ *   HOT                              hot_events chunks within hot_window_ms: a port for a relay() thread;
+ *   IDLE                             (idle()) nothing moved for the given time;
+ *   WAKE                             (remove()) the loop takes the port back before touching it.
+ *
+ * Every descriptor is non-blocking and nothing waits: run() returns as soon as the ready chunks have
+ * moved.  The GIL stays held (the loop's thread has nothing else to do meanwhile). */
+
+#define MUX_EVENTS 256
+
+struct lent {
+    int master, sock;        /* master < 0: a free slot; slots are indexed by the master's descriptor */
+    unsigned char iac, carry;
+    unsigned int hot_events, events; /* hot_events 0: never hands back for heat */
+    int hot_window_ms;
+    int64_t since_ms, last_ms;
+    uint64_t sent, received;
+};
+
+struct mux_buffers {
+    unsigned char pty_buf[PTY_READ];
+    unsigned char out[2 * PTY_READ];
+    unsigned char net_buf[NET_READ + 1];
+    struct epoll_event events[MUX_EVENTS];
+};
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    struct lent *slots;
+    size_t nslots;
+    Py_ssize_t count;
+    struct mux_buffers *buf;
+} Mux;
+
+/* What a port hands back: pointers into the Mux's buffers, copied into the outcome at once. */
+struct back {
+    int reason, err;
+    const unsigned char *unsent, *undelivered, *extra;
+    size_t unsent_len, undelivered_len, extra_len;
+};
+
+#define STAY (-1)
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static struct lent *lent_of(Mux *m, int master)
+{
+    if (master < 0 || (size_t)master >= m->nslots || m->slots[master].master != master)
+        return NULL;
+    return &m->slots[master];
+}
+
+/* A chunk moved: note it, and whether that makes the port hot. */
+static int moved(struct lent *l, int64_t now)
+{
+    l->last_ms = now;
+    if (l->hot_events == 0)
+        return STAY;
+    if (now - l->since_ms > l->hot_window_ms) {
+        l->since_ms = now;
+        l->events = 0;
+    }
+    return ++l->events >= l->hot_events ? HOT : STAY;
+}
+
+/* The program's side: one pty read, encoded, sent. */
+static int from_program(Mux *m, struct lent *l, uint32_t ev, int64_t now, struct back *b)
+{
+    struct mux_buffers *buf = m->buf;
+    if (ev & EPOLLERR || (ev & EPOLLHUP && !(ev & EPOLLIN)))
+        return MASTER; /* the slave closed: the loop reads the EIO itself */
+    ssize_t n = read(l->master, buf->pty_buf, PTY_READ);
+    if (n == 0 || (n < 0 && !would_block()))
+        return MASTER;
+    if (n < 0)
+        return STAY;
+    if (buf->pty_buf[0] != 0) { /* a status byte: for Python, after the data sent before it */
+        b->extra = buf->pty_buf;
+        b->extra_len = (size_t)n;
+        return STATUS;
+    }
+    size_t data = (size_t)n - 1, len = data;
+    const unsigned char *base = buf->pty_buf + 1;
+    if (l->iac && memchr(base, IAC, data) != NULL) {
+        len = iac_double(base, data, buf->out);
+        base = buf->out;
+    }
+    l->sent += data;
+    ssize_t sent = send(l->sock, base, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0 && !would_block()) {
+        b->err = errno;
+        b->unsent = base;
+        b->unsent_len = len;
+        return SOCKET;
+    }
+    if (sent < 0)
+        sent = 0;
+    if ((size_t)sent < len) {
+        b->unsent = base + sent;
+        b->unsent_len = len - (size_t)sent;
+        return BUSY;
+    }
+    return moved(l, now);
+}
+
+/* The network's side: one receive, decoded, written to the pty. */
+static int from_network(Mux *m, struct lent *l, int64_t now, struct back *b)
+{
+    struct mux_buffers *buf = m->buf;
+    ssize_t n = recv(l->sock, buf->net_buf + 1, NET_READ, MSG_DONTWAIT);
+    if (n == 0)
+        return SOCKET; /* EOF: asyncio reads it again and sees the connection go */
+    if (n < 0) {
+        if (would_block())
+            return STAY;
+        b->err = errno;
+        return SOCKET;
+    }
+    unsigned char *start = buf->net_buf + 1;
+    size_t len = (size_t)n, stop = len, data = len;
+    if (l->carry) {
+        buf->net_buf[0] = IAC;
+        start = buf->net_buf;
+        len += 1;
+        l->carry = 0;
+    }
+    if (l->iac) {
+        data = decode(start, len, &stop);
+        if (stop == len - 1) { /* an IAC ends the receive: its pair or command comes with the next */
+            l->carry = 1;
+            stop = len;
+        }
+    } else {
+        data = len;
+        stop = len;
+    }
+    l->received += data;
+    b->undelivered = start;
+    b->undelivered_len = data;
+    if (stop < len) { /* a telnet command: Python's session takes it from here */
+        b->extra = start + stop;
+        b->extra_len = len - stop;
+        return COMMAND;
+    }
+    if (data == 0)
+        return STAY;
+    if (!slave_open(l->master))
+        return MASTER; /* dropped by Python as arriving after the close */
+    ssize_t put = write(l->master, start, data);
+    if (put < 0 && !would_block())
+        return MASTER;
+    if (put < 0)
+        put = 0;
+    if ((size_t)put < data) {
+        b->undelivered = start + put;
+        b->undelivered_len = data - (size_t)put;
+        return BUSY;
+    }
+    b->undelivered_len = 0;
+    return moved(l, now);
+}
+
+/* Out of the epoll set, the slot freed, and the outcome as relay() gives it plus the bytes moved:
+ * (reason, unsent, undelivered, extra, errno, carried, sent, received). */
+static PyObject *hand_back(Mux *m, struct lent *l, const struct back *b)
+{
+    epoll_ctl(m->epfd, EPOLL_CTL_DEL, l->master, NULL);
+    epoll_ctl(m->epfd, EPOLL_CTL_DEL, l->sock, NULL);
+    PyObject *outcome = Py_BuildValue(
+        "(iy#y#y#iy#KK)", b->reason, b->unsent ? (const char *)b->unsent : "", (Py_ssize_t)b->unsent_len,
+        b->undelivered ? (const char *)b->undelivered : "", (Py_ssize_t)b->undelivered_len,
+        b->extra ? (const char *)b->extra : "", (Py_ssize_t)b->extra_len, b->err, "\xff",
+        (Py_ssize_t)(l->carry ? 1 : 0), (unsigned long long)l->sent, (unsigned long long)l->received);
+    l->master = -1;
+    m->count--;
+    return outcome;
+}
+
+static int mux_grow(Mux *m, size_t need)
+{
+    if (need <= m->nslots)
+        return 0;
+    size_t size = m->nslots ? m->nslots : 64;
+    while (size < need)
+        size *= 2;
+    struct lent *slots = PyMem_Realloc(m->slots, size * sizeof *slots);
+    if (slots == NULL)
+        return -1;
+    for (size_t i = m->nslots; i < size; i++)
+        slots[i].master = -1;
+    m->slots = slots;
+    m->nslots = size;
+    return 0;
+}
+
+static PyObject *Mux_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ":Mux") || (kwds != NULL && PyDict_GET_SIZE(kwds) && !PyArg_ParseTupleAndKeywords(args, kwds, ":Mux", (char *[]){NULL})))
+        return NULL;
+    Mux *m = (Mux *)type->tp_alloc(type, 0);
+    if (m == NULL)
+        return NULL;
+    m->epfd = -1;
+    m->buf = PyMem_RawMalloc(sizeof *m->buf);
+    if (m->buf == NULL) {
+        Py_DECREF(m);
+        return PyErr_NoMemory();
+    }
+    m->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (m->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static void Mux_dealloc(Mux *m)
+{
+    if (m->epfd >= 0)
+        close(m->epfd);
+    PyMem_Free(m->slots);
+    PyMem_RawFree(m->buf);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static int mux_check(Mux *m)
+{
+    if (m->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the Mux is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Mux_add(Mux *m, PyObject *args)
+{
+    int master, sock, iac, hot_events, hot_window_ms;
+    if (!PyArg_ParseTuple(args, "iipii:add", &master, &sock, &iac, &hot_events, &hot_window_ms) || mux_check(m))
+        return NULL;
+    if (master < 0 || sock < 0 || hot_events < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad descriptor or count");
+        return NULL;
+    }
+    if (lent_of(m, master) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "that pty is lent already");
+        return NULL;
+    }
+    if (mux_grow(m, (size_t)master + 1) < 0)
+        return PyErr_NoMemory();
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uint32_t)master};
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, master, &ev) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    ev.data.u64 |= (uint64_t)1 << 32;
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, sock, &ev) < 0) {
+        int err = errno;
+        epoll_ctl(m->epfd, EPOLL_CTL_DEL, master, NULL);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int64_t now = now_ms();
+    m->slots[master] = (struct lent){.master = master, .sock = sock, .iac = (unsigned char)iac,
+                                     .hot_events = (unsigned)hot_events, .hot_window_ms = hot_window_ms,
+                                     .since_ms = now, .last_ms = now};
+    m->count++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mux_remove(Mux *m, PyObject *args)
+{
+    int master;
+    if (!PyArg_ParseTuple(args, "i:remove", &master))
+        return NULL;
+    struct lent *l = lent_of(m, master);
+    if (l == NULL)
+        Py_RETURN_NONE;
+    struct back b = {.reason = WAKE};
+    return hand_back(m, l, &b);
+}
+
+static PyObject *Mux_counts(Mux *m, PyObject *args)
+{
+    int master;
+    if (!PyArg_ParseTuple(args, "i:counts", &master))
+        return NULL;
+    struct lent *l = lent_of(m, master);
+    if (l == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)l->sent, (unsigned long long)l->received);
+}
+
+/* Appends (master, outcome) to the list; -1 on a Python error. */
+static int append_back(PyObject *list, Mux *m, struct lent *l, const struct back *b)
+{
+    int master = l->master;
+    PyObject *outcome = hand_back(m, l, b);
+    if (outcome == NULL)
+        return -1;
+    PyObject *item = Py_BuildValue("(iN)", master, outcome);
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r;
+}
+
+static PyObject *Mux_run(Mux *m, PyObject *Py_UNUSED(ignored))
+{
+    if (mux_check(m))
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    int n = epoll_wait(m->epfd, m->buf->events, MUX_EVENTS, 0);
+    if (n < 0 && errno != EINTR) {
+        Py_DECREF(list);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int64_t now = n > 0 ? now_ms() : 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t data = m->buf->events[i].data.u64;
+        struct lent *l = lent_of(m, (int)(uint32_t)data);
+        if (l == NULL)
+            continue; /* handed back earlier in this batch */
+        struct back b = {0};
+        b.reason = data >> 32 ? from_network(m, l, now, &b) : from_program(m, l, m->buf->events[i].events, now, &b);
+        if (b.reason != STAY && append_back(list, m, l, &b) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static PyObject *Mux_idle(Mux *m, PyObject *args)
+{
+    int quiet_ms;
+    if (!PyArg_ParseTuple(args, "i:idle", &quiet_ms) || mux_check(m))
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    int64_t now = now_ms();
+    for (size_t i = 0; i < m->nslots && m->count > 0; i++) {
+        struct lent *l = &m->slots[i];
+        if (l->master < 0 || now - l->last_ms < quiet_ms)
+            continue;
+        struct back b = {.reason = IDLE};
+        if (append_back(list, m, l, &b) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static PyObject *Mux_fileno(Mux *m, PyObject *Py_UNUSED(ignored))
+{
+    if (mux_check(m))
+        return NULL;
+    return PyLong_FromLong(m->epfd);
+}
+
+static PyObject *Mux_close(Mux *m, PyObject *Py_UNUSED(ignored))
+{
+    if (m->count) {
+        PyErr_SetString(PyExc_ValueError, "ports are still lent");
+        return NULL;
+    }
+    if (m->epfd >= 0)
+        close(m->epfd);
+    m->epfd = -1;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t Mux_len(Mux *m)
+{
+    return m->count;
+}
+
+static PyMethodDef Mux_methods[] = {
+    {"add", (PyCFunction)Mux_add, METH_VARARGS,
+     "add(master, sock, iac, hot_events, hot_window_ms): lend a port's pty master and socket"},
+    {"remove", (PyCFunction)Mux_remove, METH_VARARGS, "remove(master) -> outcome (WAKE), or None if not lent"},
+    {"counts", (PyCFunction)Mux_counts, METH_VARARGS, "counts(master) -> (sent, received) so far, or None"},
+    {"run", (PyCFunction)Mux_run, METH_NOARGS, "run() -> [(master, outcome)] for the ports handed back"},
+    {"idle", (PyCFunction)Mux_idle, METH_VARARGS, "idle(quiet_ms) -> [(master, outcome)] for the quiet ports"},
+    {"fileno", (PyCFunction)Mux_fileno, METH_NOARGS, "the epoll descriptor the event loop watches"},
+    {"close", (PyCFunction)Mux_close, METH_NOARGS, "close the epoll descriptor (no port may be lent)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Mux_as_sequence = {.sq_length = (lenfunc)Mux_len};
+
+static PyTypeObject MuxType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "vcom._relay.Mux",
+    .tp_basicsize = sizeof(Mux),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Mux(): many lent ports moved in C from the event loop's thread (see vcom.port.express)",
+    .tp_new = Mux_new,
+    .tp_dealloc = (destructor)Mux_dealloc,
+    .tp_methods = Mux_methods,
+    .tp_as_sequence = &Mux_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"relay", relay, METH_VARARGS,
      "relay(master, sock, wake, iac, idle_ms, counters) -> (reason, out_pending, in_pending, extra, errno, carried)"},
@@ -257,12 +684,20 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__relay(void)
 {
+    if (PyType_Ready(&MuxType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&MuxType);
+    if (PyModule_AddObject(m, "Mux", (PyObject *)&MuxType) < 0) {
+        Py_DECREF(&MuxType);
+        Py_DECREF(m);
+        return NULL;
+    }
     static const struct { const char *name; int value; } reasons[] = {
         {"WAKE", WAKE}, {"IDLE", IDLE}, {"STATUS", STATUS}, {"COMMAND", COMMAND},
-        {"MASTER", MASTER}, {"SOCKET", SOCKET}, {"FAILED", FAILED},
+        {"MASTER", MASTER}, {"SOCKET", SOCKET}, {"FAILED", FAILED}, {"BUSY", BUSY}, {"HOT", HOT},
     };
     for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++) {
         if (PyModule_AddIntConstant(m, reasons[i].name, reasons[i].value) < 0) {

@@ -376,8 +376,8 @@ class Link:
             return
         if unsent:
             transport.write(unsent)
-            if self._ack_timer is None and self.peer_timeout:
-                self._arm_ack_check()
+        if (unsent or sent) and self._ack_timer is None and self.peer_timeout:
+            self._arm_ack_check()  # what the relay sent may still be unacknowledged
         if not self._reading_paused and self._throttle is None:
             self._resume_transport()
 

@@ -50,7 +50,7 @@ class ProgramCalls:
         _pacer: LinePacer | None
         _loop: asyncio.AbstractEventLoop
         _live: bool
-        _relay: express.Relay | None
+        _relay: express.Relay | express.Shared | None
         _break_timer: asyncio.TimerHandle | None
 
         def express_stop(self) -> None: ...

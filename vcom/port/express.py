@@ -16,14 +16,24 @@ small pool of threads, and takes them back as soon as anything needs Python:
 What the relay had read and not yet passed on comes back with it and goes first.  Only a plain TCP link
 (raw or RFC 2217) in its steady state, a port open by one program, without --emulate-baud, monitors or
 split members, is lent.  Without the C extension ports never go express.
+
+A port that is only warm (a chunk now and then, as a thousand ports streaming a few KB/s each) is lent to
+the loop's shared relay instead (``Shared``: one ``vcom._relay.Mux`` per event loop).  Its epoll set is
+one reader of the loop; each wake-up moves every ready chunk in C with no Python per chunk, and hands
+back only the ports that need Python, for the same reasons, plus a send or pty write that took only part
+(the rest is queued by the loop as usual: the Mux holds no buffer per port), a port that grew hot (it
+moves to a relay thread) and one quiet for a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
 import struct
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 try:
@@ -36,6 +46,14 @@ AVAILABLE = _relay is not None
 # express at its first chunk (the test suite runs that way too); 0 turns express off.
 HOT_EVENTS = int(os.environ.get("VCOM_EXPRESS_HOT", "48"))
 HOT_WINDOW = 0.05
+# Wake-ups that moved data within WARM_WINDOW seconds that lend a port to the loop's shared relay (Shared).
+# VCOM_EXPRESS_WARM=0 keeps ports that are not hot on the loop.
+WARM_EVENTS = int(os.environ.get("VCOM_EXPRESS_WARM", "8"))
+WARM_WINDOW = 1.0
+SHARED = AVAILABLE and HOT_EVENTS > 0 and WARM_EVENTS > 0
+# What _warm counts to: the shared relay's threshold when there is one, else a relay thread's.
+LEND_EVENTS = min(WARM_EVENTS, HOT_EVENTS) if SHARED else HOT_EVENTS
+LEND_WINDOW = WARM_WINDOW if SHARED else HOT_WINDOW
 # A relay that moved this much before a command or a status byte made it return leaves its port hot.
 BUSY_RUN = 16 * 1024
 # How long a relay waits with nothing moving before it hands the port back to the loop (milliseconds).
@@ -67,6 +85,11 @@ class Outcome:
     @property
     def command(self) -> bool:
         return self.reason == _relay.COMMAND
+
+    @property
+    def hot(self) -> bool:
+        """The shared relay handed it back for a relay thread of its own."""
+        return self.reason == _relay.HOT
 
     @property
     def failed(self) -> bool:
@@ -116,3 +139,87 @@ class Relay:
 def room() -> bool:
     """Whether another port may go express now."""
     return AVAILABLE and HOT_EVENTS > 0 and _running < MAX_RELAYS
+
+
+class Shared:
+    """One port lent to its event loop's shared relay: started on the loop, handed back by the Mux (then
+    ``returned`` is called with it, on the loop) or taken back by ``stop``."""
+
+    def __init__(self, master: int, sock: int, iac: bool, returned: Callable[[Shared], None], *,
+                 hot: bool) -> None:
+        self._hub = _Hub.of(asyncio.get_running_loop())
+        self._key = master
+        self._returned = returned
+        self._outcome: Outcome | None = None
+        self._hub.lend(self, sock, iac, hot)
+
+    def counts(self) -> tuple[int, int]:
+        if self._outcome is not None:
+            return self._outcome.sent, self._outcome.received
+        return self._hub.mux.counts(self._key) or (0, 0)
+
+    def stop(self) -> Outcome:
+        if self._outcome is None:
+            self._outcome = self._hub.take_back(self._key)
+        return self._outcome
+
+    def outcome(self) -> Outcome:
+        assert self._outcome is not None
+        return self._outcome
+
+
+class _Hub:
+    """An event loop's Mux: its reader on the loop, the ports lent to it, and the sweep that hands back
+    the quiet ones (armed only while some are lent, so an idle manager never wakes for it)."""
+
+    _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Hub:
+        hub = cls._hubs.get(loop)
+        if hub is None:
+            hub = cls._hubs[loop] = cls(loop)
+        return hub
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # not the loop itself: it is this hub's key in _hubs
+        self.mux = _relay.Mux()
+        self.lent: dict[int, Shared] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        loop.add_reader(self.mux.fileno(), self._ready)
+
+    def lend(self, port: Shared, sock: int, iac: bool, hot: bool) -> None:
+        self.mux.add(port._key, sock, iac, HOT_EVENTS if hot else 0, round(HOT_WINDOW * 1000))
+        self.lent[port._key] = port
+        self._arm()
+
+    def take_back(self, key: int) -> Outcome:
+        self.lent.pop(key, None)
+        outcome = self.mux.remove(key)
+        if outcome is None:  # not lent: nothing held, nothing moved
+            return Outcome(_relay.WAKE, b"", b"", b"", 0, b"", 0, 0)
+        return Outcome(*outcome)
+
+    def _ready(self) -> None:
+        self._hand_back(self.mux.run())
+
+    def _swept(self) -> None:
+        self._sweep = None
+        self._hand_back(self.mux.idle(IDLE_MS))
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = self._loop()
+        if self._sweep is None and self.lent and loop is not None:
+            self._sweep = loop.call_later(IDLE_MS / 1000, self._swept)
+
+    def _hand_back(self, returned: list[tuple[int, tuple]]) -> None:
+        # Every outcome is taken before any port acts on its own, so that one port's handling (which may
+        # take another port back) finds the others already handed back.
+        ports = []
+        for key, outcome in returned:
+            port = self.lent.pop(key)
+            port._outcome = Outcome(*outcome)
+            ports.append(port)
+        for port in ports:
+            port._returned(port)

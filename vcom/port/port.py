@@ -114,7 +114,7 @@ class Port(ProgramCalls):
         self._pace_timer: asyncio.TimerHandle | None = None
         # Express (vcom.port.express): the relay that has the pty and the socket while the port is hot, and
         # the wake-ups counted to find out that it is.
-        self._relay: express.Relay | None = None
+        self._relay: express.Relay | express.Shared | None = None
         self._heat = 0
         self._heat_since = 0.0
         self._express_asked = False
@@ -215,6 +215,7 @@ class Port(ProgramCalls):
             out["settings_from"] = source.name if source else None
         out.update(self.link.status())
         out["express"] = self._relay is not None
+        out["express_shared"] = isinstance(self._relay, express.Shared)
         out["express_runs"] = self.express_runs
         if self._relay is not None:
             sent, received = self._relay.counts()
@@ -662,22 +663,26 @@ class Port(ProgramCalls):
     # -- express (vcom.port.express)
 
     def _warm(self) -> None:
-        """One more wake-up that moved data: a port that has HOT_EVENTS of them within HOT_WINDOW is hot,
-        and goes express as soon as it may (each later wake-up tries again while it stays hot)."""
+        """One more wake-up that moved data.  A port that has HOT_EVENTS of them within HOT_WINDOW is hot and
+        goes express in a relay thread of its own when one is free; one with WARM_EVENTS within WARM_WINDOW
+        is lent to the loop's shared relay (each later wake-up tries again while it stays so)."""
         self._heat += 1
-        if self._heat < express.HOT_EVENTS:
+        if self._heat < express.LEND_EVENTS:
             return
         now = self._loop.time()
-        if now - self._heat_since > express.HOT_WINDOW:
+        age = now - self._heat_since
+        if age > express.LEND_WINDOW:
             self._heat, self._heat_since = 0, now  # not that busy: count again
             return
         if self._relay is None and not self._express_asked:
             self._express_asked = True
-            self._loop.call_soon(self._express_start)
+            hot = self._heat >= express.HOT_EVENTS and age <= express.HOT_WINDOW
+            self._loop.call_soon(self._express_start, hot)
 
-    def _express_start(self) -> None:
+    def _express_start(self, hot: bool) -> None:
         self._express_asked = False
-        if not self._express_eligible():
+        own_thread = hot and express.room()
+        if not (own_thread or express.SHARED) or not self._express_eligible():
             return
         lent = self.link.lend_socket(self.express_stop)
         if lent is None:
@@ -685,16 +690,22 @@ class Port(ProgramCalls):
         self._heat, self._heat_since = 0, self._loop.time()
         sock, iac = lent
         self._set_reading(False)
+        relay: express.Relay | express.Shared
         try:
-            relay = express.Relay(self.pty.master_fd, sock, iac)
-        except (OSError, RuntimeError) as exc:  # no eventfd (descriptors exhausted), no thread
+            if own_thread:
+                relay = express.Relay(self.pty.master_fd, sock, iac)
+            else:
+                # Handed back when it grows hot only while a relay thread could take it.
+                relay = express.Shared(self.pty.master_fd, sock, iac, self._express_returned, hot=express.room())
+        except (OSError, RuntimeError, ValueError) as exc:  # no eventfd (descriptors exhausted), no thread
             log.debug("%s: cannot go express: %s", self.name, exc)
             self.link.give_back(b"", 0, 0)
             self._update_io()
             return
         self._relay = relay
         self.express_runs += 1
-        relay.future.add_done_callback(lambda _: self._relay_done(relay))
+        if isinstance(relay, express.Relay):
+            relay.future.add_done_callback(lambda _: self._relay_done(relay))
 
     def _relay_done(self, relay: express.Relay) -> None:
         """In the relay's thread, when it has returned by itself: the loop takes the port back."""
@@ -702,12 +713,12 @@ class Port(ProgramCalls):
             self._loop.call_soon_threadsafe(self._express_returned, relay)
 
     def _express_eligible(self) -> bool:
-        return (express.room() and self._relay is None and self._session and self._live and not self._closing
+        return (self._relay is None and self._session and self._live and not self._closing
                 and self._pacer is None and not self.taps and len(self.group.members) == 1
                 and not self._to_pty and not self._writing and not self._writable_waiters
                 and self._break_timer is None and self.link.writable)
 
-    def _express_returned(self, relay: express.Relay) -> None:
+    def _express_returned(self, relay: express.Relay | express.Shared) -> None:
         if relay is self._relay:
             self._express_finish(relay.outcome())
 
@@ -720,13 +731,15 @@ class Port(ProgramCalls):
     def _express_finish(self, outcome: express.Outcome) -> None:
         """Back on the loop: what the relay read and did not pass on goes first, in each direction, then
         what made it return (a status byte, a telnet command) is handled as the loop would have."""
-        self._relay = None
+        own_thread, self._relay = isinstance(self._relay, express.Relay), None
         if outcome.failed:
             _problems.warning((self.name, "express"), "%s: the express relay failed (%s); back on the event loop",
                               self.name, os.strerror(outcome.error))
-        if (outcome.status_read or outcome.command) and outcome.sent + outcome.received >= express.BUSY_RUN:
-            # Still busy: the next wake-up that moves data may take it express again.  (A run that moved
-            # little before a command, a server flooding commands, must grow hot again first.)
+        if outcome.hot or (own_thread and (outcome.status_read or outcome.command)
+                           and outcome.sent + outcome.received >= express.BUSY_RUN):
+            # Still busy (or grown hot in the shared relay): the next wake-up that moves data may take it to
+            # a relay thread.  (A run that moved little before a command, a server flooding commands, must
+            # grow hot again first.)
             self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
         self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
         if outcome.received:
