@@ -88,8 +88,9 @@ class Outcome:
 
     @property
     def hot(self) -> bool:
-        """The shared relay handed it back for a relay thread of its own."""
-        return self.reason == _relay.HOT
+        """The shared relay handed it back for a relay thread of its own: grown hot, or more to move than
+        the other side took at once (a relay thread waits for it to take the rest; the Mux does not)."""
+        return self.reason in (_relay.HOT, _relay.BUSY)
 
     @property
     def failed(self) -> bool:

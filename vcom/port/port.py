@@ -737,9 +737,9 @@ class Port(ProgramCalls):
                               self.name, os.strerror(outcome.error))
         if outcome.hot or (own_thread and (outcome.status_read or outcome.command)
                            and outcome.sent + outcome.received >= express.BUSY_RUN):
-            # Still busy (or grown hot in the shared relay): the next wake-up that moves data may take it to
-            # a relay thread.  (A run that moved little before a command, a server flooding commands, must
-            # grow hot again first.)
+            # Still busy (or grown hot in the shared relay, or held back there): the next wake-up that moves
+            # data may take it to a relay thread.  (A run that moved little before a command, a server
+            # flooding commands, must grow hot again first.)
             self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
         self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
         if outcome.received:
