@@ -331,6 +331,17 @@ static int moved(struct lent *l, int64_t now)
     return ++l->events >= l->hot_events ? HOT : STAY;
 }
 
+/* A send or pty write of len bytes from base took `done` (negative: it would block): the port stays if it
+ * took everything, else the rest is handed back (*rest, *rest_len) for the loop to queue. */
+static int passed_on(struct lent *l, int64_t now, ssize_t done, const unsigned char *base, size_t len,
+                     const unsigned char **rest, size_t *rest_len)
+{
+    size_t took = done > 0 ? (size_t)done : 0;
+    *rest = base + took;
+    *rest_len = len - took;
+    return *rest_len ? BUSY : moved(l, now);
+}
+
 /* The program's side: one pty read, encoded, sent. */
 static int from_program(Mux *m, struct lent *l, uint32_t ev, int64_t now, struct back *b)
 {
@@ -361,14 +372,7 @@ static int from_program(Mux *m, struct lent *l, uint32_t ev, int64_t now, struct
         b->unsent_len = len;
         return SOCKET;
     }
-    if (sent < 0)
-        sent = 0;
-    if ((size_t)sent < len) {
-        b->unsent = base + sent;
-        b->unsent_len = len - (size_t)sent;
-        return BUSY;
-    }
-    return moved(l, now);
+    return passed_on(l, now, sent, base, len, &b->unsent, &b->unsent_len);
 }
 
 /* The network's side: one receive, decoded, written to the pty. */
@@ -417,15 +421,7 @@ static int from_network(Mux *m, struct lent *l, int64_t now, struct back *b)
     ssize_t put = write(l->master, start, data);
     if (put < 0 && !would_block())
         return MASTER;
-    if (put < 0)
-        put = 0;
-    if ((size_t)put < data) {
-        b->undelivered = start + put;
-        b->undelivered_len = data - (size_t)put;
-        return BUSY;
-    }
-    b->undelivered_len = 0;
-    return moved(l, now);
+    return passed_on(l, now, put, start, data, &b->undelivered, &b->undelivered_len);
 }
 
 /* Out of the epoll set, the slot freed, and the outcome as relay() gives it plus the bytes moved:
