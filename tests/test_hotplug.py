@@ -133,7 +133,10 @@ def test_a_tty_appearing_reopens_its_share(vcom: Vcom, namespaced: tuple[Namespa
     vcom.ok("share", devnode, "--listen", "127.0.0.1:0", "--protocol", "tcp")
     assert vcom.status(devnode)["device_state"] == "open"
 
-    first.close()  # unplugged
+    # Unplugged: the name goes first, as udev removes it.  (Were it left pointing at first's /dev/pts/N, the
+    # share's retries could open and lock the pty that a test in another worker gets under that number next.)
+    _repoint(devices / "ttyVT", str(devices / "unplugged"))
+    first.close()
     vcom.wait_status(devnode, lambda s: s["device_state"] == "gone", what="the device gone")
     second = make_device()
     _repoint(devices / "ttyVT", second.path)  # plugged in again, under the same name
@@ -142,3 +145,4 @@ def test_a_tty_appearing_reopens_its_share(vcom: Vcom, namespaced: tuple[Namespa
                    capture_output=True, timeout=30)
     status = vcom.wait_status(devnode, lambda s: s["device_state"] == "open", what="the share reopened at once")
     assert status["device_error"] is None
+    _repoint(devices / "ttyVT", str(devices / "unplugged"))  # before the teardown closes second (see above)
