@@ -130,3 +130,34 @@ def test_every_reconnect_sends_masks_settings_and_lines_again():
         assert link.stats.reconnects >= 1
 
     asyncio.run(run_with_server(scenario))
+
+
+def test_a_lent_socket_stays_lent_when_the_negotiation_timer_fires():
+    """The negotiation timer fires once per connection, negotiated or not; it has nothing to send then, and
+    must not take the socket back from an express relay (that put a busy port back on the loop for a
+    round of wake-ups, a few seconds after every connect)."""
+
+    async def scenario(kind: str) -> None:
+        script = ScriptedServer()
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        listener = Listener()
+        link = Link(parse_target(f"{kind}://127.0.0.1:{port}"), listener, name="test", negotiation_timeout=0.2)
+        reclaimed: list[str] = []
+        try:
+            link.start()
+            await asyncio.wait_for(listener.writable.wait(), 10)
+            await wait_for(lambda: link.lend_socket(lambda: reclaimed.append("reclaimed")) is not None,
+                           "the socket to be lendable")
+            await asyncio.sleep(0.5)  # well past the negotiation timer
+            assert reclaimed == [], kind
+            link.set_lines(Lines(dtr=False, rts=True))  # something to send: now it must be taken back
+            assert reclaimed == (["reclaimed"] if kind == "rfc2217" else []), kind
+        finally:
+            await link.stop()
+            server.close()
+            for writer in script.writers:
+                writer.close()
+
+    for kind in ("tcp", "rfc2217"):
+        asyncio.run(scenario(kind))

@@ -722,11 +722,11 @@ class Link:
             self._listener.link_writable(writable)
 
     def _write(self, data: bytes) -> None:
-        if self._lender is not None:
-            self._reclaim()
         transport = self._transport
         if not data or transport is None:
-            return
+            return  # nothing touches the socket: a relay that has it keeps it
+        if self._lender is not None:
+            self._reclaim()
         if self._datagrams:
             view = memoryview(data)  # slices of a view: no copy per datagram
             for start in range(0, len(data), DATAGRAM_SIZE):
