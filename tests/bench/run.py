@@ -164,10 +164,17 @@ def wrapped_rows(children: P.Procs, manager: P.Manager, port: Path, lines_bin: P
     return rows
 
 
-def latency_rows(fds: dict[str, int], progress: Progress, rounds: int = 10, per_round: int = 200) -> list[R.Row]:
+def latency_rows(fds: dict[str, int], progress: Progress, rounds: int = 100, per_round: int = 20) -> list[R.Row]:
+    """Round trips in short alternating blocks: a burst of noise on this shared machine (a few milliseconds,
+    tens of round trips) then falls on both relays alike instead of on whichever had the longer block, which
+    is what made p99 swing between 0.8x and 1.3x from run to run with blocks of 200."""
     rows = []
     for kind, label in (("tcp", "tcp://"), ("rfc2217", "RFC 2217")):
         progress(f"1-byte round trips, {label}: vcom and socat, {rounds} x {per_round} each, interleaved")
+        for fd in (fds[kind], fds["socat"]):
+            # Warm again: the other kind's rows took long enough for this port to be handed back to the
+            # event loop as idle; this row is about a port in use, as the first warm-up's comment says.
+            T.round_trips(fd, 50)
         vcom: list[int] = []
         socat: list[int] = []
         for i in range(rounds):
@@ -182,7 +189,9 @@ def latency_rows(fds: dict[str, int], progress: Progress, rounds: int = 10, per_
 
 
 def throughput_rows(fds: dict[str, int], relays: dict[str, int], progress: Progress,
-                    reps: int = 3, seconds: float = 1.5) -> list[R.Row]:
+                    reps: int = 5, seconds: float = 1.0) -> list[R.Row]:
+    # Five shorter runs each rather than three longer ones: the median of five moves less with one slow
+    # second (rates through the same relay differ by 10-20 % from one run to the next here).
     rng = random.Random(2217)
     random_data = rng.randbytes(1 << 20)
     cases = [("tcp", "random", random_data), ("rfc2217", "random", random_data),
