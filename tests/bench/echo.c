@@ -171,14 +171,34 @@ static size_t telnet(struct conn *c, const unsigned char *in, size_t len, unsign
 {
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
+        if (c->state == P_DATA) {
+            /* Data and doubled IACs go back as they came: find where that run ends (an IAC that is not
+             * doubled, or the end) and copy it at once.  Byte by byte, the RFC 2217 side took 2.1 ms of
+             * CPU per MB echoed with random data and 2.9-3.0 ms with all 0xFF, against the raw side's
+             * 1.3-1.4 ms, on the two CPUs the relays share; in runs, 1.2-1.3 and 1.6-2.0 ms. */
+            size_t end = i;
+            while (end < len) {
+                if (in[end] != IAC) {
+                    const unsigned char *iac = memchr(in + end, IAC, len - end);
+                    end = iac != NULL ? (size_t)(iac - in) : len;
+                } else if (end + 1 < len && in[end + 1] == IAC) {
+                    end += 2;
+                } else {
+                    break;
+                }
+            }
+            memcpy(out + n, in + i, end - i);
+            n += end - i;
+            if (end == len)
+                break;
+            i = end;
+            c->state = P_IAC;
+            continue;
+        }
         unsigned char b = in[i];
         switch (c->state) {
         case P_DATA:
-            if (b == IAC)
-                c->state = P_IAC;
-            else
-                out[n++] = b;
-            break;
+            break; /* handled above */
         case P_IAC:
             if (b == IAC) {
                 out[n++] = IAC;
