@@ -91,6 +91,27 @@ def test_a_change_by_a_program_that_is_not_interposed_ends_the_view():
     assert bytes(shown.cc[i] for i in (17, 18)) == b"\0\0" and not shown.lflag & EXTPROC
 
 
+def test_the_remembered_answer_follows_every_change_of_what_it_was_made_from():
+    """for_program keeps its last answer while the pty's termios (one instance per value: Termios2.unpack)
+    and the view stay the same objects; any change of either is answered afresh."""
+    asked = _cs7_even(with_speed(fresh_uart_termios(), 19200))
+    applied = Termios2.unpack(_pty_kept(asked).pack())
+    assert Termios2.unpack(applied.pack()) is applied  # the same value read again: the same instance
+    view = ProgramView()
+    before = view.for_program(applied)  # not set through us yet: the pty's view
+    assert before.cflag & termios.CSIZE == termios.CS8 and view.for_program(applied) is before
+    view.record(asked, applied)
+    assert view.for_program(applied) == asked  # recorded since: not the answer kept from before
+    again = _cs7_even(with_speed(fresh_uart_termios(), 9600))
+    view.record(again, Termios2.unpack(_pty_kept(again).pack()))
+    assert view.for_program(view.applied) == again
+    other = Termios2.unpack(with_speed(view.applied, 57600).pack())  # changed by a program not interposed
+    shown = view.for_program(other)
+    assert shown.ospeed == 57600 and shown.cflag & termios.CSIZE == termios.CS8 and view.requested is None
+    view.forget()
+    assert view.for_program(other) == shown
+
+
 def test_without_an_interposed_set_the_program_sees_the_pty_without_vcom_marks():
     current = fresh_uart_termios().with_tag()
     current = Termios2(current.iflag, current.oflag, current.cflag, current.lflag | EXTPROC, current.line,

@@ -141,7 +141,15 @@ class Termios2:
 
     @classmethod
     def unpack(cls, raw: bytes) -> Termios2:
-        return cls(*_TERMIOS2.unpack(raw))
+        """One instance per value seen lately: a port's termios rarely changes, it is read on every trapped
+        ``TCGETS`` of a wrapped program, and building a frozen dataclass takes microseconds."""
+        key = bytes(raw)
+        found = _UNPACKED.get(key)
+        if found is None:
+            if len(_UNPACKED) >= _UNPACKED_MAX:
+                _UNPACKED.clear()
+            found = _UNPACKED[key] = cls(*_TERMIOS2.unpack(key))
+        return found
 
     @classmethod
     def unpack_termios(cls, raw: bytes, current: Termios2) -> Termios2:
@@ -172,6 +180,10 @@ class Termios2:
         for slot, value in zip(TAG_SLOTS, tag, strict=True):
             cc[slot] = value
         return replace(self, cc=bytes(cc))
+
+
+_UNPACKED: dict[bytes, Termios2] = {}
+_UNPACKED_MAX = 256
 
 
 def get_termios2(fd: int) -> Termios2:

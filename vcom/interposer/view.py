@@ -51,6 +51,10 @@ class ProgramView:
     # new view from its answer, so it is sent no notice (one send fewer on the way to the wire).
     generation: int = field(default_factory=lambda: next(_generations))
     on_change: Callable[[bool, int | None], None] | None = None
+    # The last for_program answer and what it was made from (compared by identity: Termios2.unpack gives
+    # one instance per value, so an unchanged pty termios is the same object).
+    _shown: tuple[Termios2, Termios2 | None, Termios2 | None, Termios2] | None = field(
+        default=None, repr=False, compare=False)
 
     def record(self, requested: Termios2, applied: Termios2) -> None:
         """A program set termios through an interposer; the caller tells the watchers (``changed``) before
@@ -66,7 +70,7 @@ class ProgramView:
     def valid(self, current: Termios2) -> bool:
         if self.requested is None:
             return False
-        if current != self.applied:
+        if current is not self.applied and current != self.applied:
             self.requested = self.applied = None  # a program that is not interposed changed it since
             log.info("the termios a program set through the interposer was changed by one that is not "
                      "interposed: data bits and parity are now as the pty keeps them")
@@ -91,6 +95,14 @@ class ProgramView:
     def for_program(self, current: Termios2) -> Termios2:
         """What ``tcgetattr`` returns to an interposed program: exactly what it set (the pty's termios
         with the forced bits, EXTPROC and the tag slots as the program gave them)."""
+        shown = self._shown
+        if shown is not None and shown[0] is current and shown[1] is self.requested and shown[2] is self.applied:
+            return shown[3]  # every trapped TCGETS asks; building the answer took most of its time
+        answer = self._for_program(current)
+        self._shown = (current, self.requested, self.applied, answer)
+        return answer
+
+    def _for_program(self, current: Termios2) -> Termios2:
         if self.valid(current):
             assert self.requested is not None
             asked = self.requested
