@@ -117,3 +117,44 @@ def test_a_silent_partition_is_noticed_and_healed(vcom: Vcom, namespace: Namespa
     flowing = time.monotonic() - healed_at
     print(f"\npartition noticed after {noticed:.1f} s; connected again {reconnected:.1f} s and data flowing "
           f"{flowing:.1f} s after the network healed; {status['lost_at_disconnect']} bytes counted as lost")
+
+
+def test_a_quiet_port_lent_to_the_shared_relay_still_notices_a_dead_server(vcom: Vcom, start_peer, open_port,
+                                                                           tmp_path: Path):
+    """A port that moves a chunk now and then is lent to the loop's shared relay (vcom.port.express) and
+    stays there while quiet.  The relay's sends are its own, not the link's: a chunk it sends into a
+    silent partition must still start the link's peer-timeout watch, or the connection would wait on
+    the kernel's retransmissions for a quarter of an hour."""
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    vcom.env["VCOM_EXPRESS_HOT"] = "1000000"  # never a relay thread of its own: the shared relay
+    vcom.env["VCOM_EXPRESS_WARM"] = "2"
+    space = _namespace(vcom)
+    try:
+        echo = start_peer(NamespacedEcho(tmp_path / "echo", space))
+        device = tmp_path / "ttyV0"
+        vcom.add(device, f"tcp://127.0.0.1:{echo.port}", "--connect", "always", "--peer-timeout", "2")
+        fd = open_port(device)
+        vcom.wait_status(device, lambda s: s["state"] == "connected", what="connected")
+        for i in range(6):  # a few exchanges: warm, lent
+            os.write(fd, b"ping %d\n" % i)
+            got = b""
+            while not got.endswith(b"ping %d\n" % i):
+                assert select.select([fd], [], [], 10)[0], "no echo"
+                got += os.read(fd, 4096)
+        vcom.wait_status(device, lambda s: s["express_shared"], what="lent to the shared relay")
+        time.sleep(1.5)  # quiet: it stays lent
+        assert vcom.query(device)["express_shared"]
+
+        rules = tmp_path / "partition.nft"
+        rules.write_text(f"table inet partition {{\n  chain input {{\n    type filter hook input priority 0;\n"
+                         f"    tcp dport {echo.port} drop\n    tcp sport {echo.port} drop\n  }}\n}}\n")
+        space.inside("nft", "-f", str(rules))
+        os.write(fd, b"into the void\n")  # sent by the shared relay, never acknowledged
+        status = vcom.wait_status(device, lambda s: s["state"] != "connected", timeout=30,
+                                  what="the dead server noticed")
+        assert status["timeouts"] == 1, status
+        assert "no answer from the server within 2 s (peer timeout)" in status["last_error"], status
+    finally:
+        space.stop()

@@ -262,8 +262,12 @@ static PyObject *relay(PyObject *module, PyObject *args)
  *                                    back-pressure (the Mux keeps no buffer per port, so two thousand lent
  *                                    ports cost a few dozen bytes each);
  *   HOT                              hot_events chunks within hot_window_ms: a port for a relay() thread;
- *   IDLE                             (idle()) nothing moved for the given time;
  *   WAKE                             (remove()) the loop takes the port back before touching it.
+ *
+ * A quiet port stays lent: it costs nothing here, and its next chunk (a program that polls its device
+ * every few seconds) moves in C at once instead of through the loop's Python.  sending() names the ports
+ * that sent data since it was last called, so that their links watch for the server's acknowledgements
+ * (the peer timeout), which sends made here do not arm.
  *
  * Every descriptor is non-blocking and nothing waits: run() returns as soon as the ready chunks have
  * moved.  The GIL stays held (the loop's thread has nothing else to do meanwhile). */
@@ -275,8 +279,9 @@ struct lent {
     unsigned char iac, carry;
     unsigned int hot_events, events; /* hot_events 0: never hands back for heat */
     int hot_window_ms;
-    int64_t since_ms, last_ms;
+    int64_t since_ms;
     uint64_t sent, received;
+    uint64_t sent_seen; /* sent at the last sending() */
 };
 
 struct mux_buffers {
@@ -321,7 +326,6 @@ static struct lent *lent_of(Mux *m, int master)
 /* A chunk moved: note it, and whether that makes the port hot. */
 static int moved(struct lent *l, int64_t now)
 {
-    l->last_ms = now;
     if (l->hot_events == 0)
         return STAY;
     if (now - l->since_ms > l->hot_window_ms) {
@@ -525,7 +529,7 @@ static PyObject *Mux_add(Mux *m, PyObject *args)
     int64_t now = now_ms();
     m->slots[master] = (struct lent){.master = master, .sock = sock, .iac = (unsigned char)iac,
                                      .hot_events = (unsigned)hot_events, .hot_window_ms = hot_window_ms,
-                                     .since_ms = now, .last_ms = now};
+                                     .since_ms = now};
     m->count++;
     Py_RETURN_NONE;
 }
@@ -596,24 +600,25 @@ static PyObject *Mux_run(Mux *m, PyObject *Py_UNUSED(ignored))
     return list;
 }
 
-static PyObject *Mux_idle(Mux *m, PyObject *args)
+static PyObject *Mux_sending(Mux *m, PyObject *Py_UNUSED(ignored))
 {
-    int quiet_ms;
-    if (!PyArg_ParseTuple(args, "i:idle", &quiet_ms) || mux_check(m))
+    if (mux_check(m))
         return NULL;
     PyObject *list = PyList_New(0);
     if (list == NULL)
         return NULL;
-    int64_t now = now_ms();
-    for (size_t i = 0; i < m->nslots && m->count > 0; i++) {
+    for (size_t i = 0; i < m->nslots; i++) {
         struct lent *l = &m->slots[i];
-        if (l->master < 0 || now - l->last_ms < quiet_ms)
+        if (l->master < 0 || l->sent == l->sent_seen)
             continue;
-        struct back b = {.reason = IDLE};
-        if (append_back(list, m, l, &b) < 0) {
+        l->sent_seen = l->sent;
+        PyObject *master = PyLong_FromLong(l->master);
+        if (master == NULL || PyList_Append(list, master) < 0) {
+            Py_XDECREF(master);
             Py_DECREF(list);
             return NULL;
         }
+        Py_DECREF(master);
     }
     return list;
 }
@@ -648,7 +653,7 @@ static PyMethodDef Mux_methods[] = {
     {"remove", (PyCFunction)Mux_remove, METH_VARARGS, "remove(master) -> outcome (WAKE), or None if not lent"},
     {"counts", (PyCFunction)Mux_counts, METH_VARARGS, "counts(master) -> (sent, received) so far, or None"},
     {"run", (PyCFunction)Mux_run, METH_NOARGS, "run() -> [(master, outcome)] for the ports handed back"},
-    {"idle", (PyCFunction)Mux_idle, METH_VARARGS, "idle(quiet_ms) -> [(master, outcome)] for the quiet ports"},
+    {"sending", (PyCFunction)Mux_sending, METH_NOARGS, "sending() -> [master] of the ports that sent since the last call"},
     {"fileno", (PyCFunction)Mux_fileno, METH_NOARGS, "the epoll descriptor the event loop watches"},
     {"close", (PyCFunction)Mux_close, METH_NOARGS, "close the epoll descriptor (no port may be lent)"},
     {NULL, NULL, 0, NULL},

@@ -381,6 +381,13 @@ class Link:
         if not self._reading_paused and self._throttle is None:
             self._resume_transport()
 
+    def watch_acks(self) -> None:
+        """The relay that has the socket sent data: watch for the server's acknowledgement as after a write
+        of our own (the peer timeout; ``_ack_check`` only reads the socket's state, and takes the socket
+        back before it aborts)."""
+        if self._ack_timer is None and self.peer_timeout and self._transport is not None:
+            self._arm_ack_check()
+
     def received_by_relay(self, data: bytes) -> None:
         """What the relay received from a telnet command on: the session takes it from here."""
         self._received(data)

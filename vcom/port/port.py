@@ -696,7 +696,8 @@ class Port(ProgramCalls):
                 relay = express.Relay(self.pty.master_fd, sock, iac)
             else:
                 # Handed back when it grows hot only while a relay thread could take it.
-                relay = express.Shared(self.pty.master_fd, sock, iac, self._express_returned, hot=express.room())
+                relay = express.Shared(self.pty.master_fd, sock, iac, self._express_returned, hot=express.room(),
+                                       sent=self.link.watch_acks)
         except (OSError, RuntimeError, ValueError) as exc:  # no eventfd (descriptors exhausted), no thread
             log.debug("%s: cannot go express: %s", self.name, exc)
             self.link.give_back(b"", 0, 0)
@@ -753,3 +754,5 @@ class Port(ProgramCalls):
         if outcome.status_read:
             self._handle(self.pty.parse(outcome.extra))
         self._update_io()
+        if own_thread and outcome.idle:
+            self._express_start(False)  # quiet: held by the shared relay for nothing until it moves again
