@@ -721,7 +721,13 @@ class Port(ProgramCalls):
 
     def _express_returned(self, relay: express.Relay | express.Shared) -> None:
         if relay is self._relay:
-            self._express_finish(relay.outcome())
+            outcome = relay.outcome()
+            self._express_finish(outcome)
+            if outcome.idle:
+                # Quiet: held by the shared relay for nothing until it moves again.  Only here, where the
+                # relay returned by itself: a relay taken back by express_stop() for someone about to touch
+                # the socket or the pty (one that had just gone idle included) must stay taken back.
+                self._express_start(False)
 
     def express_stop(self) -> None:
         """Take the pty and the socket back from the relay (if it has them) before touching either."""
@@ -754,5 +760,3 @@ class Port(ProgramCalls):
         if outcome.status_read:
             self._handle(self.pty.parse(outcome.extra))
         self._update_io()
-        if own_thread and outcome.idle:
-            self._express_start(False)  # quiet: held by the shared relay for nothing until it moves again
