@@ -52,9 +52,12 @@ AVAILABLE = _relay is not None
 HOT_EVENTS = int(os.environ.get("VCOM_EXPRESS_HOT", "48"))
 HOT_WINDOW = 0.05
 # Wake-ups that moved data within WARM_WINDOW seconds that lend a port to the loop's shared relay (Shared).
+# Ten seconds, so that a program that polls its device every second or two is lent too (a lent port costs
+# nothing while quiet); the eight wake-ups bound how often a port whose control events (termios changes,
+# telnet commands) keep handing it back is lent again.
 # VCOM_EXPRESS_WARM=0 keeps ports that are not hot on the loop.
 WARM_EVENTS = int(os.environ.get("VCOM_EXPRESS_WARM", "8"))
-WARM_WINDOW = 1.0
+WARM_WINDOW = 10.0
 SHARED = AVAILABLE and HOT_EVENTS > 0 and WARM_EVENTS > 0
 # What _warm counts to: the shared relay's threshold when there is one, else a relay thread's.
 LEND_EVENTS = min(WARM_EVENTS, HOT_EVENTS) if SHARED else HOT_EVENTS
