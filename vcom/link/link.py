@@ -256,8 +256,7 @@ class Link:
             self._write(session.encode(data))
         else:
             transport.write(session.encode(data))
-            if self._ack_timer is None and self.peer_timeout:
-                self._arm_ack_check()
+            self.watch_acks()
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -361,8 +360,7 @@ class Link:
             return None
         transport.pause_reading()
         self._lender = reclaim
-        if self._ack_timer is None and self.peer_timeout:
-            self._arm_ack_check()  # the relay's sends do not arm it
+        self.watch_acks()  # for what is in flight now; the relay's own sends are watched through watch_acks
         return sock.fileno(), type(session) is not RawSession
 
     def give_back(self, unsent: bytes, sent: int, received: int) -> None:
@@ -376,15 +374,15 @@ class Link:
             return
         if unsent:
             transport.write(unsent)
-        if (unsent or sent) and self._ack_timer is None and self.peer_timeout:
-            self._arm_ack_check()  # what the relay sent may still be unacknowledged
+        if unsent or sent:
+            self.watch_acks()  # what the relay sent may still be unacknowledged
         if not self._reading_paused and self._throttle is None:
             self._resume_transport()
 
     def watch_acks(self) -> None:
-        """The relay that has the socket sent data: watch for the server's acknowledgement as after a write
-        of our own (the peer timeout; ``_ack_check`` only reads the socket's state, and takes the socket
-        back before it aborts)."""
+        """Data went to the server (written here, or by the relay that has the socket): watch for its
+        acknowledgement (the peer timeout; ``_ack_check`` only reads the socket's state, and takes the
+        socket back before it aborts)."""
         if self._ack_timer is None and self.peer_timeout and self._transport is not None:
             self._arm_ack_check()
 
@@ -740,8 +738,7 @@ class Link:
                 transport.sendto(view[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
         else:
             transport.write(data)
-            if self._ack_timer is None and self.peer_timeout:
-                self._arm_ack_check()
+            self.watch_acks()
 
     def _arm_ack_check(self) -> None:
         interval = min(ACK_CHECK_INTERVAL, max(self.peer_timeout / 4, 0.25))
