@@ -74,7 +74,7 @@ def test_staged_tree_names_no_build_or_staging_path(installed: tuple[Path, Path]
     launcher = (stage / prefix.relative_to("/") / "bin" / "vcom").read_text()
     assert launcher.startswith("#!/usr/bin/python3 -s\n")
     assert not list(stage.rglob("pyvenv.cfg")) and not list(stage.rglob("direct_url.json"))
-    assert list(stage.rglob("cli.cpython-*.pyc")), "byte code is compiled at install time"
+    assert list(stage.rglob("vcom/cli/__pycache__/__init__.cpython-*.pyc")), "byte code is compiled at install time"
     assert os.readlink(stage / "usr/local/bin/vcom") == f"{prefix}/bin/vcom"
 
 
