@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,74 @@ def test_only_ioctls_are_read_as_ioctls() -> None:
     assert seccomp.is_ioctl(Notification(1, os.getpid(), ioctl_nr, arch, args))
     assert not seccomp.is_ioctl(Notification(1, os.getpid(), 1, arch, args))  # write(2) on x86_64
     assert not seccomp.is_ioctl(Notification(1, os.getpid(), ioctl_nr, 0x12345678, args))
+
+
+CALLERS = """
+    import fcntl, os, pty, sys, termios, threading
+    from vcom.interposer import seccomp
+    _, tty = pty.openpty()  # a terminal that is no vcom port: the manager lets the kernel answer
+    listener = seccomp.install_filter(seccomp.filter_program(), no_new_privs=True)
+    print(listener, flush=True)
+    sys.stdin.readline()
+
+    def call():
+        fcntl.ioctl(tty, termios.TCGETS, bytes(60))
+        os.write(1, b"x")
+
+    threads = [threading.Thread(target=call) for _ in range({count})]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+"""
+
+
+def blocked_in_ioctl(pid: int) -> int:
+    """How many threads of ``pid`` are inside ioctl(2) (x86-64: 16; aarch64, riscv64: 29)."""
+    number = {"x86_64": "16", "aarch64": "29", "riscv64": "29"}[os.uname().machine]
+    blocked = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with open(task / "syscall") as syscall:
+            blocked += syscall.read().split(" ", 1)[0] == number
+    return blocked
+
+
+def test_one_wake_up_answers_the_calls_already_waiting_and_no_more_than_drain(tmp_path) -> None:
+    """A program's next trapped call is usually waiting by the time its last one is answered: the manager
+    takes it in the same wake-up of its loop.  But one wake-up answers at most DRAIN calls, so that a
+    program making calls from many threads cannot hold up the manager's other ports."""
+    import subprocess
+    import textwrap
+
+    count = handoff.DRAIN + 4
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CALLERS.format(count=count))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    page_fd, page = handoff.held_page()
+    listener = -1
+    try:
+        listener = seccomp.get_fd(child.pid, int(child.stdout.readline()))
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        wait_until(lambda: blocked_in_ioctl(child.pid) == count, 15, f"{count} threads waiting in a trapped ioctl")
+        answered: list[int] = []
+
+        class Counted(handoff.Handed):
+            def respond(self, n, **how):  # noqa: ANN001, ANN003
+                answered.append(n.id)
+                super().respond(n, **how)
+
+        handed = Counted(listener, page, lambda rdev: None, lambda *a: None, lambda *a: None, lambda h: None)
+        handed.readable()
+        assert len(answered) == handoff.DRAIN
+        handed.readable()  # the rest, and it returns when no call is left waiting
+        assert len(set(answered)) == count
+        assert child.stdout.read(count) == b"x" * count  # every call returned to its thread
+        assert child.wait(15) == 0
+    finally:
+        if listener >= 0:
+            os.close(listener)
+        page.close()
+        os.close(page_fd)
+        if child.poll() is None:
+            child.kill()
+            child.wait()

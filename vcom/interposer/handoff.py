@@ -51,6 +51,7 @@ HELD_SIZE = _ID.size * (SLOTS + 1)  # the highest id received, then the slots (0
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 PROBED = 16  # ids after the highest noted that the supervisor checks when it takes the listener back
 PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
+DRAIN = 8  # notifications taken per wake-up of the loop: a busy program cannot hold up the other ports
 
 
 def held_page() -> tuple[int, mmap.mmap]:
@@ -129,27 +130,37 @@ class Handed(CallAnswerer):
         self._poller.register(listener, select.POLLIN)
 
     def readable(self) -> None:
+        # A program's next trapped call is often pending by the time its last one is answered (glibc's
+        # tcsetattr makes TCGETS, TCSETS, TCGETS; the kernel runs the program as soon as it is answered):
+        # it is taken here, not after another turn of the loop, up to DRAIN calls per wake-up.
+        for _ in range(DRAIN):
+            if not self._receive_one():
+                return
+
+    def _receive_one(self) -> bool:
+        """Take and answer (or start answering) one pending notification; False: none was pending."""
         # Only a pending notification is received: NOTIF_RECV on an empty listener would block the loop.
         events = sum(revents for _, revents in self._poller.poll(0))
         if not events & select.POLLIN:
             if events & (select.POLLHUP | select.POLLERR):
                 self._ended(self)  # no process carries the filter any more
-            return
+            return False
         try:
             n = seccomp.receive(self.listener)
         except OSError:
             self._ended(self)
-            return
+            return False
         if n is None:
-            return
+            return True
         note_highest(self._page, n.id)  # before anything else: see the module's comment
         if not self._free:
             seccomp.respond(self.listener, n.id, cont=True)  # no place to note it: the kernel's
-            return
+            return True
         slot = self._free.pop()
         self._slot_of[n.id] = slot
         _ID.pack_into(self._page, _ID.size * slot, n.id)
         self.on_notification(n)
+        return not self._closed
 
     def respond(self, n: Notification, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
         if self._closed:

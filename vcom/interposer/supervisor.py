@@ -209,16 +209,23 @@ class Supervisor(CallAnswerer):
             self._reading = False
 
     def _on_listener(self) -> None:
+        # As the manager does (handoff.Handed.readable): the program's next call, often waiting already.
+        for _ in range(handoff.DRAIN):
+            if not self._reading or not self._receive_one():
+                return
+
+    def _receive_one(self) -> bool:
         events = sum(revents for _, revents in self._poller.poll(0))
         if not events & select.POLLIN:
             if events & (select.POLLHUP | select.POLLERR):
                 self._program_gone()  # no process carries the filter any more
-            return
+            return False
         notification = seccomp.receive(self.listener)
         if notification is None:
-            return
+            return True
         self._highest = notification.id
         self.on_notification(notification)
+        return True
 
     def _program_gone(self) -> None:
         assert self._done is not None
