@@ -446,7 +446,8 @@ class Port(ProgramCalls):
         """The program's settings from now on; whether they differ from the last ones (said in the log)."""
         if settings == self.settings:
             return False
-        log.info("%s: program set %s", self.name, settings.describe())
+        if log.isEnabledFor(logging.INFO):  # describe() is not free, and this runs on every speed change
+            log.info("%s: program set %s", self.name, settings.describe())
         if self.taps:
             self.taps.emit("settings", settings=settings.to_json(), text=settings.describe())
         self.settings = settings
