@@ -26,7 +26,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers import PtyDevice, Ser2net, Socat
 
-import vcom.rfc2217 as codec
 from vcom.rfc2217 import (
     BINARY,
     COM_PORT_OPTION,
@@ -78,20 +77,22 @@ from vcom.rfc2217 import (
     stop_code,
     stop_from_code,
 )
+from vcom.rfc2217 import connection as framing
 from vcom.settings import FlowControl, LineSettings, Parity, Signals, StopBits
 
 # The codec's data loops exist twice: in C (vcom/_speedups.c, built where a compiler and Python's headers
-# were at install time) and in Python.  Every test of this module runs against each that is there.
-IMPLEMENTATIONS = ["python"] + (["c"] if codec._speedups is not None else [])
+# were at install time) and in Python.  Every test of this module runs against each that is there.  The choice
+# is made in vcom.rfc2217.connection, the module whose code calls them.
+IMPLEMENTATIONS = ["python"] + (["c"] if framing._speedups is not None else [])
 
 
 @pytest.fixture(scope="module", autouse=True, params=IMPLEMENTATIONS)
 def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
-    saved = codec._escape, codec._undouble
+    saved = framing._escape, framing._undouble
     if request.param == "python":
-        codec._escape, codec._undouble = codec._escape_python, None
+        framing._escape, framing._undouble = framing._escape_python, None
     yield request.param
-    codec._escape, codec._undouble = saved
+    framing._escape, framing._undouble = saved
 
 
 EVENT_TYPES = (
@@ -484,9 +485,9 @@ def undoubled(data: bytes) -> bytes | None:
        .map(b"".join))
 def test_a_read_of_doubled_iacs_is_its_data_in_one_event(data: bytes) -> None:
     plain = undoubled(data)
-    if codec._undouble is not None:
-        assert codec._undouble(data) == plain
-    assert codec._escape(data) == data.replace(b"\xff", b"\xff\xff")
+    if framing._undouble is not None:
+        assert framing._undouble(data) == plain
+    assert framing._escape(data) == data.replace(b"\xff", b"\xff\xff")
     if plain:
         assert binary_client().receive_data(data) == [Data(plain)]
 
