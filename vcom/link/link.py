@@ -7,7 +7,10 @@ settings, and it reports bytes, state and the remote's answers back through a
 
 What goes on the wire is decided by a *session* per transport:
 :class:`RawSession` passes bytes through; :class:`Rfc2217Session` wraps the
-sans-I/O codec in :mod:`vcom.rfc2217`.
+sans-I/O codec in :mod:`vcom.rfc2217`.  Parts of the link live in modules of
+their own: the asyncio protocols (:mod:`.protocols`), each connection's share
+of the loop (:mod:`.fairness`), the peer-timeout watch (:mod:`.watch`), TLS
+(:mod:`.handshake`) and lending the socket to a relay (:mod:`.lending`).
 
 Rules this module keeps:
 
@@ -38,16 +41,18 @@ import asyncio
 import contextlib
 import errno
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import ConfigError
 from ..ratelog import RateLog
 from ..settings import LineSettings, Signals
 from ..target import Target, Transport
-from ..tls import HANDSHAKE_TIMEOUT, ClientSide, ClientTls, handshake_failure
+from ..tls import HANDSHAKE_TIMEOUT
+from .fairness import UNCHARGED, ReceiveShare
+from .handshake import LinkTls
+from .lending import SocketLending
+from .protocols import DatagramProtocol, StreamProtocol
 from .session import (
     PURGE_ANSWER_TIMEOUT,
     WRITE_HIGH_WATER,
@@ -57,25 +62,13 @@ from .session import (
     SessionOwner,
     SettlingSession,
 )
-from .sockets import (
-    PEER_TIMEOUT,
-    TlsFailure,
-    connect_failure,
-    connect_socket,
-    socket_queue,
-    tune_socket,
-    unacknowledged,
-    unanswered_for,
-)
-from .state import HEALTHY_AFTER, Backoff, Lines, LinkListener, LinkState, LinkStats, RemoteState
+from .sockets import PEER_TIMEOUT, connect_failure, socket_queue, tune_socket, unacknowledged
+from .state import HEALTHY_AFTER, Backoff, Lines, LinkListener, LinkState, LinkStats, RemoteState, link_status
+from .watch import AckWatch
 
 log = logging.getLogger("vcom.link")  # one logger name for the whole package
 # Problems a server can repeat without end (refusals, junk, being hung up on): a few lines a minute per port.
 _problems = RateLog(log)
-
-# While data waits for the server's acknowledgement the link looks this often (at most) whether the server
-# still answers (see _ack_check).
-ACK_CHECK_INTERVAL = 3.0
 
 # UDP payload per datagram: small enough to cross any path (IPv6 minimum MTU 1280) without fragmentation,
 # where one lost fragment would lose the whole datagram.
@@ -83,76 +76,8 @@ DATAGRAM_SIZE = 1024
 # The link's write buffer drains to this before the port reads its pty again.
 _WRITE_LOW_WATER = 16 * 1024
 
-# Fairness, per connection: the most one wake-up reads (also the size of the one receive buffer all links
-# share), the least, the decoding time one wake-up aims at, and the share of the time that decoding may
-# take over a longer stretch (a token bucket holding at most RECEIVE_BURST).  Plain data decodes at well
-# under a nanosecond a byte: a busy healthy link reads 64 KiB at a time and never comes near its share.
-RECEIVE_MAX = 64 * 1024
-RECEIVE_MIN = 64
-RECEIVE_SLICE = 50e-6
-RECEIVE_SHARE = 0.1
-RECEIVE_BURST = 5e-3
 
-# A short read that decoded in less is not charged (nor is the reckoning itself spent on it): a port's round
-# trips and a slow stream, read by read.  A command flood in short reads costs more per read.
-_UNCHARGED = 2e-6
-
-
-class _LinkProtocol:
-    """What both transports' protocols share: hand everything to the link."""
-
-    def __init__(self, link: Link) -> None:
-        self._link = link
-        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._link._connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # The socket is still open here (asyncio closes it after this call): what it held unacknowledged
-        # can still be read.
-        self._link._connection_lost()
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    def pause_writing(self) -> None:
-        self._link._socket_writable(False)
-
-    def resume_writing(self) -> None:
-        self._link._socket_writable(True)
-
-
-class _StreamProtocol(_LinkProtocol, asyncio.BufferedProtocol):
-    """Reads into one buffer shared by every link, as much as the link's budget allows: asyncio's own
-    reads would allocate 256 KiB for each, even for one byte.  The loop runs one callback at a time and
-    each read is handed on (copied) before the next, so one buffer serves all."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        link = self._link
-        link._read_started = time.perf_counter()  # the read itself may count against the link's share
-        return link._receive_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        link = self._link
-        link._received(bytes(_RECEIVE_BUFFER[:nbytes]), link._read_started)
-
-
-# The one receive buffer of every stream link (see _StreamProtocol).
-_RECEIVE_BUFFER = memoryview(bytearray(RECEIVE_MAX))
-
-
-class _DatagramProtocol(_LinkProtocol, asyncio.DatagramProtocol):
-    """UDP: a "connection" is a connected datagram socket; it is only lost when we close it."""
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self._link._received(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the peer may come back; datagrams are not retried.
-        self._link._error(f"{self._link.target}: {getattr(exc, 'strerror', None) or exc}")
-
-
-class Link:
+class Link(SocketLending):
     def __init__(
         self,
         target: Target,
@@ -174,7 +99,6 @@ class Link:
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._negotiation_timeout = negotiation_timeout
-        self.peer_timeout = peer_timeout  # 0: the kernel's own limits (minutes)
         self._settings = LineSettings()
         self._lines = Lines()
         self._task: asyncio.Task[None] | None = None
@@ -184,22 +108,16 @@ class Link:
         self._reading_paused = False
         self._writable = False
         self._wake = asyncio.Event()
-        self._tls = ClientSide(target.tls_options or ClientTls(), target.host, name) if target.tls else None
-        self._tls_handshake_timeout = tls_handshake_timeout
-        self._tls_settle: asyncio.TimerHandle | None = None
-        self._tls_handshake_at = 0.0  # loop time of the last connect attempt, then of its completed handshake
-        self._tls_bytes_at_handshake = 0
+        self._tls = LinkTls(target, name, tls_handshake_timeout) if target.tls else None
         self._sent_at_connect = 0  # bytes_to_remote when this connection began
         self._loss: int | None = None  # measured as the connection went
         self._violation_reason: str | None = None
-        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks = AckWatch(peer_timeout, lambda: self._transport, self._peer_silent)
         self._unanswered = False  # the ACK check gave up on the connection
         self._datagrams = target.transport is Transport.UDP
-        # The fairness budget: what the next read may take, the seconds of the loop this link may still use
-        # before it waits (and when that was reckoned), and the timer of such a wait.
-        self._receive_view = _RECEIVE_BUFFER
-        self._receive_credit = RECEIVE_BURST
-        self._receive_at = time.perf_counter()
+        # The fairness budget (what the next read may take, the seconds of the loop this link may still use
+        # before it waits, and when that was reckoned), when the current read began, and the timer of a wait.
+        self._share = ReceiveShare()
         self._read_started = 0.0
         self._throttle: asyncio.TimerHandle | None = None
         # While a port's express relay has the socket (vcom.port.express): how to take it back.  Everything
@@ -215,6 +133,10 @@ class Link:
     @property
     def writable(self) -> bool:
         return self._writable
+
+    @property
+    def peer_timeout(self) -> float:
+        return self._acks.peer_timeout  # 0: the kernel's own limits (minutes)
 
     def start(self) -> None:
         if self._task is None:
@@ -256,7 +178,7 @@ class Link:
             self._write(session.encode(data))
         else:
             transport.write(session.encode(data))
-            self.watch_acks()
+            self._acks.watch()
         self.stats.bytes_to_remote += len(data)
 
     def apply_settings(self, settings: LineSettings) -> None:
@@ -341,94 +263,18 @@ class Link:
         if self._throttle is None:
             self._resume_transport()
 
-    # -- lending the socket to a port's express relay
-
-    def lend_socket(self, reclaim: Callable[[], None]) -> tuple[int, bool] | None:
-        """The socket's descriptor and whether its data is IAC-escaped (RFC 2217), for a relay that moves
-        data in both directions without the loop; None unless the connection is a plain TCP socket in its
-        steady state (negotiated, writable, reading, nothing queued in the link, the session between
-        commands: see ``Session.relayable``).  Until ``give_back``, the loop does not read it, and
-        ``reclaim`` is called before anything here touches it."""
-        transport, session = self._transport, self._session
-        if (transport is None or session is None or self._datagrams or self._tls is not None
-                or not self._writable or self._reading_paused or self._throttle is not None
-                or self._lender is not None or transport.get_write_buffer_size() or not session.relayable
-                or transport.is_closing()):
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        transport.pause_reading()
-        self._lender = reclaim
-        self.watch_acks()  # for what is in flight now; the relay's own sends are watched through watch_acks
-        return sock.fileno(), type(session) is not RawSession
-
-    def give_back(self, unsent: bytes, sent: int, received: int) -> None:
-        """The relay has stopped: count what it moved, queue what the socket had not taken yet (encoded
-        already), and read again unless something asked for a pause meanwhile."""
-        self._lender = None
-        self.stats.bytes_to_remote += sent
-        self.stats.bytes_from_remote += received
-        transport = self._transport
-        if transport is None:
-            return
-        if unsent:
-            transport.write(unsent)
-        if unsent or sent:
-            self.watch_acks()  # what the relay sent may still be unacknowledged
-        if not self._reading_paused and self._throttle is None:
-            self._resume_transport()
-
-    def watch_acks(self) -> None:
-        """Data went to the server (written here, or by the relay that has the socket): watch for its
-        acknowledgement (the peer timeout; ``_ack_check`` only reads the socket's state, and takes the
-        socket back before it aborts)."""
-        if self._ack_timer is None and self.peer_timeout and self._transport is not None:
-            self._arm_ack_check()
-
-    def received_by_relay(self, data: bytes) -> None:
-        """What the relay received from a telnet command on: the session takes it from here."""
-        self._received(data)
-
-    def _reclaim(self) -> None:
-        reclaim = self._lender
-        if reclaim is not None:
-            reclaim()
-        self._lender = None
-
     def _resume_transport(self) -> None:
         if self._transport is not None and self._transport.is_reading() is False:
             self._transport.resume_reading()
 
     def status(self) -> dict[str, Any]:
-        return {
-            "target": str(self.target),
-            "state": self.state.value,
-            "com_port": self.remote.com_port,
-            "signature": self.remote.signature,
-            "remote_settings": self.remote.settings_json(),
-            "suspended": self.remote.suspended,
-            "signals": {"dtr": self._lines.dtr, "rts": self._lines.rts,
-                        **{k: getattr(self.remote.modem, k) for k in ("cts", "dsr", "dcd", "ri")}},
-            "line_errors": dict(self.remote.line_errors),
-            "bytes_to_remote": self.stats.bytes_to_remote,
-            "bytes_from_remote": self.stats.bytes_from_remote,
-            "connects": self.stats.connects,
-            "reconnects": self.stats.reconnects,
-            "purged_bytes": self.stats.purged_bytes,
-            "last_error": self.stats.last_error,
-            "tls": self._tls.status() if self._tls is not None else None,
-            "peer_timeout": self.peer_timeout,
-            "timeouts": self.stats.timeouts,
-            "bound_disconnects": self.stats.bound_disconnects,
-            # The port adds what a closed program wrote and could not be sent, and shows the sum as lost_bytes.
-            "lost_at_disconnect": self.stats.lost_bytes,
-        }
+        tls = self._tls.side.status() if self._tls is not None else None
+        return link_status(self.target, self.state, self.remote, self._lines, self.stats, tls, self.peer_timeout)
 
     def reload_tls(self) -> str | None:
         """Read the TLS files again for the next handshake (the connection up now stays); the reason if they
         cannot be used, in which case the ones read before stay in use."""
-        return self._tls.reload() if self._tls is not None else None
+        return self._tls.side.reload() if self._tls is not None else None
 
     # -- connection loop
 
@@ -463,7 +309,7 @@ class Link:
         loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING)
         # The TLS handshake has its own bound (and message), on top of the TCP connect's.
-        bound = self._connect_timeout + (self._tls_handshake_timeout if self._tls is not None else 0)
+        bound = self._connect_timeout + (self._tls.handshake_timeout if self._tls is not None else 0)
         try:
             _, protocol = await asyncio.wait_for(self._open_transport(), bound)
         except TimeoutError:
@@ -546,50 +392,24 @@ class Link:
         self._unanswered = False
         self._socket_ok = True
         self.remote = RemoteState(line_errors=self.remote.line_errors)  # counts live as long as the port
-        settle = self._tls_connected(transport) if self._tls is not None else None
+        tls, settle = self._tls, None
+        if tls is not None:
+            settle = tls.connected(transport, lambda: self._transport is transport, self.stats.bytes_from_remote)
         self._session = self._new_session(settling=settle is not None)
-        if settle is not None:
-            self._tls_settle = asyncio.get_running_loop().call_later(settle, self._negotiation_timeout_hit)
+        if tls is not None and settle is not None:
+            tls.settle = asyncio.get_running_loop().call_later(settle, self._negotiation_timeout_hit)
         if self._reading_paused:
             transport.pause_reading()
         self._write(self._session.start(self._current_settings()))
 
-    def _tls_connected(self, transport: Any) -> float | None:
-        """Note the handshake; the seconds raw data must wait before it may flow (None: it need not).
-
-        TLS 1.3 lets the client finish its handshake before the server has checked the client: a server
-        that refuses our certificate (or our lack of one) says so one round trip later.  RFC 2217 data
-        waits for the server's negotiation anyway; raw TCP has no such answer, so its first bytes wait for
-        either the server's first bytes or twice the time the connect and handshake took (at least 50 ms,
-        at most 2 s), rather than be lost to a server that is about to close."""
-        assert self._tls is not None
-        if self._tls_settle is not None:
-            self._tls_settle.cancel()
-            self._tls_settle = None
-        ssl_object = transport.get_extra_info("ssl_object")
-        session = self._tls.connected(ssl_object, lambda: self._transport is transport)
-        loop = asyncio.get_running_loop()
-        took, self._tls_handshake_at = loop.time() - self._tls_handshake_at, loop.time()
-        self._tls_bytes_at_handshake = self.stats.bytes_from_remote
-        log.info("%s: TLS %s %s with %s", self.name, session.version, session.cipher,
-                 session.peer.subject if session.peer else "a server without certificate")
-        if self.target.transport is not Transport.TCP or session.version != "TLSv1.3":
-            return None
-        return min(max(2 * took, 0.05), 2.0)
-
     def _loss_detail(self, exc: Exception | None) -> str:
         """Why a connection ended, as the end of a sentence; over TLS, what a handshake failure means."""
-        if self._tls is not None and isinstance(exc, ssl.SSLError):
-            return ": " + handshake_failure(exc, "server", server_name=self._tls.server_name,
-                                            presented_cert=bool(self._tls.options.cert))
+        if self._tls is not None:
+            detail = self._tls.loss_detail(exc, self.remote.com_port, self.stats.bytes_from_remote)
+            if detail is not None:
+                return detail
         if exc is not None:
             return f": {exc}"
-        recent = asyncio.get_running_loop().time() - self._tls_handshake_at < 2.0
-        silent = self.remote.com_port is None and self.stats.bytes_from_remote == self._tls_bytes_at_handshake
-        if self._tls is not None and recent and silent:
-            doubt = ("it may not accept our client certificate" if self._tls.options.cert
-                     else "it may require a client certificate (--tls-cert, --tls-key)")
-            return f": closed by the server right after the TLS handshake; {doubt}"
         return " (closed by the server)"
 
     def _current_settings(self) -> LineSettings:
@@ -604,31 +424,10 @@ class Link:
         loop = asyncio.get_running_loop()
         if self.target.transport is Transport.UDP:
             return await loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self), remote_addr=(self.target.host, self.target.port))
+                lambda: DatagramProtocol(self), remote_addr=(self.target.host, self.target.port))
         if self._tls is not None:
-            return await self._open_tls(loop, self._tls)
-        return await loop.create_connection(lambda: _StreamProtocol(self), self.target.host, self.target.port)
-
-    async def _open_tls(self, loop: asyncio.AbstractEventLoop, tls: ClientSide) -> tuple[Any, Any]:
-        """TCP, then the handshake on that socket: each has its own bound and its own message.  The protocol
-        sees the connection only once the server's certificate is verified, so nothing is sent before."""
-        try:
-            context = tls.context()
-        except ConfigError as exc:
-            raise TlsFailure(f"TLS files: {exc}") from None
-        self._tls_handshake_at = loop.time()
-        sock = await connect_socket(loop, self.target.host, self.target.port)
-        timeout = self._tls_handshake_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                # asyncio's own handshake bound is a backstop: ours comes first and is a TimeoutError.
-                return await loop.create_connection(
-                    lambda: _StreamProtocol(self), sock=sock, ssl=context, server_hostname=tls.server_name,
-                    ssl_handshake_timeout=timeout + 1)
-        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            sock.close()
-            raise TlsFailure("TLS: " + handshake_failure(exc, "server", server_name=tls.server_name, timeout=timeout,
-                                                         presented_cert=bool(tls.options.cert))) from None
+            return await self._tls.open(loop, lambda: StreamProtocol(self))
+        return await loop.create_connection(lambda: StreamProtocol(self), self.target.host, self.target.port)
 
     def _new_session(self, *, settling: bool = False) -> Session:
         if self.target.transport is Transport.RFC2217:
@@ -662,35 +461,14 @@ class Link:
             self._listener.link_data(payload)  # first: the rest is bookkeeping a round trip need not wait for
         if type(session) is not RawSession:  # raw data never changes negotiation or suspension
             self._after_input()
-        if decoded - decoding > _UNCHARGED or len(data) >= len(self._receive_view):
+        if decoded - decoding > UNCHARGED or len(data) >= len(self._share.view):
             self._account(len(data), decoding, decoded, read_started)
 
     def _account(self, size: int, decoding: float, decoded: float, read_started: float | None) -> None:
-        """Charge a read to this link's share of the loop, and size the next read by what decoding cost.
-
-        A read that filled the buffer (the server has more waiting: the link could take the whole loop) is
-        charged its read and its decoding, any other read its decoding.  What a read delivers is not
-        charged: the ports' back-pressure bounds it.  A port's round trips (short reads) and a healthy
-        stream (64 KiB reads of plain data, a few hundred a second) stay far below their share; a server
-        that floods commands reaches it and waits."""
-        now = time.perf_counter()
-        cost = decoded - decoding
-        view = self._receive_view
-        full = size >= len(view)
-        if cost > RECEIVE_SLICE:
-            wanted = max(RECEIVE_MIN, int(size * RECEIVE_SLICE / cost))
-            if wanted < len(view):
-                self._receive_view = _RECEIVE_BUFFER[:wanted]
-        elif full and len(view) < RECEIVE_MAX and cost < RECEIVE_SLICE / 2:
-            self._receive_view = _RECEIVE_BUFFER[:len(view) * 2]
-        if full and read_started is not None:
-            cost = decoded - read_started
-        credit = self._receive_credit + (now - self._receive_at) * RECEIVE_SHARE
-        self._receive_credit = (RECEIVE_BURST if credit > RECEIVE_BURST else credit) - cost
-        self._receive_at = now
-        if self._receive_credit < 0 and self._throttle is None and self._transport is not None:
-            # Wait until half a burst has built up again: a few long waits, not a pause per read.
-            wait = (RECEIVE_BURST / 2 - self._receive_credit) / RECEIVE_SHARE
+        """Charge a read to this link's share of the loop (``ReceiveShare.charge``); stop reading for as long
+        as the share says."""
+        wait = self._share.charge(size, decoding, decoded, read_started)
+        if wait and self._throttle is None and self._transport is not None:
             if not self._reading_paused:
                 self._transport.pause_reading()
             self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
@@ -738,46 +516,21 @@ class Link:
                 transport.sendto(view[start:start + DATAGRAM_SIZE])  # type: ignore[attr-defined]
         else:
             transport.write(data)
-            self.watch_acks()
+            self._acks.watch()
 
-    def _arm_ack_check(self) -> None:
-        interval = min(ACK_CHECK_INTERVAL, max(self.peer_timeout / 4, 0.25))
-        self._ack_timer = asyncio.get_running_loop().call_later(interval, self._ack_check)
-
-    def _ack_check(self) -> None:
-        """A dead server with data on its way: abort after ``peer_timeout`` without an acknowledgement.
-
-        TCP_USER_TIMEOUT would do this in the kernel, but Linux applies it to a closed receive window too,
-        so a live server that takes nothing for a while (its UART held off by flow control: a printer out
-        of paper) would be cut off and what it had not taken lost.  Here a connection counts as dead only
-        while the kernel is retransmitting or its window probes go unanswered (tcp_info's retransmits and
-        probes) and the last acknowledgement is older than the peer timeout.  A server that answers its
-        window probes is alive however long it keeps the window shut; one that dies while it does is
-        noticed at its second unanswered probe (the kernel spaces them up to 2 minutes apart).  Nothing in
-        flight: keepalive watches a quiet connection."""
-        self._ack_timer = None
-        transport = self._transport
-        if transport is None or not self.peer_timeout:
-            return
-        if not transport.get_write_buffer_size() and not socket_queue(transport):
-            return
-        silence = unanswered_for(transport)
-        if silence is not None and silence >= self.peer_timeout:
-            if self._lender is not None:
-                self._reclaim()
-            self._unanswered = True
-            transport.abort()
-            return
-        self._arm_ack_check()
+    def _peer_silent(self, transport: asyncio.Transport) -> None:
+        """The peer-timeout watch gave up on the connection (see ``AckWatch._check``)."""
+        if self._lender is not None:
+            self._reclaim()
+        self._unanswered = True
+        transport.abort()
 
     def _drop_transport(self) -> None:
         if self._lender is not None:
             self._reclaim()
         transport, self._transport = self._transport, None
         self._session = None
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
+        self._acks.cancel()
         if transport is not None:
             transport.abort()
         self._update_writable()

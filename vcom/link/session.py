@@ -118,7 +118,8 @@ class SessionOwner:
 
 class SettlingSession(RawSession):
     """Raw TCP over TLS 1.3 right after the handshake: no data until the server has had time to refuse our
-    certificate (see :meth:`Link._tls_connected`), or has sent data, which it would not have done then."""
+    certificate (see :meth:`vcom.link.handshake.LinkTls.connected`), or has sent data, which it would not
+    have done then."""
 
     def __init__(self) -> None:
         self.negotiated = False

@@ -133,8 +133,8 @@ def tune_socket(transport: asyncio.BaseTransport, peer_timeout: float = PEER_TIM
 
     * keepalive probes while nothing is waiting to be sent, so a quiet connection whose server has gone
       silent (a partition, a server that lost power) ends;
-    * data that stays unacknowledged is watched by the link itself (Link._ack_check), where the kernel's
-      own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour."""
+    * data that stays unacknowledged is watched by the link itself (vcom.link.watch.AckWatch._check), where
+      the kernel's own limit (tcp_retries2) would keep retransmitting for about a quarter of an hour."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return

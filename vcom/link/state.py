@@ -1,5 +1,5 @@
-"""What a link is and reports: its state, counters, the remote's answers, the lines it drives, and its
-reconnect policy (plain data; no I/O)."""
+"""What a link is and reports: its state, counters, the remote's answers, the lines it drives, its
+reconnect policy (plain data; no I/O), and the status dict made of them."""
 
 from __future__ import annotations
 
@@ -73,6 +73,35 @@ class RemoteState:
             "flow_out": self.flow_out,
             "flow_in": self.flow_in,
         }
+
+
+def link_status(target: object, state: LinkState, remote: RemoteState, lines: Lines, stats: LinkStats,
+                tls: dict[str, Any] | None, peer_timeout: float) -> dict[str, Any]:
+    """What a link reports (``Link.status``): its state, the remote's answers, the lines it drives and its
+    counters; ``tls`` is the TLS side's own status (None: plain TCP or UDP)."""
+    return {
+        "target": str(target),
+        "state": state.value,
+        "com_port": remote.com_port,
+        "signature": remote.signature,
+        "remote_settings": remote.settings_json(),
+        "suspended": remote.suspended,
+        "signals": {"dtr": lines.dtr, "rts": lines.rts,
+                    **{k: getattr(remote.modem, k) for k in ("cts", "dsr", "dcd", "ri")}},
+        "line_errors": dict(remote.line_errors),
+        "bytes_to_remote": stats.bytes_to_remote,
+        "bytes_from_remote": stats.bytes_from_remote,
+        "connects": stats.connects,
+        "reconnects": stats.reconnects,
+        "purged_bytes": stats.purged_bytes,
+        "last_error": stats.last_error,
+        "tls": tls,
+        "peer_timeout": peer_timeout,
+        "timeouts": stats.timeouts,
+        "bound_disconnects": stats.bound_disconnects,
+        # The port adds what a closed program wrote and could not be sent, and shows the sum as lost_bytes.
+        "lost_at_disconnect": stats.lost_bytes,
+    }
 
 
 # NOTIFY-LINESTATE bits counted per port (RFC 2217, SET-LINESTATE-MASK).
