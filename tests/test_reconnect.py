@@ -96,6 +96,9 @@ def test_the_link_socket_has_keepalive_to_notice_a_silent_peer(vcom: Vcom, start
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always")
     wait_until(lambda: server.connections() == 1, 15, "the connection")
+    # The server's accept can come before the manager's loop has taken the connection (and tuned its socket):
+    # the link counts a connect once it has.
+    vcom.wait_status(port, lambda s: s["connects"] == 1, what="the link's connection made")
     with _socket_of(vcom.manager_pid(), server.port) as sock:
         options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
@@ -119,12 +122,17 @@ def test_a_share_keeps_its_clients_sockets_alive_to_notice_one_that_vanished(vco
         client_port = client.getsockname()[1]
 
         def accepted() -> socket.socket | None:
+            # The kernel's accept comes before the share's loop takes the connection and tunes its socket.
             try:
-                return _socket_of(vcom.manager_pid(), client_port)
+                sock = _socket_of(vcom.manager_pid(), client_port)
             except AssertionError:  # not accepted yet
                 return None
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+                return sock
+            sock.close()
+            return None
 
-        with wait_until(accepted, 15, "the share to accept the client") as sock:
+        with wait_until(accepted, 15, "the share to take the client and turn keepalive on") as sock:
             options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
@@ -137,6 +145,7 @@ def test_the_peer_timeout_is_a_per_port_option(vcom: Vcom, start_peer, tmp_path:
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{server.port}", "--connect", "always", "--peer-timeout", "30")
     wait_until(lambda: server.connections() == 1, 15, "the connection")
+    vcom.wait_status(port, lambda s: s["connects"] == 1, what="the link's connection made")
     with _socket_of(vcom.manager_pid(), server.port) as sock:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
     assert vcom.status(port)["peer_timeout"] == 30
