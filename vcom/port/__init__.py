@@ -49,6 +49,7 @@ always win over its program's.
 """
 
 from .group import SPLIT_BUFFER, LinkGroup
-from .port import CLOSING_WAIT, Port
+from .port import Port
+from .sessions import CLOSING_WAIT
 
 __all__ = ["CLOSING_WAIT", "SPLIT_BUFFER", "LinkGroup", "Port"]

@@ -1,4 +1,10 @@
-"""One virtual port: a pty, the program's sessions on it, and its share of a link."""
+"""One virtual port: a pty, the program's sessions on it, and its share of a link.
+
+Here: the port's life cycle and its data path both ways (what the program wrote, settings, flushes and
+hang-ups, the network's data for the program, event-loop registration).  Parts of :class:`Port` live in
+modules of their own: the program's sessions (sessions.py), its interposed calls (calls.py), lending it to
+an express relay (lending.py) and its status (status.py).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,33 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import termios
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from .. import termio
 from ..config import PortConfig
-from ..interposer.server import holds_open
 from ..interposer.view import ModemCounter, ProgramView
 from ..link import Lines
 from ..pty import READ_SIZE, Ownership, PtyRead, VirtualPty
-from ..ratelog import RateLog
 from ..settings import LineSettings
 from ..tap import Taps
 from ..termio import Termios2
 from . import express
 from .calls import ProgramCalls
 from .group import SPLIT_BUFFER, LinkGroup
+from .lending import ExpressLending
 from .pacer import LinePacer
+from .sessions import ProgramSessions
+from .status import port_status
 
 log = logging.getLogger(__name__)
-_problems = RateLog(log)
 
 # What one wake-up reads from a pty at most: two full reads, sent as one.  A read after a full one waits in
 # the kernel until the line discipline is refilled from what the program wrote; more such waits in a row
 # stall the loop for every port and slowed echo throughput (measured: 73 MB/s with two reads, 66 with one,
 # 48 with sixteen).
 _READ_BUDGET = 2 * (READ_SIZE - 1)
-# How long a closed program's last bytes may wait for the remote (the serial driver's default
-# closing_wait); after that they are dropped and counted, as a UART's close gives up.
-CLOSING_WAIT = 30.0
 # How long a split member's program may take nothing while its group waits for it; then it is stalled, and
 # loses its oldest data beyond SPLIT_BUFFER instead of holding the others back.
 STALL_TIME = 1.0
@@ -45,8 +47,6 @@ STALL_TIME = 1.0
 # chunk would pause and resume the link (two epoll_ctl calls), with this much a program that keeps up
 # never does.
 PTY_BACKLOG = 32 * 1024
-# Reads of a closed slave's leftovers when they are dropped (bounded: nobody can write more).
-_DRAIN_READS = 64
 # The most an interposed change waits to send before it takes effect: far more than a pty holds (the
 # kernel queues about 18 KiB), so it only bounds a writer that keeps writing while the change waits.
 _PENDING_LIMIT = 1 << 20
@@ -66,7 +66,7 @@ class PortHost(Protocol):
     def view_changed(self, port: Port) -> None: ...
 
 
-class Port(ProgramCalls):
+class Port(ProgramSessions, ExpressLending, ProgramCalls):
     def __init__(self, config: PortConfig, group: LinkGroup, watch: WatchFn, host: PortHost | None = None) -> None:
         self.config = config
         self.host = host
@@ -192,134 +192,7 @@ class Port(ProgramCalls):
         self.pty.close(remove_link=not keep)
 
     def status(self) -> dict[str, Any]:
-        source = self.group.settings_source()
-        out: dict[str, Any] = {
-            "device": self.name,
-            "pty": self.pty.slave_path,
-            "connect": self.group.config.connect,
-            "open": self._session,
-            "settings": self.settings.to_json(),
-            "effective_settings": self.effective_settings.to_json(),
-            "pinned": list(self._pins),
-            "interposed": self._interposed(),
-            "settings_exact": self._settings_exact(),
-            "hangup": self.hangup,
-            "hangup_on_dcd": self.config.hangup_on_dcd,
-            "emulate_baud": self.config.emulate_baud,
-            "hangups": self.hangups,
-            "dropped_bytes": self.dropped_bytes,
-            "lost_at_close": self.lost_bytes,
-        }
-        if len(self.group.members) > 1 or self.config.split_of:
-            out["split_group"] = [m.name for m in self.group.members]
-            out["settings_from"] = source.name if source else None
-        out.update(self.link.status())
-        out["express"] = self._relay is not None
-        out["express_shared"] = isinstance(self._relay, express.Shared)
-        out["express_runs"] = self.express_runs
-        if self._relay is not None:
-            sent, received = self._relay.counts()
-            out["bytes_to_remote"] += sent
-            out["bytes_from_remote"] += received
-        # Lost either way: written before a close and not sent within CLOSING_WAIT, or unacknowledged
-        # when the connection died (the link's lost_at_disconnect).
-        out["lost_bytes"] = self.lost_bytes + self.link.stats.lost_bytes
-        return out
-
-    def _interposed(self) -> list[str]:
-        """Kinds of interposer of the programs holding the port open now (forgetting those that left)."""
-        live = {pid: kind for pid, kind in self.view.interposed.items() if holds_open(pid, self.pty.slave_path)}
-        self.view.interposed = live
-        return sorted(set(live.values()))
-
-    def _settings_exact(self) -> bool:
-        """Whether the data bits and parity sent are the program's own (it set them through the interposer)."""
-        with contextlib.suppress(OSError):
-            return self.view.valid(self.pty.termios())
-        return False
-
-    # -- the program's side: sessions
-
-    def _slave_event(self, opened: bool) -> None:
-        """inotify saw opens or closes of the slave (``opened``: an open among them): find out what holds."""
-        self.express_stop()
-        holders = self.pty.slave_is_open()
-        if not self._session and (holders or opened or self.pty.has_pending()):
-            # Also a program that opened, wrote and closed before we looked: its bytes are in the pty.
-            self._opened()
-        elif self._closing and (holders or opened):
-            self._reopened()
-        if self._session and not holders and not self._closing:
-            self._begin_close()
-
-    def _opened(self) -> None:
-        self._session = True
-        self._live = True
-        self._refresh_settings()
-        log.info("%s: opened by a program", self.name)
-        if self.taps:
-            self.taps.emit("open")
-        self.group.member_opened(self)
-        self._update_io()
-
-    def _reopened(self) -> None:
-        """A program opened the port while the last one's bytes were still going out: one session goes on."""
-        self._closing = False
-        self._live = True
-        self._cancel_closing_timer()
-        self._update_io()
-
-    def _begin_close(self) -> None:
-        """The last program closed: nobody reads what arrives now; what it wrote still goes out."""
-        self._closing = True
-        if self._to_pty:
-            self.dropped_bytes += len(self._to_pty)
-            self._to_pty.clear()
-        self._cancel_stall()
-        self._set_writing(False)
-        if self._live and not self.pty.has_pending():
-            self._live = False  # nothing left in the pty
-        self._maybe_finish()
-        if self._closing:
-            self._closing_timer = self._loop.call_later(CLOSING_WAIT, self._closing_expired)
-            self._update_io()
-
-    def _maybe_finish(self) -> None:
-        if self._session and not self._live and not self.pty.slave_is_open():
-            self._finish_close()
-
-    def _finish_close(self) -> None:
-        """Everything the program wrote has been read: the port is closed for the remote too."""
-        self._cancel_closing_timer()
-        self._session = self._closing = self._live = False
-        self.program_lines = None
-        log.info("%s: closed by the last program", self.name)
-        if self.taps:
-            self.taps.emit("close")
-        self.group.member_closed(self)
-        self._update_io()
-
-    def _closing_expired(self) -> None:
-        self._closing_timer = None
-        lost = 0
-        for _ in range(_DRAIN_READS):
-            try:
-                chunk = self.pty.read()
-            except OSError:
-                break
-            if chunk is None or chunk.closed:
-                break
-            lost += len(chunk.data)
-        self.lost_bytes += lost
-        log.warning("%s: %d byte(s) written before the close could not be sent within %g s (%s); dropped",
-                    self.name, lost, CLOSING_WAIT, self.link.stats.last_error or self.link.state.value)
-        self._live = False
-        self._finish_close()
-
-    def _cancel_closing_timer(self) -> None:
-        if self._closing_timer is not None:
-            self._closing_timer.cancel()
-            self._closing_timer = None
+        return port_status(self)
 
     # -- the program's side: what it wrote
 
@@ -660,104 +533,3 @@ class Port(ProgramCalls):
             self._loop.add_writer(self.pty.master_fd, self._on_pty_writable)
         else:
             self._loop.remove_writer(self.pty.master_fd)
-
-    # -- express (vcom.port.express)
-
-    def _warm(self) -> None:
-        """One more wake-up that moved data.  A port that has HOT_EVENTS of them within HOT_WINDOW is hot and
-        goes express in a relay thread of its own when one is free; one with WARM_EVENTS within WARM_WINDOW
-        is lent to the loop's shared relay (each later wake-up tries again while it stays so)."""
-        self._heat += 1
-        if self._heat < express.LEND_EVENTS:
-            return
-        now = self._loop.time()
-        age = now - self._heat_since
-        if age > express.LEND_WINDOW:
-            self._heat, self._heat_since = 0, now  # not that busy: count again
-            return
-        if self._relay is None and not self._express_asked:
-            self._express_asked = True
-            hot = self._heat >= express.HOT_EVENTS and age <= express.HOT_WINDOW
-            self._loop.call_soon(self._express_start, hot)
-
-    def _express_start(self, hot: bool) -> None:
-        self._express_asked = False
-        own_thread = hot and express.room()
-        if not (own_thread or express.SHARED) or not self._express_eligible():
-            return
-        lent = self.link.lend_socket(self.express_stop)
-        if lent is None:
-            return
-        self._heat, self._heat_since = 0, self._loop.time()
-        sock, iac = lent
-        self._set_reading(False)
-        relay: express.Relay | express.Shared
-        try:
-            if own_thread:
-                relay = express.Relay(self.pty.master_fd, sock, iac)
-            else:
-                # Handed back when it grows hot only while a relay thread could take it.
-                relay = express.Shared(self.pty.master_fd, sock, iac, self._express_returned, hot=express.room(),
-                                       sent=self.link.watch_acks)
-        except (OSError, RuntimeError, ValueError) as exc:  # no eventfd (descriptors exhausted), no thread
-            log.debug("%s: cannot go express: %s", self.name, exc)
-            self.link.give_back(b"", 0, 0)
-            self._update_io()
-            return
-        self._relay = relay
-        self.express_runs += 1
-        if isinstance(relay, express.Relay):
-            relay.future.add_done_callback(lambda _: self._relay_done(relay))
-
-    def _relay_done(self, relay: express.Relay) -> None:
-        """In the relay's thread, when it has returned by itself: the loop takes the port back."""
-        with contextlib.suppress(RuntimeError):  # the loop has closed: the port was closed before it
-            self._loop.call_soon_threadsafe(self._express_returned, relay)
-
-    def _express_eligible(self) -> bool:
-        return (self._relay is None and self._session and self._live and not self._closing
-                and self._pacer is None and not self.taps and len(self.group.members) == 1
-                and not self._to_pty and not self._writing and not self._writable_waiters
-                and self._break_timer is None and self.link.writable)
-
-    def _express_returned(self, relay: express.Relay | express.Shared) -> None:
-        if relay is self._relay:
-            outcome = relay.outcome()
-            self._express_finish(outcome)
-            if outcome.idle:
-                # Quiet: held by the shared relay for nothing until it moves again.  Only here, where the
-                # relay returned by itself: a relay taken back by express_stop() for someone about to touch
-                # the socket or the pty (one that had just gone idle included) must stay taken back.
-                self._express_start(False)
-
-    def express_stop(self) -> None:
-        """Take the pty and the socket back from the relay (if it has them) before touching either."""
-        relay = self._relay
-        if relay is not None:
-            self._express_finish(relay.stop())
-
-    def _express_finish(self, outcome: express.Outcome) -> None:
-        """Back on the loop: what the relay read and did not pass on goes first, in each direction, then
-        what made it return (a status byte, a telnet command) is handled as the loop would have."""
-        own_thread, self._relay = isinstance(self._relay, express.Relay), None
-        if outcome.failed:
-            _problems.warning((self.name, "express"), "%s: the express relay failed (%s); back on the event loop",
-                              self.name, os.strerror(outcome.error))
-        if outcome.hot or (own_thread and (outcome.status_read or outcome.command)
-                           and outcome.sent + outcome.received >= express.BUSY_RUN):
-            # Still busy (or grown hot in the shared relay, or held back there): the next wake-up that moves
-            # data may take it to a relay thread.  (A run that moved little before a command, a server
-            # flooding commands, must grow hot again first.)
-            self._heat, self._heat_since = express.HOT_EVENTS, self._loop.time()
-        self.link.give_back(outcome.unsent, outcome.sent, outcome.received)
-        if outcome.received:
-            self.pty.delivered = True  # the relay wrote to the pty itself
-        if outcome.undelivered:
-            self.deliver(outcome.undelivered, bounded=False)
-        if outcome.carried:
-            self.link.received_by_relay(outcome.carried)
-        if outcome.command:
-            self.link.received_by_relay(outcome.extra)
-        if outcome.status_read:
-            self._handle(self.pty.parse(outcome.extra))
-        self._update_io()
