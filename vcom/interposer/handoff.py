@@ -139,11 +139,10 @@ class Handed(CallAnswerer):
 
     def _receive_one(self) -> bool:
         """Take and answer (or start answering) one pending notification; False: none was pending."""
-        # Only a pending notification is received: NOTIF_RECV on an empty listener would block the loop.
-        events = sum(revents for _, revents in self._poller.poll(0))
-        if not events & select.POLLIN:
-            if events & (select.POLLHUP | select.POLLERR):
-                self._ended(self)  # no process carries the filter any more
+        waiting = seccomp.pending(self._poller)
+        if not waiting:
+            if waiting is None:
+                self._ended(self)
             return False
         try:
             n = seccomp.receive(self.listener)

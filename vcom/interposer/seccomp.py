@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import platform
+import select
 import struct
 import termios
 from dataclasses import dataclass
@@ -191,6 +192,15 @@ def wake_synchronously(listener: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def pending(poller: select.poll) -> bool | None:
+    """Whether a notification waits on the listener that ``poller`` watches (NOTIF_RECV on an empty
+    listener would block the caller); None: no process carries the filter any more."""
+    events = sum(revents for _, revents in poller.poll(0))
+    if events & select.POLLIN:
+        return True
+    return None if events & (select.POLLHUP | select.POLLERR) else False
 
 
 def receive(listener: int) -> Notification | None:

@@ -215,10 +215,10 @@ class Supervisor(CallAnswerer):
                 return
 
     def _receive_one(self) -> bool:
-        events = sum(revents for _, revents in self._poller.poll(0))
-        if not events & select.POLLIN:
-            if events & (select.POLLHUP | select.POLLERR):
-                self._program_gone()  # no process carries the filter any more
+        waiting = seccomp.pending(self._poller)
+        if not waiting:
+            if waiting is None:
+                self._program_gone()
             return False
         notification = seccomp.receive(self.listener)
         if notification is None:
