@@ -516,6 +516,8 @@ def test_an_unwrapped_program_after_a_wrapped_one_gets_the_pty_view(vcom: Vcom, 
         echo = vcom.wait_status("sim:echo", lambda s: s["settings"]["baud"] == 57600, what="57600 at the device")
         assert (echo["settings"]["data_bits"], echo["settings"]["parity"]) == (8, "none")
         assert vcom.status(port)["settings_exact"] is False
+        # The log says what the other program changed.
+        assert "ospeed 19200 -> 57600" in vcom.log_tail(400)
     finally:
         os.close(fd)
 

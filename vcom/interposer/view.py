@@ -71,9 +71,11 @@ class ProgramView:
         if self.requested is None:
             return False
         if current is not self.applied and current != self.applied:
-            self.requested = self.applied = None  # a program that is not interposed changed it since
+            # What differs is said: it tells a program's stty from anything else that touched the pty.
             log.info("the termios a program set through the interposer was changed by one that is not "
-                     "interposed: data bits and parity are now as the pty keeps them")
+                     "interposed (%s): data bits and parity are now as the pty keeps them",
+                     _differences(self.applied, current))
+            self.requested = self.applied = None  # a program that is not interposed changed it since
             self.changed()
             return False
         return True
@@ -113,6 +115,24 @@ class ProgramView:
                            lflag=(current.lflag & ~EXTPROC) | (asked.lflag & EXTPROC), cc=bytes(cc))
         # Not set through us yet: the pty's view, without what vcom itself keeps there.
         return replace(current, lflag=current.lflag & ~EXTPROC).with_tag(b"\0\0")
+
+
+def _differences(before: Termios2 | None, after: Termios2) -> str:
+    """The termios fields that differ, with their values (flags in octal, as termios.h writes them)."""
+    if before is None:
+        return "nothing was applied"
+    said = []
+    for name in ("iflag", "oflag", "cflag", "lflag", "line", "cc", "ispeed", "ospeed"):
+        old, new = getattr(before, name), getattr(after, name)
+        if old == new:
+            continue
+        if name == "cc":
+            said.append(f"cc {old.hex()} -> {new.hex()}")
+        elif name.endswith("flag"):
+            said.append(f"{name} {old:#o} -> {new:#o}")
+        else:
+            said.append(f"{name} {old} -> {new}")
+    return ", ".join(said)
 
 
 # TIOCM_* bit of each input line, and its place in struct serial_icounter_struct.
