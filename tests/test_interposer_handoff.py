@@ -4,17 +4,19 @@ Once the manager has answered a wrapped program's call on one of its ports, it h
 listener and answers every trapped call itself.  What must hold then: the program gets what it got
 before (exact settings, modem lines, TIOCMIWAIT); a manager killed while it holds a call that waits
 leaves no program hanging, and the supervisor answers until a new manager takes the listener again;
-and what a local process hands the manager that is not a sealed page and a seccomp listener of its own
-is refused without harm.
+what a local process hands the manager that is not a sealed page and a seccomp listener of its own
+is refused without harm; and a manager that may not take the listener leaves the supervisor answering.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import platform
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -163,6 +165,52 @@ def test_a_manager_that_shuts_down_while_it_holds_a_call_leaves_no_program_waiti
     assert len(waited) == 1 and waited[0] != "answered", waited
     program.proc.stdin.close()
     assert program.proc.wait(15) == 0  # the supervisor, reading the listener again, sees the program out
+
+
+# A manager that may not take another process's descriptors, as one without the ptrace right over the
+# supervisor (a hardened kernel's ptrace scope, another user): pidfd_getfd fails with EPERM in it.
+_NO_GETFD = """
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+rules = [(0x20, 0, 0, 0),              # A = the syscall number
+         (0x15, 0, 1, {nr}),           # pidfd_getfd?
+         (0x06, 0, 0, 0x00050000 | 1), #   fail with EPERM
+         (0x06, 0, 0, 0x7FFF0000)]     # anything else runs
+code = b"".join(struct.pack("=HBBI", *rule) for rule in rules)
+program = ctypes.create_string_buffer(code, len(code))
+fprog = ctypes.create_string_buffer(struct.pack("=HxxxxxxQ", len(rules), ctypes.addressof(program)), 16)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.syscall({seccomp}, 1, 0, fprog) == 0, os.strerror(ctypes.get_errno())  # SECCOMP_SET_MODE_FILTER
+os.execv(sys.executable, [sys.executable, "-m", "vcom", "run"])
+"""
+
+
+def test_a_manager_that_may_not_take_the_listener_leaves_the_supervisor_answering(vcom: Vcom, interactive,
+                                                                                   tmp_path):
+    if not seccomp.supported():
+        pytest.skip("no seccomp user notification here")
+    launcher = _NO_GETFD.format(nr=seccomp._PIDFD_GETFD, seccomp=seccomp._SECCOMP_NR[platform.machine()])
+    with open(vcom.home / "foreground.log", "ab") as log:
+        manager = subprocess.Popen([sys.executable, "-c", launcher], env=vcom.env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log)
+    wait_until(vcom.answering, 15, "the manager answering")
+    port = tmp_path / "ttyV0"
+    vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
+    program = interactive(PROGRAM.format(port=str(port)))
+    assert program.expect() == {"frame": [True, True]}
+    wait_until(lambda: "cannot take its seccomp listener" in vcom.log_tail(200), 15, "the handoff refused")
+    # The supervisor reads its listener again and answers every call by asking, as before the offer; also
+    # past the interval after which a handoff that failed for another reason is offered again.
+    for _ in range(2):
+        program.send("set")
+        assert program.expect() == {"frame": [True, True], "cts": True}
+        assert listeners_held(manager.pid) == 0
+        time.sleep(3)
+    vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"]) == (7, "even"),
+                     what="7E1 at the device")
+    assert vcom.status(port)["interposed"] == ["seccomp"]
+    program.proc.stdin.close()
+    assert program.proc.wait(15) == 0
 
 
 def request(sock_path: Path, lines: list[bytes]) -> bytes:
