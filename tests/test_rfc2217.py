@@ -17,6 +17,7 @@ import termios
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,7 @@ from vcom.rfc2217 import (
     SetStopSize,
     Signature,
     break_control,
+    changed_commands,
     dtr_control,
     flow_from_control,
     flow_in_control,
@@ -905,6 +907,15 @@ def test_settings_commands_in_rfc_order() -> None:
         SetControl(Control.FLOW_HARDWARE),
         SetControl(Control.INBOUND_FLOW_XONXOFF),
     ]
+
+
+def test_changed_commands_are_those_of_the_settings_that_changed_in_rfc_order() -> None:
+    before = LineSettings(baud=9600)
+    after = replace(before, baud=19200, parity=Parity.ODD, flow_in=FlowControl.RTSCTS)
+    assert changed_commands(before, after) == [SetBaudRate(19200), SetParity(2),
+                                               SetControl(Control.INBOUND_FLOW_HARDWARE)]
+    assert changed_commands(after, after) == []
+    assert changed_commands(None, after) == settings_commands(after)  # nothing sent yet: all of them
 
 
 def test_signal_helpers() -> None:

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .. import rfc2217
 from ..ratelog import RateLog
@@ -150,7 +150,7 @@ class Rfc2217Session:
         self._name = name
         self._owner = owner
         self._settings = LineSettings()
-        self._sent: list[Any] = []  # last value sent per command, to send only changes
+        self._sent_settings: LineSettings | None = None  # what the commands sent last carried; None: nothing
         self._sent_lines = Lines()
         self.negotiated = False
         # PURGE-DATA sent and not answered yet, oldest first: whether each discards the receive buffer.
@@ -188,10 +188,10 @@ class Rfc2217Session:
         self._settings = settings
         if not self._remote.com_port:
             return b""
-        commands = rfc2217.settings_commands(settings)
-        changed = [c for i, c in enumerate(commands) if i >= len(self._sent) or self._sent[i] != c]
-        self._sent = commands
-        return b"".join(self._codec.send(c) for c in changed)
+        sent, self._sent_settings = self._sent_settings, settings
+        if sent == settings:
+            return b""
+        return b"".join(self._codec.send(c) for c in rfc2217.changed_commands(sent, settings))
 
     def lines(self, lines: Lines) -> bytes:
         if not self._remote.com_port:
@@ -257,7 +257,7 @@ class Rfc2217Session:
             case rfc2217.ComPortOption(enabled=True):
                 remote.com_port = True
                 self.negotiated = True
-                self._sent = []
+                self._sent_settings = None
                 self._sent_lines = Lines()
                 # RFC 2217 recommends settings first; the masks come before them so that the first
                 # notifications already describe the line as the settings leave it.

@@ -79,6 +79,7 @@ from .codes import (
 from .connection import Connection
 from .convert import (
     break_control,
+    changed_commands,
     dtr_control,
     flow_from_control,
     flow_in_control,
@@ -121,7 +122,7 @@ __all__ = [
     "Data", "Event", "FlowControlResume", "FlowControlSuspend", "LimitExceeded", "LineState", "ModemState",
     "NotifyLineState", "NotifyModemState", "OptionChange", "PortCommand", "ProtocolError", "Purge", "PurgeData",
     "Role", "SetBaudRate", "SetControl", "SetDataSize", "SetLineStateMask", "SetModemStateMask", "SetParity",
-    "SetStopSize", "Signature", "break_control", "dtr_control", "flow_from_control", "flow_in_control",
-    "flow_out_control", "modem_signals", "modem_state", "parity_code", "parity_from_code", "rts_control",
-    "settings_commands", "stop_code", "stop_from_code",
+    "SetStopSize", "Signature", "break_control", "changed_commands", "dtr_control", "flow_from_control",
+    "flow_in_control", "flow_out_control", "modem_signals", "modem_state", "parity_code", "parity_from_code",
+    "rts_control", "settings_commands", "stop_code", "stop_from_code",
 ]

@@ -4,6 +4,8 @@ flow control, DTR/RTS/BREAK controls, modem lines, and the commands that put a r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..settings import FlowControl, LineSettings, Parity, Signals, StopBits
 from .codes import Control, ModemState
 from .events import PortCommand, SetBaudRate, SetControl, SetDataSize, SetParity, SetStopSize
@@ -58,6 +60,17 @@ def flow_from_control(value: int) -> tuple[str, FlowControl] | None:
     return _FLOW_FROM_CONTROL.get(value)
 
 
+# Each setting and the command that carries it, in the order the commands go (settings_commands).
+_SETTING_COMMANDS: tuple[tuple[str, Callable[[LineSettings], PortCommand]], ...] = (
+    ("baud", lambda s: SetBaudRate(s.baud)),
+    ("data_bits", lambda s: SetDataSize(s.data_bits)),
+    ("parity", lambda s: SetParity(parity_code(s.parity))),
+    ("stop_bits", lambda s: SetStopSize(stop_code(s.stop_bits))),
+    ("flow_out", lambda s: SetControl(flow_out_control(s.flow_out))),
+    ("flow_in", lambda s: SetControl(flow_in_control(s.flow_in))),
+)
+
+
 def settings_commands(settings: LineSettings) -> list[PortCommand]:
     """The commands that put a remote port into ``settings``.
 
@@ -65,14 +78,16 @@ def settings_commands(settings: LineSettings) -> list[PortCommand]:
     order.  Outbound flow comes before inbound because values 1 to 3 are
     defined as "outbound/both": sent last, they would undo the inbound one.
     """
-    return [
-        SetBaudRate(settings.baud),
-        SetDataSize(settings.data_bits),
-        SetParity(parity_code(settings.parity)),
-        SetStopSize(stop_code(settings.stop_bits)),
-        SetControl(flow_out_control(settings.flow_out)),
-        SetControl(flow_in_control(settings.flow_in)),
-    ]
+    return [make(settings) for _, make in _SETTING_COMMANDS]
+
+
+def changed_commands(before: LineSettings | None, after: LineSettings) -> list[PortCommand]:
+    """The commands of ``settings_commands(after)`` for the settings that differ from ``before`` (all of
+    them when None), in the same order.  Only those are built: a program's speed change is on its way
+    to the wire here, and building all six to compare them took most of the time."""
+    if before is None:
+        return settings_commands(after)
+    return [make(after) for name, make in _SETTING_COMMANDS if getattr(before, name) != getattr(after, name)]
 
 
 def dtr_control(on: bool) -> Control:
