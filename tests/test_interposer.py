@@ -517,6 +517,7 @@ def test_an_unwrapped_program_after_a_wrapped_one_gets_the_pty_view(vcom: Vcom, 
         assert (echo["settings"]["data_bits"], echo["settings"]["parity"]) == (8, "none")
         assert vcom.status(port)["settings_exact"] is False
         # The log says what the other program changed.
+        assert f"{port}: the termios a program set through the interposer was changed" in vcom.log_tail(400)
         assert "ospeed 19200 -> 57600" in vcom.log_tail(400)
     finally:
         os.close(fd)

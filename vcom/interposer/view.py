@@ -42,6 +42,7 @@ class ProgramView:
     noticed by comparing what the pty holds with what was applied.
     """
 
+    port: str = ""  # the port's name, for the log
     requested: Termios2 | None = None
     applied: Termios2 | None = None
     interposed: dict[int, str] = field(default_factory=dict)  # pid -> kind, of programs that asked
@@ -72,8 +73,8 @@ class ProgramView:
             return False
         if current is not self.applied and current != self.applied:
             # What differs is said: it tells a program's stty from anything else that touched the pty.
-            log.info("the termios a program set through the interposer was changed by one that is not "
-                     "interposed (%s): data bits and parity are now as the pty keeps them",
+            log.info("%s: the termios a program set through the interposer was changed by one that is not "
+                     "interposed (%s): data bits and parity are now as the pty keeps them", self.port,
                      _differences(self.applied, current))
             self.requested = self.applied = None  # a program that is not interposed changed it since
             self.changed()

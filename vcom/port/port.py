@@ -86,7 +86,7 @@ class Port(ProgramSessions, ExpressLending, ProgramCalls):
         self.clocal = True  # the program's termios: ignore DCD
         self.hangups = 0  # times the program was hung up because DCD dropped
         self.program_lines: Lines | None = None  # DTR/RTS the program set through the interposer
-        self.view = ProgramView()  # the termios an interposed program set
+        self.view = ProgramView(self.name)  # the termios an interposed program set
         self.modem_counter = ModemCounter()  # TIOCGICOUNT / TIOCMIWAIT
         self.taps = Taps()  # vcom monitor
         self._break_timer: asyncio.TimerHandle | None = None
