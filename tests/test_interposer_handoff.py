@@ -357,3 +357,43 @@ def test_one_wake_up_answers_the_calls_already_waiting_and_no_more_than_drain(tm
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_fault_in_answering_lets_the_kernel_run_the_calls_and_is_logged_once(tmp_path, caplog) -> None:
+    """A fault of the manager's own while it answers a trapped call (a bug): the kernel runs the call as
+    the program made it, and a fault that every call meets costs one line with its traceback, not one
+    per call."""
+    import logging
+    import subprocess
+    import textwrap
+
+    count = 6
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CALLERS.format(count=count))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    page_fd, page = handoff.held_page()
+    listener = -1
+    try:
+        listener = seccomp.get_fd(child.pid, int(child.stdout.readline()))
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        wait_until(lambda: blocked_in_ioctl(child.pid) == count, 15, f"{count} threads waiting in a trapped ioctl")
+
+        class Broken(handoff.Handed):
+            def locate(self, n):  # noqa: ANN001, ANN202
+                raise RuntimeError("a fault")
+
+        handed = Broken(listener, page, lambda rdev: None, lambda *a: None, lambda *a: None, lambda h: None)
+        with caplog.at_level(logging.INFO, logger="vcom.interposer.calls"):
+            handed.readable()
+        assert child.stdout.read(count) == b"x" * count  # the kernel ran every call: each returned
+        assert child.wait(15) == 0
+        faults = [r for r in caplog.records if "answering a trapped ioctl" in r.getMessage()]
+        assert len(faults) == 1 and faults[0].exc_info is not None and faults[0].levelno == logging.ERROR
+    finally:
+        if listener >= 0:
+            os.close(listener)
+        page.close()
+        os.close(page_fd)
+        if child.poll() is None:
+            child.kill()
+            child.wait()

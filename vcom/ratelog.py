@@ -39,8 +39,10 @@ class RateLog:
         self._clock = clock
         self._seen: dict[Hashable, _Seen] = {}
 
-    def log(self, level: int, kind: Hashable, message: str, *args: object) -> bool:
-        """Log ``message % args`` unless ``kind`` was logged less than an interval ago; whether it was."""
+    def log(self, level: int, kind: Hashable, message: str, *args: object,
+            exc_info: BaseException | None = None) -> bool:
+        """Log ``message % args`` unless ``kind`` was logged less than an interval ago; whether it was.
+        ``exc_info``: a traceback for the line that is logged (the count that follows carries none)."""
         now = self._clock()
         seen = self._seen.get(kind)
         if seen is not None and now - seen.since < self.interval:
@@ -52,7 +54,7 @@ class RateLog:
         if seen is not None and seen.timer is not None:
             seen.timer.cancel()
         text = message % args if args else message
-        self._log.log(level, "%s%s", text, self._more(more))
+        self._log.log(level, "%s%s", text, self._more(more), exc_info=exc_info)
         if len(self._seen) >= _MAX_KINDS:
             self._forget(now)
         self._seen[kind] = _Seen(now, text)

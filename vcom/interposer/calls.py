@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ..ratelog import RateLog
 from ..termio import TCGETS2, TCSETS2, TCSETSF2, TERMIOS2_SIZE, TERMIOS_SIZE
 from . import protocol, seccomp
 from .seccomp import TCSETSW2, TIOCCBRK, TIOCGICOUNT, TIOCMIWAIT, TIOCSBRK, Notification
@@ -37,6 +38,7 @@ _OLD_STRUCT = (termios.TCGETS, termios.TCSETS, termios.TCSETSW, termios.TCSETSF)
 _TCGETS = (termios.TCGETS, TCGETS2)
 _MODEM_OPS = {termios.TIOCMGET: "get", termios.TIOCMSET: "set", termios.TIOCMBIS: "bis", termios.TIOCMBIC: "bic"}
 log = logging.getLogger(__name__)
+_faults = RateLog(log)
 _INT = struct.Struct("=i")
 _ICOUNT = struct.Struct("=20i")  # struct serial_icounter_struct: 11 counters and 9 reserved
 ANSWER_TIMEOUT = 5.0
@@ -147,7 +149,10 @@ class CallAnswerer:
             self.respond(n, error=exc.errno or errno.EIO)
             return
         if not isinstance(exc, Continue):
-            log.error("answering a trapped ioctl %#x", n.request, exc_info=exc)
+            # With its traceback, but once a minute per request and kind: a fault that every call meets
+            # (a program calling in a loop) must not bury the log.
+            _faults.log(logging.ERROR, (n.request, type(exc)), "answering a trapped ioctl %#x failed; the "
+                        "kernel runs it as the program made it", n.request, exc_info=exc)
         self.respond(n, cont=True)
 
     def _asking(self, n: Notification, rdev: int) -> Asking:
