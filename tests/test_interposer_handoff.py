@@ -191,9 +191,18 @@ def test_a_manager_that_may_not_take_the_listener_leaves_the_supervisor_answerin
         pytest.skip("no seccomp user notification here")
     launcher = _NO_GETFD.format(nr=seccomp._PIDFD_GETFD, seccomp=seccomp._SECCOMP_NR[platform.machine()])
     with open(vcom.home / "foreground.log", "ab") as log:
-        manager = subprocess.Popen([sys.executable, "-c", launcher], env=vcom.env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=log)
+        launched = subprocess.Popen([sys.executable, "-c", launcher], env=vcom.env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log)
+    try:
+        _refused_handoff(vcom, interactive, tmp_path)
+    finally:
+        vcom.close()  # the keeper the launcher became, and its manager
+        launched.wait(15)
+
+
+def _refused_handoff(vcom: Vcom, interactive, tmp_path: Path) -> None:  # noqa: ANN001
     wait_until(vcom.answering, 15, "the manager answering")
+    manager = manager_pid(vcom)  # the keeper's child, which carries the filter too
     port = tmp_path / "ttyV0"
     vcom.add(port, f"127.0.0.1:{share_echo(vcom)}")
     program = interactive(PROGRAM.format(port=str(port)))
@@ -204,7 +213,7 @@ def test_a_manager_that_may_not_take_the_listener_leaves_the_supervisor_answerin
     for _ in range(2):
         program.send("set")
         assert program.expect() == {"frame": [True, True], "cts": True}
-        assert listeners_held(manager.pid) == 0
+        assert listeners_held(manager) == 0
         time.sleep(3)
     vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"]) == (7, "even"),
                      what="7E1 at the device")
