@@ -10,7 +10,10 @@ is refused without harm; and a manager that may not take the listener leaves the
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
+import mmap
 import os
 import platform
 import signal
@@ -18,7 +21,9 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -327,23 +332,40 @@ def blocked_in_ioctl(pid: int) -> int:
     return blocked
 
 
-def test_one_wake_up_answers_the_calls_already_waiting_and_no_more_than_drain(tmp_path) -> None:
-    """A program's next trapped call is usually waiting by the time its last one is answered: the manager
-    takes it in the same wake-up of its loop.  But one wake-up answers at most DRAIN calls, so that a
-    program making calls from many threads cannot hold up the manager's other ports."""
-    import subprocess
-    import textwrap
-
-    count = handoff.DRAIN + 4
+@contextlib.contextmanager
+def trapped_callers(count: int) -> Iterator[tuple[subprocess.Popen[bytes], int, mmap.mmap]]:
+    """A child whose ``count`` threads wait in a trapped TCGETS on a plain pty; its listener (taken from it,
+    as a manager takes a supervisor's) and a held page, for a Handed.  Everything is closed at the end."""
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CALLERS.format(count=count))],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     page_fd, page = handoff.held_page()
     listener = -1
     try:
+        assert child.stdin is not None and child.stdout is not None
         listener = seccomp.get_fd(child.pid, int(child.stdout.readline()))
         child.stdin.write(b"go\n")
         child.stdin.flush()
         wait_until(lambda: blocked_in_ioctl(child.pid) == count, 15, f"{count} threads waiting in a trapped ioctl")
+        yield child, listener, page
+    finally:
+        if listener >= 0:
+            os.close(listener)
+        page.close()
+        os.close(page_fd)
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_one_wake_up_answers_the_calls_already_waiting_and_no_more_than_drain(tmp_path) -> None:
+    """A program's next trapped call is usually waiting by the time its last one is answered: the manager
+    takes it in the same wake-up of its loop.  But one wake-up answers at most DRAIN calls, so that a
+    program making calls from many threads cannot hold up the manager's other ports."""
+    count = handoff.DRAIN + 4
+    with trapped_callers(count) as (child, listener, page):
         answered: list[int] = []
 
         class Counted(handoff.Handed):
@@ -358,34 +380,14 @@ def test_one_wake_up_answers_the_calls_already_waiting_and_no_more_than_drain(tm
         assert len(set(answered)) == count
         assert child.stdout.read(count) == b"x" * count  # every call returned to its thread
         assert child.wait(15) == 0
-    finally:
-        if listener >= 0:
-            os.close(listener)
-        page.close()
-        os.close(page_fd)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
 
 
 def test_a_fault_in_answering_lets_the_kernel_run_the_calls_and_is_logged_once(tmp_path, caplog) -> None:
     """A fault of the manager's own while it answers a trapped call (a bug): the kernel runs the call as
     the program made it, and a fault that every call meets costs one line with its traceback, not one
     per call."""
-    import logging
-    import subprocess
-    import textwrap
-
     count = 6
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CALLERS.format(count=count))],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    page_fd, page = handoff.held_page()
-    listener = -1
-    try:
-        listener = seccomp.get_fd(child.pid, int(child.stdout.readline()))
-        child.stdin.write(b"go\n")
-        child.stdin.flush()
-        wait_until(lambda: blocked_in_ioctl(child.pid) == count, 15, f"{count} threads waiting in a trapped ioctl")
+    with trapped_callers(count) as (child, listener, page):
 
         class Broken(handoff.Handed):
             def locate(self, n):  # noqa: ANN001, ANN202
@@ -399,11 +401,3 @@ def test_a_fault_in_answering_lets_the_kernel_run_the_calls_and_is_logged_once(t
         assert child.wait(15) == 0
         faults = [r for r in caplog.records if "answering a trapped ioctl" in r.getMessage()]
         assert len(faults) == 1 and faults[0].exc_info is not None and faults[0].levelno == logging.ERROR
-    finally:
-        if listener >= 0:
-            os.close(listener)
-        page.close()
-        os.close(page_fd)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
