@@ -1102,6 +1102,10 @@ class Interactive:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # a write still buffered for a program that has gone
+                    pipe.close()
 
 
 class NamespacedManager:
