@@ -213,13 +213,14 @@ def _refused_handoff(vcom: Vcom, interactive, tmp_path: Path) -> None:  # noqa: 
     program = interactive(PROGRAM.format(port=str(port)))
     assert program.expect() == {"frame": [True, True]}
     wait_until(lambda: "cannot take its seccomp listener" in vcom.log_tail(200), 15, "the handoff refused")
-    # The supervisor reads its listener again and answers every call by asking, as before the offer; also
-    # past the interval after which a handoff that failed for another reason is offered again.
-    for _ in range(2):
+    # The supervisor reads its listener again and answers every call by asking, as before the offer; the
+    # last calls come past the 5 s after which a handoff that failed for another reason is offered again.
+    for step in range(3):
+        if step:
+            time.sleep(3)
         program.send("set")
         assert program.expect() == {"frame": [True, True], "cts": True}
         assert listeners_held(manager) == 0
-        time.sleep(3)
     vcom.wait_status("sim:echo", lambda s: (s["settings"]["data_bits"], s["settings"]["parity"]) == (7, "even"),
                      what="7E1 at the device")
     assert vcom.status(port)["interposed"] == ["seccomp"]
