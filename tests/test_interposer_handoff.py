@@ -15,7 +15,6 @@ import fcntl
 import logging
 import mmap
 import os
-import platform
 import signal
 import socket
 import struct
@@ -175,17 +174,12 @@ def test_a_manager_that_shuts_down_while_it_holds_a_call_leaves_no_program_waiti
 # A manager that may not take another process's descriptors, as one without the ptrace right over the
 # supervisor (a hardened kernel's ptrace scope, another user): pidfd_getfd fails with EPERM in it.
 _NO_GETFD = """
-import ctypes, os, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-rules = [(0x20, 0, 0, 0),              # A = the syscall number
-         (0x15, 0, 1, {nr}),           # pidfd_getfd?
-         (0x06, 0, 0, 0x00050000 | 1), #   fail with EPERM
-         (0x06, 0, 0, 0x7FFF0000)]     # anything else runs
-code = b"".join(struct.pack("=HBBI", *rule) for rule in rules)
-program = ctypes.create_string_buffer(code, len(code))
-fprog = ctypes.create_string_buffer(struct.pack("=HxxxxxxQ", len(rules), ctypes.addressof(program)), 16)
-assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-assert libc.syscall({seccomp}, 1, 0, fprog) == 0, os.strerror(ctypes.get_errno())  # SECCOMP_SET_MODE_FILTER
+import os, sys
+from vcom.interposer import seccomp as s
+code = s._assemble([(s._LD_W_ABS, 0, 0, 0), ("jeq", {nr}, "refuse", "allow"),  # the syscall: pidfd_getfd?
+                    ("label", "allow"), (s._RET_K, 0, 0, s._RET_ALLOW),
+                    ("label", "refuse"), (s._RET_K, 0, 0, 0x00050000 | 1)])  # SECCOMP_RET_ERRNO | EPERM
+os.close(s.install_filter(code, no_new_privs=True))  # a listener it never uses: nothing is notified
 os.execv(sys.executable, [sys.executable, "-m", "vcom", "run"])
 """
 
@@ -194,7 +188,7 @@ def test_a_manager_that_may_not_take_the_listener_leaves_the_supervisor_answerin
                                                                                    tmp_path):
     if not seccomp.supported():
         pytest.skip("no seccomp user notification here")
-    launcher = _NO_GETFD.format(nr=seccomp._PIDFD_GETFD, seccomp=seccomp._SECCOMP_NR[platform.machine()])
+    launcher = _NO_GETFD.format(nr=seccomp._PIDFD_GETFD)
     with open(vcom.home / "foreground.log", "ab") as log:
         launched = subprocess.Popen([sys.executable, "-c", launcher], env=vcom.env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log)
