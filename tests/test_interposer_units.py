@@ -226,3 +226,95 @@ def test_the_programs_noted_per_port_stay_bounded() -> None:
         server.note_interposed(port, pid, "seccomp")
     # Past the bound only those still holding the port open are kept: none of these do.
     assert len(port.view.interposed) <= server._REMEMBERED_PROGRAMS
+
+
+_HOLDER = """
+import os, sys, threading
+fd = os.open(sys.argv[1], os.O_RDONLY)
+thread = threading.Thread(target=sys.stdin.read, daemon=True)
+thread.start()
+print(thread.native_id, fd, flush=True)
+sys.stdin.read()
+"""
+
+
+class _Holder:
+    """A process that holds ``path`` open and has a second thread: (its pid, the thread's id, the fd)."""
+
+    def __init__(self, path: str) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.tid, self.fd = map(int, self.proc.stdout.readline().split())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _same_file(local: int, path: str) -> bool:
+    import os
+
+    try:
+        return os.path.samestat(os.fstat(local), os.stat(path))
+    finally:
+        os.close(local)
+
+
+def test_kept_pidfds_take_descriptors_of_the_process_asked_for(tmp_path) -> None:
+    import os
+
+    files = [tmp_path / "a", tmp_path / "b"]
+    for f in files:
+        f.write_bytes(b"")
+    first, second = _Holder(str(files[0])), _Holder(str(files[1]))
+    kept = seccomp.KeptPidfds()
+    try:
+        for _ in range(2):  # the second time from the kept pidfd
+            assert _same_file(kept.get_fd(first.proc.pid, first.fd), str(files[0]))
+        assert list(kept._kept) == [first.proc.pid]
+        # A thread that is not the process itself gets its process's descriptors, and nothing is kept for
+        # it: its id could come back as another process's pid while the first one lives.
+        assert _same_file(kept.get_fd(first.tid, first.fd), str(files[0]))
+        assert list(kept._kept) == [first.proc.pid]
+        # A kept pidfd whose process is gone, under a pid that is now another process's (as when pids wrap
+        # round): that process's descriptor, not a failure and not the old one's.
+        gone = kept._kept[first.proc.pid]
+        first.stop()
+        kept._kept[second.proc.pid] = os.dup(gone)
+        assert _same_file(kept.get_fd(second.proc.pid, second.fd), str(files[1]))
+        with pytest.raises(OSError):
+            kept.get_fd(first.proc.pid, first.fd)  # gone: an error, and its pidfd is closed
+        assert list(kept._kept) == [second.proc.pid]
+    finally:
+        first.stop()
+        second.stop()
+        kept.close()
+    assert kept._kept == {}
+
+
+def test_kept_pidfds_stay_bounded(tmp_path) -> None:
+    import os
+
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    holders = [_Holder(str(path)) for _ in range(3)]
+    kept = seccomp.KeptPidfds(limit=2)
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        for holder in holders:
+            assert _same_file(kept.get_fd(holder.proc.pid, holder.fd), str(path))
+        assert list(kept._kept) == [holders[2].proc.pid]  # the third closed the two kept before it
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        kept.close()
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        kept.close()
+        for holder in holders:
+            holder.stop()

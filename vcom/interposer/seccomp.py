@@ -237,21 +237,73 @@ def still_waiting(listener: int, nid: int) -> bool:
 
 
 def get_fd(pid: int, fd: int) -> int:
-    """A duplicate of ``fd`` of process ``pid`` (the same open file: no new open of the device).
+    """A duplicate of ``fd`` of process ``pid`` (the same open file: no new open of the device)."""
+    pidfd, _ = open_pidfd(pid)
+    try:
+        return take_fd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
+def open_pidfd(pid: int) -> tuple[int, bool]:
+    """A pidfd for the process of thread ``pid``, and whether ``pid`` is that process itself.
 
     A notification names the calling thread; pidfd_open takes a process, so a thread that is not the
     main one is looked up by its thread group."""
     pidfd = _libc.syscall(_PIDFD_OPEN, pid, 0)
-    if pidfd < 0 and ctypes.get_errno() in (errno.EINVAL, errno.ENOENT):
+    if pidfd >= 0:
+        return int(pidfd), True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOENT):
         group = _thread_group(pid)
         if group != pid:
             pidfd = _libc.syscall(_PIDFD_OPEN, group, 0)
-    if pidfd < 0:
-        _raise("pidfd_open")
-    try:
-        return take_fd(int(pidfd), fd)
-    finally:
-        os.close(int(pidfd))
+            if pidfd >= 0:
+                return int(pidfd), False
+    _raise("pidfd_open")
+    raise AssertionError  # not reached: _raise raises
+
+
+class KeptPidfds:
+    """``get_fd`` for the calls of the processes of one program, with a pidfd kept per process: opening
+    and closing one for every trapped call was a third of the supervisor's time on a call it lets through.
+
+    Only a process's own pid is kept, never a thread's: a pidfd names the process it was opened for, so
+    when that process is gone (and its pid perhaps another's) the kept one fails (ESRCH, or EBADF while
+    it is a zombie) and a new one is opened.  A thread id kept with its process's pidfd could come back
+    as another process's pid while the first process lives, and name the wrong descriptors."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._kept: dict[int, int] = {}
+        self._limit = limit
+
+    def get_fd(self, pid: int, fd: int) -> int:
+        kept = self._kept.get(pid)
+        if kept is not None:
+            try:
+                return take_fd(kept, fd)
+            except OSError:
+                self._forget(pid)  # gone, or fd is not open there: a fresh pidfd tells which
+        pidfd, own = open_pidfd(pid)
+        try:
+            local = take_fd(pidfd, fd)
+        except OSError:
+            os.close(pidfd)
+            raise
+        if not own:
+            os.close(pidfd)
+        else:
+            if len(self._kept) >= self._limit:
+                self.close()  # a program that starts many processes: the live ones are opened again
+            self._kept[pid] = pidfd
+        return local
+
+    def _forget(self, pid: int) -> None:
+        os.close(self._kept.pop(pid))
+
+    def close(self) -> None:
+        for pidfd in self._kept.values():
+            os.close(pidfd)
+        self._kept.clear()
 
 
 def take_fd(pidfd: int, fd: int) -> int:

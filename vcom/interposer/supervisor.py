@@ -138,6 +138,7 @@ class Supervisor(CallAnswerer):
         self._path = str(socket_path)
         self._connections = _Connections(self._path)
         self._views = ViewCache(self._path, child)
+        self._pidfds = seccomp.KeptPidfds()
         self._status: int | None = None
         self._done: asyncio.Event | None = None
         self._poller = select.poll()
@@ -173,6 +174,7 @@ class Supervisor(CallAnswerer):
             self.cancel()
             self._connections.close()
             self._views.close()
+            self._pidfds.close()
             self._held.close()
             os.close(self._held_fd)
         while self._status is None:  # the listener is done: the program has exited or is about to
@@ -235,7 +237,7 @@ class Supervisor(CallAnswerer):
 
     def locate(self, n: Notification) -> tuple[int, Any, int] | None:
         try:
-            local = seccomp.get_fd(n.pid, n.fd)
+            local = self._pidfds.get_fd(n.pid, n.fd)
         except OSError:
             raise Continue from None
         found = _vcom_port(local)
