@@ -416,11 +416,7 @@ class Port(ProgramSessions, ExpressLending, ProgramCalls):
         if self._to_pty:
             self._to_pty += data
         else:
-            try:
-                taken = self.pty.write(data)
-            except OSError as exc:
-                log.error("%s: writing to the pty failed: %s", self.name, exc)
-                taken = 0
+            taken = self._write_pty(data)
             if taken == len(data):
                 if not bounded:
                     self._warm()
