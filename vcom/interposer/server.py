@@ -144,8 +144,15 @@ class InterposerServer:
         port = self._find(request.rdev)
         if port is None:
             return protocol.NO
-        if not connection.holds_open(port.pty.slave_path):
-            self._refused(port.name, connection.pid)
+        try:
+            held = connection.holds_open(port.pty.slave_path)
+        except PermissionError as exc:
+            self._refused(port.name, connection.pid, f"the manager may not read /proc/{connection.pid}/fd "
+                          f"({exc.strerror}: that takes CAP_SYS_PTRACE for another user's process "
+                          "or one with capabilities the manager lacks)")
+            return protocol.NO
+        if not held:
+            self._refused(port.name, connection.pid, "it does not have the port open")
             return protocol.NO
         assert connection.header is not None
         note_interposed(port, connection.header.pid, connection.header.kind)
@@ -179,15 +186,14 @@ class InterposerServer:
         log.debug("vcom wrap (pid %d, program %d): the manager answers its calls", connection.pid, program)
         return protocol.ok()
 
-    def _refused(self, name: str, pid: int) -> None:
+    def _refused(self, name: str, pid: int, why: str) -> None:
         # Once per port and interval, with how many were refused meanwhile: a program retrying in a
         # loop costs a line a minute, not a line per call.
         now = time.monotonic()
         since, count = self._refusals.get(name, (0.0, 0))
         if now - since >= _REFUSAL_LOG_INTERVAL:
             more = f" ({count} more in the last {_REFUSAL_LOG_INTERVAL:g} s)" if count else ""
-            log.warning("%s: interposer request from pid %d, which does not have the port open: refused%s",
-                        name, pid, more)
+            log.warning("%s: interposer request from pid %d refused: %s%s", name, pid, why, more)
             self._refusals[name] = (now, 0)
         else:
             self._refusals[name] = (since, count + 1)
@@ -425,21 +431,33 @@ def note_interposed(port: Port, pid: int, kind: str) -> None:
 
 
 def holds_open(pid: int, slave_path: str) -> bool:
-    """Whether process ``pid`` has ``slave_path`` open (any of its fds)."""
-    return _find_open(pid, slave_path) is not None
+    """Whether process ``pid`` has ``slave_path`` open (any of its fds); False also when the manager may
+    not look."""
+    try:
+        return _find_open(pid, slave_path) is not None
+    except PermissionError:
+        return False
 
 
 def _find_open(pid: int, slave_path: str) -> str | None:
-    """The entry of ``/proc/PID/fd`` that is ``slave_path``, if any."""
+    """The entry of ``/proc/PID/fd`` that is ``slave_path``, if any.  PermissionError: the manager may not
+    read where they lead (a ptrace access check: root needs CAP_SYS_PTRACE for another user's process, or
+    for one with capabilities it lacks)."""
     fd_dir = f"/proc/{pid}/fd"
     try:
         entries = os.listdir(fd_dir)
+    except PermissionError:
+        raise
     except OSError:
-        return None
+        return None  # gone
     for entry in entries:
-        with contextlib.suppress(OSError):
+        try:
             if os.readlink(f"{fd_dir}/{entry}") == slave_path:
                 return entry
+        except PermissionError:
+            raise  # every entry is refused alike
+        except OSError:
+            pass  # closed meanwhile
     return None
 
 
