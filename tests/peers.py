@@ -935,14 +935,15 @@ class Vcom:
         return shared_port(self.ok("share", str(device), "--listen", listen, *options))
 
     def start_manager(self, *options: str, env: dict[str, str] | None = None, stderr: int | None = None,
-                      wait: bool = True) -> subprocess.Popen[bytes]:
+                      wait: bool = True, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """``vcom run OPTIONS`` in the foreground, as systemd starts it (``close()`` stops it with the rest).
 
         Its output goes to ``foreground.log`` in the home unless ``stderr`` says otherwise (PIPE); with
-        ``wait`` this returns once it answers on the control socket.
+        ``wait`` this returns once it answers on the control socket.  ``prefix``: a command that execs the
+        rest (setpriv with the unit's capabilities, say).
         """
         with open(self.home / "foreground.log", "ab") as log:
-            proc = subprocess.Popen([PYTHON, "-m", "vcom", "run", *options], env={**self.env, **(env or {})},
+            proc = subprocess.Popen([*prefix, PYTHON, "-m", "vcom", "run", *options], env={**self.env, **(env or {})},
                                     stdin=subprocess.DEVNULL, stdout=log if stderr is None else subprocess.DEVNULL,
                                     stderr=log if stderr is None else stderr)
         if wait:

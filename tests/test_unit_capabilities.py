@@ -1,0 +1,86 @@
+"""The manager with exactly the capabilities that systemd/vcom.service leaves it (CapabilityBoundingSet=),
+as systemd starts it: root, but with nothing outside that set.
+
+An interposed call is answered only for a process that holds the port open, which the manager reads in
+/proc/PID/fd; that, taking a `vcom wrap` listener (pidfd_getfd) and reading and writing the program's
+termios (process_vm_readv/writev) are ptrace access checks.  Without CAP_SYS_PTRACE, root may not make
+them on another user's process, nor on one with capabilities it lacks: every wrapped program would get
+what a bare pty gives (parity refused).  Here the manager is started under setpriv with the unit's
+bounding set, and real programs (stty) set 7E1 through both interposers, one of them as user nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from peers import PYTHON, Vcom
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unit_capabilities() -> list[str]:
+    text = (REPO / "systemd" / "vcom.service").read_text()
+    found = re.search(r"^CapabilityBoundingSet=(.+)$", text, re.MULTILINE)
+    assert found is not None, "vcom.service sets no CapabilityBoundingSet="
+    return [name.lower() for name in found.group(1).split()]
+
+
+@pytest.fixture
+def confined(vcom: Vcom) -> Vcom:
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the unit runs the manager")
+    keep = ",".join(f"+{name.removeprefix('cap_')}" for name in unit_capabilities())
+    vcom.start_manager("--log-level", "debug", prefix=("setpriv", f"--bounding-set=-all,{keep}",
+                                                       f"--inh-caps=-all,{keep}", "--"))
+    status = Path(f"/proc/{vcom.manager_pid()}/status").read_text()
+    bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
+    assert bounding != (1 << (bounding.bit_length())) - 1, "the manager kept every capability"
+    return vcom
+
+
+def _stty_7e1(vcom: Vcom, port: Path, *, preload: bool = False, user: str | None = None) -> str:
+    """`stty cs7 parenb` on the port through the interposer, then `stty -a`: what the second printed."""
+    device = os.path.realpath(port)  # the program as nobody may not look inside the test's directory
+    script = f"stty -F {device} cs7 parenb && stty -F {device} -a"
+    command = ["sh", "-c", script]
+    if user is not None:
+        account = pwd.getpwnam(user)
+        command = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", *command]
+    result = subprocess.run([PYTHON, "-m", "vcom", "wrap", *(["--preload"] if preload else []), *command],
+                            env=vcom.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{result.stderr}\n{vcom.log_tail()}"
+    return result.stdout
+
+
+def _has_7e1(stty_a: str) -> bool:
+    words = stty_a.split()
+    return "cs7" in words and "parenb" in words and "-parenb" not in words
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["seccomp", "preload"])
+def test_a_wrapped_program_gets_parity_from_a_manager_confined_as_the_unit_says(confined: Vcom, refused_port,
+                                                                               tmp_path, preload):
+    port = tmp_path / "ttyV0"
+    confined.add(port, f"127.0.0.1:{refused_port}")
+    assert _has_7e1(_stty_7e1(confined, port, preload=preload))
+    log = confined.log_tail(400)
+    assert "interposer request from pid" not in log, log  # none refused
+    if not preload:
+        # The listener was handed over: the manager may reach into the supervisor and the program.
+        assert "the manager answers its calls" in log and "cannot take its seccomp listener" not in log, log
+
+
+def test_another_users_wrapped_program_gets_parity_too(confined: Vcom, refused_port, tmp_path):
+    port = tmp_path / "ttyV0"
+    confined.add(port, f"127.0.0.1:{refused_port}", "--mode", "0666")
+    assert _has_7e1(_stty_7e1(confined, port, user="nobody"))
+    log = confined.log_tail(400)
+    assert "the manager answers its calls" in log and "cannot take its seccomp listener" not in log, log
