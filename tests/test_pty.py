@@ -660,3 +660,18 @@ def test_discard_output_while_closed(port: VirtualPty, programs: Programs) -> No
     fd = programs.open(port.link_path, os.O_RDWR | os.O_NONBLOCK)
     assert nothing_for_program(fd)
     assert not any(r.flush_read for r in drain(port))
+
+
+def test_a_directory_is_the_same_only_by_its_device_and_inode(tmp_path: Path) -> None:
+    from vcom.portpath import PortPathError, check_same_directory, directory_identity
+
+    port = str(tmp_path / "ttyV0")
+    check_same_directory(port, directory_identity(port))
+    check_same_directory(port, None)  # a control client that does not say: nothing to compare
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(PortPathError, match="the manager does not see the"):
+        check_same_directory(port, directory_identity(str(other / "ttyV0")))
+    for bad in ("x", [1], [1, "2"], [1.0, 2], {"dev": 1}):  # a control request written by hand
+        with pytest.raises(PortPathError, match="names its directory wrongly"):
+            check_same_directory(port, bad)

@@ -29,6 +29,7 @@ from .interposer.server import InterposerServer
 from .metrics import start_metrics
 from .paths import Paths
 from .port import LinkGroup, Port
+from .portpath import check_same_directory
 from .pty import PortPathError, check_port_path
 from .share import Share, ShareConfig, ShareError
 from .udevwatch import UdevWatcher
@@ -291,10 +292,13 @@ class Manager:
                 if len(raw) == 1:
                     raise
                 raise ConfigError(f"port #{index}: {exc}", exc.key, exc.value) from None
+        seen = request.get("seen")  # the client's view of each port's directory (vcom add sends it)
+        seen = seen if isinstance(seen, dict) else {}
         batch: dict[str, PortConfig] = {}
         for cfg in configs:
             if cfg.device in batch:
                 raise ManagerError(f"{cfg.device} is given twice")
+            check_same_directory(cfg.device, seen.get(cfg.device))
             self._check_new_port(cfg, batch)
             batch[cfg.device] = cfg
         self._file.check_new("port", list(batch))

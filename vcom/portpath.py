@@ -41,6 +41,32 @@ def check_port_path(path: str, *, replace_symlink: bool) -> None:
     raise PortPathError(f"{path} is taken by {_kind_of(st.st_mode)}; choose another path")
 
 
+def directory_identity(path: str) -> list[int] | None:
+    """The device and inode numbers of the directory that would hold ``path`` (None: there is none), as
+    this process sees it: `vcom add` sends them along, and the manager compares them with its own."""
+    try:
+        st = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def check_same_directory(path: str, seen: object) -> None:
+    """Raise PortPathError when the directory that would hold ``path`` is not the one the client saw
+    (``seen``: its directory_identity).  A manager in a mount namespace of its own (systemd's
+    PrivateTmp= gives it another /tmp, ProtectHome= an empty /home) would otherwise make the port where
+    nobody else can see it, and `vcom add` would report success."""
+    if seen is None:
+        return
+    if not (isinstance(seen, list) and len(seen) == 2 and all(type(n) is int for n in seen)):
+        raise PortPathError(f"cannot create {path}: the request names its directory wrongly")
+    if directory_identity(path) != seen:
+        parent = os.path.dirname(os.path.abspath(path))
+        raise PortPathError(f"cannot create {path}: the manager does not see the {parent} you see (it runs in a "
+                            "mount namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=); "
+                            "choose a path under /dev, such as /dev/ttyV0")
+
+
 def _kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"

@@ -121,10 +121,13 @@ def add(
         _check_port_path(port.device)
         _check_tls_files(port.parsed_target.tls_options, "client", f"{from_file}: {port.device}: " if from_file else "")
     _ensure_manager()
+    from ..portpath import directory_identity
+
+    seen = {port.device: directory_identity(port.device) for port in ports}
     if from_file is None:
-        _ask("add", port=ports[0].to_json())
+        _ask("add", port=ports[0].to_json(), seen=seen)
     else:
-        _ask("add", ports=[port.to_json() for port in ports])
+        _ask("add", ports=[port.to_json() for port in ports], seen=seen)
     for port in ports:
         print(f"{port.device} -> {port.target}")
 

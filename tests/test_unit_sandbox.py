@@ -1,12 +1,14 @@
-"""The manager with exactly the capabilities that systemd/vcom.service leaves it (CapabilityBoundingSet=),
-as systemd starts it: root, but with nothing outside that set.
+"""The manager confined as systemd/vcom.service confines it, without systemd (never booted here).
 
-An interposed call is answered only for a process that holds the port open, which the manager reads in
-/proc/PID/fd; that, taking a `vcom wrap` listener (pidfd_getfd) and reading and writing the program's
-termios (process_vm_readv/writev) are ptrace access checks.  Without CAP_SYS_PTRACE, root may not make
-them on another user's process, nor on one with capabilities it lacks: every wrapped program would get
-what a bare pty gives (parity refused).  Here the manager is started under setpriv with the unit's
-bounding set, and real programs (stty) set 7E1 through both interposers, one of them as user nobody.
+* Capabilities: root, but only those of the unit's CapabilityBoundingSet= (setpriv).  An interposed
+  call is answered only for a process that holds the port open, which the manager reads in
+  /proc/PID/fd; that, taking a `vcom wrap` listener (pidfd_getfd) and reading and writing the program's
+  termios (process_vm_readv/writev) are ptrace access checks.  Without CAP_SYS_PTRACE, root may not make
+  them on another user's process, nor on one with capabilities it lacks, and every wrapped program
+  would get what a bare pty gives (parity refused).  Real programs (stty) set 7E1 through both
+  interposers, one of them as user nobody.
+* Mount namespace: PrivateTmp= and ProtectHome= show the manager another /tmp and /home than its
+  clients see (unshare and a tmpfs stand in for them).
 """
 
 from __future__ import annotations
@@ -84,3 +86,30 @@ def test_another_users_wrapped_program_gets_parity_too(confined: Vcom, refused_p
     assert _has_7e1(_stty_7e1(confined, port, user="nobody"))
     log = confined.log_tail(400)
     assert "the manager answers its calls" in log and "cannot take its seccomp listener" not in log, log
+
+
+def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refused_port, tmp_path):
+    # The unit's PrivateTmp= gives the manager a /tmp of its own, ProtectHome= an empty /home: a port made
+    # there would exist for the manager alone while `vcom add` reported success.  Here the manager runs in
+    # a mount namespace where `hidden` is a fresh tmpfs, as /tmp is under the unit.
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is not installed")
+    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+    hidden.mkdir()
+    shared.mkdir()
+    vcom.start_manager(prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden)))
+    refused = vcom.cli("add", str(hidden / "ttyV0"), f"127.0.0.1:{refused_port}")
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.strip() == (
+        f"vcom: cannot create {hidden / 'ttyV0'}: the manager does not see the {hidden} you see (it runs in a "
+        "mount namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=); choose a path under /dev, "
+        "such as /dev/ttyV0")
+    # All or none: a file naming a good port and a hidden one adds neither.
+    ports = tmp_path / "ports.toml"
+    ports.write_text(f'[[port]]\ndevice = "{shared / "ttyV1"}"\ntarget = "127.0.0.1:{refused_port}"\n'
+                     f'[[port]]\ndevice = "{hidden / "ttyV2"}"\ntarget = "127.0.0.1:{refused_port}"\n')
+    assert vcom.cli("add", "--from", str(ports)).returncode == 1
+    assert vcom.status()["ports"] == []
+    vcom.add(shared / "ttyV1", f"127.0.0.1:{refused_port}")  # a directory both see
+    assert [p["device"] for p in vcom.status()["ports"]] == [str(shared / "ttyV1")]
