@@ -17,31 +17,38 @@ import os
 import pwd
 import re
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from peers import PYTHON, Vcom
+import serial
+from peers import PYTHON, PtyDevice, Vcom, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def unit_capabilities() -> list[str]:
-    text = (REPO / "systemd" / "vcom.service").read_text()
+def unit_capabilities(unit: str = "vcom.service") -> list[str]:
+    text = (REPO / "systemd" / unit).read_text()
     found = re.search(r"^CapabilityBoundingSet=(.+)$", text, re.MULTILINE)
-    assert found is not None, "vcom.service sets no CapabilityBoundingSet="
+    assert found is not None, f"{unit} sets no CapabilityBoundingSet="
     return [name.lower() for name in found.group(1).split()]
+
+
+def confined_to(unit: str) -> tuple[str, ...]:
+    """setpriv's arguments that leave what follows the capabilities of ``unit``, and no others."""
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the unit runs vcom")
+    keep = ",".join(f"+{name.removeprefix('cap_')}" for name in unit_capabilities(unit))
+    return ("setpriv", f"--bounding-set=-all,{keep}", f"--inh-caps=-all,{keep}", "--")
 
 
 @pytest.fixture
 def confined(vcom: Vcom) -> Vcom:
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("needs root, as the unit runs the manager")
-    keep = ",".join(f"+{name.removeprefix('cap_')}" for name in unit_capabilities())
-    vcom.start_manager("--log-level", "debug", prefix=("setpriv", f"--bounding-set=-all,{keep}",
-                                                       f"--inh-caps=-all,{keep}", "--"))
+    vcom.start_manager("--log-level", "debug", prefix=confined_to("vcom.service"))
     status = Path(f"/proc/{vcom.manager_pid()}/status").read_text()
     bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
     assert bounding != (1 << (bounding.bit_length())) - 1, "the manager kept every capability"
@@ -113,3 +120,42 @@ def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refus
     assert vcom.status()["ports"] == []
     vcom.add(shared / "ttyV1", f"127.0.0.1:{refused_port}")  # a directory both see
     assert [p["device"] for p in vcom.status()["ports"]] == [str(shared / "ttyV1")]
+
+
+def test_a_share_confined_as_its_unit_serves_its_device(tmp_path):
+    # vcom-share@.service keeps even fewer capabilities: the device's settings, lines and data must all
+    # still pass (here a pty stands in for /dev/ttyUSB0; RFC 2217 from pyserial, as a remote program).
+    device = PtyDevice()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "VCOM_HOME": str(tmp_path / "h")}
+    share = subprocess.Popen([*confined_to("vcom-share@.service"), PYTHON, "-m", "vcom", "share", device.path,
+                              "--listen", "127.0.0.1:0", "--protocol", "rfc2217", "--foreground"], env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = None
+    try:
+        ready = notify.recv(4096).decode()
+        assert "READY=1" in ready, ready
+        port = int(ready.rsplit(":", 1)[1])
+        client = serial.serial_for_url(f"rfc2217://127.0.0.1:{port}", baudrate=19200, stopbits=2, timeout=10)
+        client.write(b"to the device")
+        assert device.read_exact(13) == b"to the device"
+        device.write(b"from the device")
+        assert client.read(15) == b"from the device"
+        wait_until(lambda: (device.settings().baud, device.settings().cstopb) == (19200, True), 10,
+                   "19200 baud and two stop bits on the device")
+    finally:
+        if client is not None:
+            client.close()
+        share.send_signal(signal.SIGTERM)
+        try:
+            assert share.wait(timeout=15) == 0, share.stderr.read().decode() if share.stderr else ""
+        finally:
+            if share.poll() is None:
+                share.kill()
+                share.wait(timeout=10)
+            if share.stderr is not None:
+                share.stderr.close()
+            notify.close()
+            device.close()
