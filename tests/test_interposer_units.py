@@ -318,3 +318,31 @@ def test_kept_pidfds_stay_bounded(tmp_path) -> None:
         kept.close()
         for holder in holders:
             holder.stop()
+
+
+def test_a_users_wrapped_programs_ask_the_system_manager_when_the_user_runs_none(tmp_path, monkeypatch) -> None:
+    import socket
+
+    from vcom import paths
+
+    monkeypatch.delenv("VCOM_HOME", raising=False)
+    own = paths.Paths(tmp_path / "c.toml", tmp_path / "vcom.sock", tmp_path / "vcom.pid", tmp_path / "vcom.log",
+                      tmp_path / "own.sock", tmp_path / "lib")
+    system = tmp_path / "system.sock"
+
+    def listening(path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen()
+        return sock
+
+    assert paths.interposer_for_programs(own, system) == own.interposer  # neither runs: as before
+    with listening(system):
+        assert paths.interposer_for_programs(own, system) == system  # vcom.service's ports, no manager of one's own
+        with listening(own.interposer):
+            assert paths.interposer_for_programs(own, system) == own.interposer  # one's own answers first
+        # A socket file left by a manager that died is not a manager.
+        assert own.interposer.exists()
+        assert paths.interposer_for_programs(own, system) == system
+        monkeypatch.setenv("VCOM_HOME", str(tmp_path))  # names the one manager meant
+        assert paths.interposer_for_programs(own, system) == own.interposer

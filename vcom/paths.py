@@ -9,11 +9,13 @@ by side without seeing each other.  Without it, root uses the system places
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+SYSTEM_RUN = Path("/run/vcom")  # the system manager's (vcom.service) sockets; preload.c names it too
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ def resolve() -> Paths:
         return Paths(base / "vcom.toml", base / "vcom.sock", base / "vcom.pid", base / "vcom.log",
                      base / "interposer.sock", base / "lib")
     if os.geteuid() == 0:
-        run = Path("/run/vcom")
+        run = SYSTEM_RUN
         return Paths(Path("/etc/vcom/vcom.toml"), run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
                      run / "interposer.sock", Path("/var/cache/vcom"))
     config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vcom"
@@ -48,3 +50,28 @@ def resolve() -> Paths:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vcom"
     return Paths(config / "vcom.toml", run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
                  run / "interposer.sock", cache)
+
+
+def interposer_for_programs(where: Paths, system: Path = SYSTEM_RUN / "interposer.sock") -> Path:
+    """The interposer socket that a user's wrapped programs ask: the user's own manager's when one answers
+    there, else the system manager's when it answers (its ports are made by root, and any user's program
+    may ask it about the ports it holds), else the user's own (the calls then run as on a plain pty).
+
+    Without this, a user's `vcom wrap` on a port of vcom.service asked a manager that does not run, and
+    the program got no parity.  Not with VCOM_HOME, which names the one manager meant."""
+    if os.environ.get("VCOM_HOME") or where.interposer == system:
+        return where.interposer
+    if _answers(where.interposer) or not _answers(system):
+        return where.interposer
+    return system
+
+
+def _answers(path: Path) -> bool:
+    """Whether a manager listens on the unix socket ``path`` (a file left by one that died does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True

@@ -30,11 +30,12 @@ def wrap(
     from ..interposer.supervisor import WrapError, default_signals, run
 
     where = paths.resolve()
+    interposer = paths.interposer_for_programs(where)
     env = dict(os.environ)
-    env["VCOM_INTERPOSER"] = str(where.interposer)
+    env["VCOM_INTERPOSER"] = str(interposer)
     if not preload:
         try:
-            raise SystemExit(run(program, env, where.interposer))
+            raise SystemExit(run(program, env, interposer))
         except WrapError as exc:
             if not exc.unavailable:
                 fail(str(exc), 127)
@@ -86,4 +87,4 @@ def preload_path() -> None:
         print(f"LD_PRELOAD={library(where.cache)}")
     except BuildError as exc:
         fail(str(exc))
-    print(f"VCOM_INTERPOSER={where.interposer}")
+    print(f"VCOM_INTERPOSER={paths.interposer_for_programs(where)}")
