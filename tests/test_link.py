@@ -161,3 +161,32 @@ def test_a_lent_socket_stays_lent_when_the_negotiation_timer_fires():
 
     for kind in ("tcp", "rfc2217"):
         asyncio.run(scenario(kind))
+
+
+def test_stop_ends_a_link_whose_retry_is_woken_in_the_same_turn():
+    """retry_now() (a network interface came up) and stop() (the port is removed) in one turn of the loop:
+    the back-off's wait completes just as the link's task is cancelled.  asyncio.wait_for returned normally
+    then (Python before 3.12), the link went on reconnecting with nobody to stop it, and stop() never
+    returned: `vcom remove` hung (seen in `make bench`, removing ports of servers that kept dropping)."""
+    from peers import refusing_port
+
+    async def scenario(port: int) -> None:
+        link = Link(parse_target(f"127.0.0.1:{port}"), Listener(), name="test")
+        link.start()
+        try:
+            await wait_for(lambda: link.status()["state"] == "backoff", "the first refused connect")
+            for _ in range(3):  # three rounds: each must end
+                link.retry_now()
+                stopping = asyncio.ensure_future(link.stop())
+                # asyncio.wait, which does not cancel what it waits for: a timeout here is the hang itself
+                # (a cancel would end the link's task for real, and hide it).
+                done, _ = await asyncio.wait({stopping}, timeout=5)
+                assert done, "stop() did not return: the link's task ran on"
+                assert link.status()["state"] == "idle"
+                link.start()
+                await wait_for(lambda: link.status()["state"] == "backoff", "the refused connect")
+        finally:
+            link.stop_nowait()
+
+    with refusing_port() as port:
+        asyncio.run(scenario(port))

@@ -116,7 +116,8 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
                 # Take the request first: closing before the caller has sent it would give the caller a
                 # broken pipe instead of this answer.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(reader.readline(), _DENIED_READ_TIMEOUT)
+                    async with asyncio.timeout(_DENIED_READ_TIMEOUT):  # not wait_for: see vcom.link.Link._run
+                        await reader.readline()
                 await _reply(writer, {"ok": False, "error": f"permission denied: only root and group '{CONTROL_GROUP}' "
                                       "may control vcom"})
                 return

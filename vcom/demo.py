@@ -90,7 +90,8 @@ async def run(seconds: float | None, show: Callable[[str], None] = print) -> int
         reader = _NmeaReader(program, show)
         loop.add_reader(program.fileno(), reader.readable)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see vcom.link.Link._run
+                await stop.wait()
         remote = port.status()["remote_settings"]
         show(f"server acknowledged {remote['baud']} baud, {remote['data_bits']} data bits; "
              f"{reader.positions} positions, {reader.bytes} bytes through {device}")

@@ -246,7 +246,8 @@ async def start_metrics(addr: str, snapshot: Snapshot) -> asyncio.Server:
 async def _answer(reader: asyncio.StreamReader, registry: CollectorRegistry) -> tuple[int, bytes, bool]:
     """Read one request; (status, body, whether to omit the body)."""
     try:
-        request = await asyncio.wait_for(_read_request(reader), _REQUEST_TIMEOUT)
+        async with asyncio.timeout(_REQUEST_TIMEOUT):  # not wait_for: see vcom.link.Link._run
+            request = await _read_request(reader)
     except (TimeoutError, ValueError, asyncio.LimitOverrunError):
         return 400, b"bad request\n", False
     if request is None:

@@ -299,8 +299,13 @@ class Link(SocketLending):
                 attempt += 1
                 self._set_state(LinkState.BACKOFF)
                 self._wake.clear()
+                # asyncio.timeout, never asyncio.wait_for: before Python 3.12, wait_for returns normally
+                # when the task is cancelled in the same turn as what it waits for completes (retry_now()
+                # then stop(), or a connect that completes as the port is removed), and the link would
+                # then run on with nobody to stop it while stop() waited for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
             self._drop_transport()
 
@@ -311,7 +316,8 @@ class Link(SocketLending):
         # The TLS handshake has its own bound (and message), on top of the TCP connect's.
         bound = self._connect_timeout + (self._tls.handshake_timeout if self._tls is not None else 0)
         try:
-            _, protocol = await asyncio.wait_for(self._open_transport(), bound)
+            async with asyncio.timeout(bound):  # not wait_for: see _run
+                _, protocol = await self._open_transport()
         except TimeoutError:
             self._drop_transport()
             self._error(f"connect to {self.target}: no answer within {self._connect_timeout:g} s")
