@@ -1,4 +1,5 @@
-"""The manager confined as systemd/vcom.service confines it, without systemd (never booted here).
+"""vcom confined as systemd/vcom.service and vcom-share@.service confine it, without systemd (never
+booted here).
 
 * Capabilities: root, but only those of the unit's CapabilityBoundingSet= (setpriv).  An interposed
   call is answered only for a process that holds the port open, which the manager reads in
@@ -7,8 +8,11 @@
   them on another user's process, nor on one with capabilities it lacks, and every wrapped program
   would get what a bare pty gives (parity refused).  Real programs (stty) set 7E1 through both
   interposers, one of them as user nobody.
+  A share under its own unit's smaller set still serves its device.
 * Mount namespace: PrivateTmp= and ProtectHome= show the manager another /tmp and /home than its
   clients see (unshare and a tmpfs stand in for them).
+* The system manager's sockets in /run/vcom: a user who runs no manager of their own reaches it with
+  `vcom wrap` (a fresh tmpfs on /run in a namespace of the test's own; the user's commands nsenter it).
 """
 
 from __future__ import annotations
