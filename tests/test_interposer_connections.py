@@ -10,6 +10,7 @@ manager only: a crossed or lost answer makes the call fall back to the kernel's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -205,8 +206,11 @@ def test_a_burst_of_threads_leaves_the_supervisor_a_few_idle_connections(vcom: V
     proc = _wrapped(vcom, "seccomp", script, stdin=subprocess.PIPE)
     try:
         assert json.loads(proc.stdout.readline()) == {"wrong": 0}
-        sockets = [entry for entry in os.listdir(f"/proc/{proc.pid}/fd")
-                   if os.readlink(f"/proc/{proc.pid}/fd/{entry}").startswith("socket:")]
+        sockets = []
+        for entry in os.listdir(f"/proc/{proc.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing
+                if os.readlink(f"/proc/{proc.pid}/fd/{entry}").startswith("socket:"):
+                    sockets.append(entry)
         # Its idle connections to the manager (at most 8 in all) and asyncio's own socket pair.
         assert len(sockets) <= 8 + 2, sockets
     finally:

@@ -67,7 +67,10 @@ def _socket_of(pid: int, remote_port: int) -> socket.socket:
     established = "01"
     inodes = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed since the listing (the control connection of the status just asked, say)
         if target.startswith("socket:["):
             inodes[target[8:-1]] = int(fd)
     with open(f"/proc/{pid}/net/tcp") as table:
