@@ -337,7 +337,11 @@ def trapped_callers(count: int) -> Iterator[tuple[subprocess.Popen[bytes], int, 
     listener = -1
     try:
         assert child.stdin is not None and child.stdout is not None
-        listener = seccomp.get_fd(child.pid, int(child.stdout.readline()))
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            listener = seccomp.take_fd(pidfd, int(child.stdout.readline()))
+        finally:
+            os.close(pidfd)
         child.stdin.write(b"go\n")
         child.stdin.flush()
         wait_until(lambda: blocked_in_ioctl(child.pid) == count, 15, f"{count} threads waiting in a trapped ioctl")

@@ -59,7 +59,6 @@ _ABIS = {
 }
 _SECCOMP_NR = {"x86_64": 317, "aarch64": 277, "riscv64": 277}
 _IOCTLS = frozenset((abi.audit_arch, abi.ioctl_nr) for abi in _ABIS.get(platform.machine(), ()))
-_PIDFD_OPEN = 434  # the same on every architecture (unified syscall table)
 _PIDFD_GETFD = 438
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -236,36 +235,24 @@ def still_waiting(listener: int, nid: int) -> bool:
     return True
 
 
-def get_fd(pid: int, fd: int) -> int:
-    """A duplicate of ``fd`` of process ``pid`` (the same open file: no new open of the device)."""
-    pidfd, _ = open_pidfd(pid)
-    try:
-        return take_fd(pidfd, fd)
-    finally:
-        os.close(pidfd)
-
-
 def open_pidfd(pid: int) -> tuple[int, bool]:
     """A pidfd for the process of thread ``pid``, and whether ``pid`` is that process itself.
 
     A notification names the calling thread; pidfd_open takes a process, so a thread that is not the
     main one is looked up by its thread group."""
-    pidfd = _libc.syscall(_PIDFD_OPEN, pid, 0)
-    if pidfd >= 0:
-        return int(pidfd), True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOENT):
-        group = _thread_group(pid)
-        if group != pid:
-            pidfd = _libc.syscall(_PIDFD_OPEN, group, 0)
-            if pidfd >= 0:
-                return int(pidfd), False
-    _raise("pidfd_open")
-    raise AssertionError  # not reached: _raise raises
+    try:
+        return os.pidfd_open(pid), True
+    except OSError as exc:
+        group = _thread_group(pid) if exc.errno in (errno.EINVAL, errno.ENOENT) else pid
+        if group == pid:
+            raise
+    return os.pidfd_open(group), False
 
 
 class KeptPidfds:
-    """``get_fd`` for the calls of the processes of one program, with a pidfd kept per process: opening
-    and closing one for every trapped call was a third of the supervisor's time on a call it lets through.
+    """Duplicates of the descriptors of one program's processes (``pidfd_getfd``), with a pidfd kept per
+    process: opening and closing one for every trapped call was a third of the supervisor's time on a call
+    it lets through.
 
     Only a process's own pid is kept, never a thread's: a pidfd names the process it was opened for, so
     when that process is gone (and its pid perhaps another's) the kept one fails (ESRCH, or EBADF while
@@ -291,10 +278,10 @@ class KeptPidfds:
             raise
         if not own:
             os.close(pidfd)
-        else:
-            if len(self._kept) >= self._limit:
-                self.close()  # a program that starts many processes: the live ones are opened again
-            self._kept[pid] = pidfd
+            return local
+        if len(self._kept) >= self._limit:
+            self.close()  # a program that starts many processes: the live ones are opened again
+        self._kept[pid] = pidfd
         return local
 
     def _forget(self, pid: int) -> None:
