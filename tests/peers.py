@@ -98,6 +98,14 @@ def shared_port(result: subprocess.CompletedProcess[str]) -> int:
     return int(result.stdout.strip().rsplit(":", 1)[1])
 
 
+def notify_socket(where: Path) -> socket.socket:
+    """A datagram socket at ``where``/notify standing in for systemd's NOTIFY_SOCKET (20 s receive timeout)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(where / "notify"))
+    sock.settimeout(20)
+    return sock
+
+
 @contextlib.contextmanager
 def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A port that refuses every connection while the ``with`` block runs.

@@ -13,14 +13,7 @@ import sys
 import termios
 
 import serial
-from peers import Vcom, bound_addresses, read_exact, wait_until, write_all
-
-
-def notify_socket(tmp_path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.settimeout(20)
-    return sock
+from peers import Vcom, bound_addresses, notify_socket, read_exact, wait_until, write_all
 
 
 def test_manager_is_ready_only_once_its_ports_exist(vcom: Vcom, refused_port, tmp_path):

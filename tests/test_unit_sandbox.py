@@ -22,13 +22,12 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import serial
-from peers import PYTHON, PtyDevice, Vcom, wait_until
+from peers import PYTHON, PtyDevice, Vcom, notify_socket, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,9 +129,7 @@ def test_a_share_confined_as_its_unit_serves_its_device(tmp_path):
     # vcom-share@.service keeps even fewer capabilities: the device's settings, lines and data must all
     # still pass (here a pty stands in for /dev/ttyUSB0; RFC 2217 from pyserial, as a remote program).
     device = PtyDevice()
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(20)
+    notify = notify_socket(tmp_path)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "VCOM_HOME": str(tmp_path / "h")}
     share = subprocess.Popen([*confined_to("vcom-share@.service"), PYTHON, "-m", "vcom", "share", device.path,
                               "--listen", "127.0.0.1:0", "--protocol", "rfc2217", "--foreground"], env=env,
