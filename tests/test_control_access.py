@@ -98,7 +98,8 @@ def test_others_are_refused(manager_with_group: tuple[Vcom, int]):
     sock = vcom.home / "vcom.sock"
     # The socket's mode turns them away first...
     answer = run_as(NOBODY.pw_uid, NOBODY.pw_gid, [], lambda: _list(sock))
-    assert answer == f"refused: permission denied on {sock}: only root and group 'vcom' may control vcom"
+    assert answer == (f"refused: permission denied on {sock}: only root and group 'vcom' may control vcom "
+                      "(one just added to the group must log in again, or run 'newgrp vcom')")
     # ...and the manager too, when the file system would let them in.
     os.chmod(sock, 0o666)
     answer = run_as(NOBODY.pw_uid, NOBODY.pw_gid, [], lambda: _list(sock))

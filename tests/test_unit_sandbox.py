@@ -11,8 +11,8 @@ booted here).
   A share under its own unit's smaller set still serves its device.
 * Mount namespace: PrivateTmp= and ProtectHome= show the manager another /tmp and /home than its
   clients see (unshare and a tmpfs stand in for them).
-* The system manager's sockets in /run/vcom: a user who runs no manager of their own reaches it with
-  `vcom wrap` (a fresh tmpfs on /run in a namespace of the test's own; the user's commands nsenter it).
+
+Users who reach the system manager's sockets in /run/vcom: tests/test_system_manager.py.
 """
 
 from __future__ import annotations
@@ -160,55 +160,3 @@ def test_a_share_confined_as_its_unit_serves_its_device(tmp_path):
                 share.stderr.close()
             notify.close()
             device.close()
-
-
-def test_a_users_vcom_wrap_reaches_the_ports_of_the_system_manager(refused_port, tmp_path):
-    # vcom.service's manager keeps its sockets in /run/vcom; a user's own would be in $XDG_RUNTIME_DIR/vcom.
-    # A user who runs no manager of their own wraps a program on a port root made: the calls must reach
-    # the system manager.  Here /run is a fresh tmpfs in a mount namespace of the manager's own, so the
-    # machine's /run/vcom is never touched; the user's commands enter that namespace (nsenter).
-    for tool in ("unshare", "nsenter", "setpriv"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} (util-linux) is not installed")
-    nobody = pwd.getpwnam("nobody")
-    as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
-    user_env = {name: value for name, value in os.environ.items() if name not in ("VCOM_HOME", "XDG_RUNTIME_DIR")}
-    user_env["HOME"] = "/nonexistent"
-    usable = subprocess.run([*as_nobody, PYTHON, "-c", "import vcom.cli.wrap"], env=user_env, cwd="/",
-                            capture_output=True, text=True, timeout=60)
-    if usable.returncode != 0:
-        pytest.skip(f"user nobody cannot run vcom from this checkout: {usable.stderr.strip().splitlines()[-1:]}")
-    env = {**os.environ, "VCOM_HOME": "/run/vcom"}
-    log = open(tmp_path / "manager.log", "wb")  # noqa: SIM115 - closed in finally, after the manager
-    manager = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                'mount -t tmpfs tmpfs /run && mkdir -m 755 /run/vcom && exec "$0" "$@"',
-                                PYTHON, "-m", "vcom", "run"], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=log)
-    inside = ["nsenter", f"--target={manager.pid}", "--mount", "--"]
-
-    def vcom_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*inside, PYTHON, "-m", "vcom", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
-
-    try:
-        wait_until(lambda: manager.poll() is not None or vcom_cli("list").returncode == 0, 20,
-                   "the manager answering in its namespace")
-        assert manager.poll() is None, (tmp_path / "manager.log").read_text()
-        added = vcom_cli("add", "/run/vcom/ttyV0", f"127.0.0.1:{refused_port}", "--mode", "0666")
-        assert added.returncode == 0, added.stderr
-        device = subprocess.run([*inside, "readlink", "/run/vcom/ttyV0"], capture_output=True, text=True,
-                                check=True, timeout=30).stdout.strip()
-        stty = f"stty -F {device} cs7 parenb && stty -F {device} -a"
-        wrapped = subprocess.run([*inside, *as_nobody, PYTHON, "-m", "vcom", "wrap", "sh", "-c", stty],
-                                 env=user_env, cwd="/", capture_output=True, text=True, timeout=60)
-        assert wrapped.returncode == 0, f"{wrapped.stderr}\n{(tmp_path / 'manager.log').read_text()}"
-        assert _has_7e1(wrapped.stdout), wrapped.stdout
-    finally:
-        if manager.poll() is None:
-            vcom_cli("shutdown")
-            try:
-                manager.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                manager.kill()
-                manager.wait(timeout=10)
-        log.close()

@@ -43,8 +43,8 @@ def _send(path: Path, cmd: str, args: dict[str, Any], timeout: float | None) -> 
         raise NotRunning(f"no vcom manager is running (nothing listens on {path})") from None
     except PermissionError:
         sock.close()
-        raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom") \
-            from None
+        raise ControlError(f"permission denied on {path}: only root and group '{CONTROL_GROUP}' may control vcom (one "
+                           f"just added to the group must log in again, or run 'newgrp {CONTROL_GROUP}')") from None
     except BaseException:
         sock.close()
         raise

@@ -41,9 +41,7 @@ def resolve() -> Paths:
         return Paths(base / "vcom.toml", base / "vcom.sock", base / "vcom.pid", base / "vcom.log",
                      base / "interposer.sock", base / "lib")
     if os.geteuid() == 0:
-        run = SYSTEM_RUN
-        return Paths(Path("/etc/vcom/vcom.toml"), run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
-                     run / "interposer.sock", Path("/var/cache/vcom"))
+        return system()
     config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vcom"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     run = Path(runtime) / "vcom" if runtime else Path.home() / ".local" / "state" / "vcom"
@@ -52,26 +50,64 @@ def resolve() -> Paths:
                  run / "interposer.sock", cache)
 
 
-def interposer_for_programs(where: Paths, system: Path = SYSTEM_RUN / "interposer.sock") -> Path:
+def system() -> Paths:
+    """The system manager's files (vcom.service, or root's `vcom run`)."""
+    run = SYSTEM_RUN
+    return Paths(Path("/etc/vcom/vcom.toml"), run / "vcom.sock", run / "vcom.pid", run / "vcom.log",
+                 run / "interposer.sock", Path("/var/cache/vcom"))
+
+
+def for_commands(system_paths: Paths | None = None) -> Paths:
+    """The files of the manager that a command (status, add, remove, monitor...) addresses: the user's own
+    manager's when it answers, else the system manager's when its control socket lets this user in (root
+    and members of group vcom), else the user's own (a command that needs a manager starts it there).
+
+    Without this, a member of group vcom was admitted to the system manager's control socket but never
+    reached it: `vcom status` said no manager runs while vcom.service did, and `vcom add /dev/ttyV0`
+    started a manager of the user's own that may not create /dev/ttyV0.  Not with VCOM_HOME, which
+    names the one manager meant, nor for root, whose own manager is the system one."""
+    where = resolve()
+    system_paths = system_paths or system()
+    if os.environ.get("VCOM_HOME") or where.socket == system_paths.socket:
+        return where
+    if _answers(where.socket) or not _answers(system_paths.socket):
+        return where
+    return system_paths
+
+
+def is_system(where: Paths) -> bool:
+    """Whether ``where`` names the system manager (which runs as root, for every user of the machine)."""
+    return where.socket == SYSTEM_RUN / "vcom.sock"
+
+
+def interposer_for_programs(where: Paths, system_socket: Path = SYSTEM_RUN / "interposer.sock") -> Path:
     """The interposer socket that a user's wrapped programs ask: the user's own manager's when one answers
     there, else the system manager's when it answers (its ports are made by root, and any user's program
     may ask it about the ports it holds), else the user's own (the calls then run as on a plain pty).
 
     Without this, a user's `vcom wrap` on a port of vcom.service asked a manager that does not run, and
     the program got no parity.  Not with VCOM_HOME, which names the one manager meant."""
-    if os.environ.get("VCOM_HOME") or where.interposer == system:
+    if os.environ.get("VCOM_HOME") or where.interposer == system_socket:
         return where.interposer
-    if _answers(where.interposer) or not _answers(system):
+    if _answers(where.interposer) or not _answers(system_socket):
         return where.interposer
-    return system
+    return system_socket
 
 
 def _answers(path: Path) -> bool:
-    """Whether a manager listens on the unix socket ``path`` (a file left by one that died does not)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
+    """Whether a manager listens on the unix socket ``path`` and lets this user in (a file left by one that
+    died does not answer; a control socket of group vcom refuses others with EACCES)."""
+    return probe(path) == "answers"
+
+
+def probe(path: Path) -> str:
+    """"answers", "refused" (it exists but this user may not connect: a permission) or "absent"."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
         try:
-            probe.connect(str(path))
+            sock.connect(str(path))
+        except PermissionError:
+            return "refused"
         except OSError:
-            return False
-    return True
+            return "absent"
+    return "answers"

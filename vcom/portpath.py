@@ -12,10 +12,11 @@ class PortPathError(Exception):
     """The port's path or ownership cannot be used; the message is one line."""
 
 
-def check_port_path(path: str, *, replace_symlink: bool) -> None:
+def check_port_path(path: str, *, replace_symlink: bool, writable: bool = True) -> None:
     """Raise PortPathError unless ``path`` may become the port's symlink.
 
-    The parent must be a writable directory.  ``path`` may be absent or a
+    The parent must be a directory, writable by this process unless ``writable`` is False (a command
+    asking a manager that runs as another user, which checks for itself).  ``path`` may be absent or a
     symlink that leads nowhere (a port that was not cleaned up, typically
     into ``/dev/pts/`` after its pty is gone); a live symlink only with
     ``replace_symlink``.  A regular file, a directory, a device node or any
@@ -26,7 +27,7 @@ def check_port_path(path: str, *, replace_symlink: bool) -> None:
         if os.path.lexists(parent):
             raise PortPathError(f"cannot create {path}: {parent} is not a directory")
         raise PortPathError(f"cannot create {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if writable and not os.access(parent, os.W_OK | os.X_OK):
         raise PortPathError(f"cannot create {path}: directory {parent} is not writable")
     try:
         st = os.lstat(path)

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import control, paths
-from .common import _load_config, fail
+from .. import control
+from .common import _load_config, fail, manager_paths
 
 _MANAGER_START_TIMEOUT = 15.0
 
@@ -26,7 +26,7 @@ def _python_env() -> dict[str, str]:
 
 def _ensure_manager() -> None:
     """Start a background manager unless one answers, and wait until it does."""
-    where = paths.resolve()
+    where = manager_paths()
     try:
         where.check()
     except ValueError as exc:

@@ -4,6 +4,7 @@ text, the config file read, a request to the manager, and shell completion.  No 
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -31,12 +32,19 @@ def option_name(key: str | None) -> str:
     return _OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
+@functools.cache
+def manager_paths() -> paths.Paths:
+    """The files of the manager this command addresses (:func:`vcom.paths.for_commands`: the user's own, or
+    the system manager for a member of group vcom who runs none), looked for once per command."""
+    return paths.for_commands()
+
+
 def complete_devices(incomplete: str) -> list[str]:
     """Shell completion of port and share devices, from the config file (no manager needed)."""
     from ..configfile import load
 
     try:
-        loaded = load(paths.resolve().config)
+        loaded = load(manager_paths().config)
     except (OSError, ValueError):
         return []
     names = [p.device for p in loaded.ports] + [s.device for s in loaded.shares]
@@ -68,7 +76,7 @@ def fail_option(exc: ConfigError) -> NoReturn:
 
 
 def _ask(cmd: str, **args: Any) -> dict[str, Any]:
-    where = paths.resolve()
+    where = manager_paths()
     try:
         answer = control.request(where.socket, cmd, **args)
     except control.ControlError as exc:
@@ -104,6 +112,11 @@ def _number(option: str, text: str) -> float:
 def _load_config(where: paths.Paths) -> Loaded:
     from ..configfile import ConfigSyntaxError, load
 
+    if paths.is_system(where) and os.geteuid() != 0:
+        # The system manager's file is root's (and may be for root's eyes only): its manager says what it holds.
+        loaded = _config_from_manager(where)
+        if loaded is not None:
+            return loaded
     try:
         return load(where.config)
     except ConfigSyntaxError as exc:
@@ -143,3 +156,22 @@ def _check_tls_files(options: Any, role: str, in_file: str = "") -> None:
         if in_file:
             fail(f"{in_file}{exc}")
         fail_option(exc)
+
+
+def _config_from_manager(where: paths.Paths) -> Loaded | None:
+    """What the running manager at ``where`` has configured; None if it does not answer."""
+    from pathlib import Path
+
+    from ..config import PortConfig, ShareConfig
+    from ..configfile import Loaded, Problem
+
+    try:
+        answer = control.request(where.socket, "list", timeout=10)
+    except control.ControlError:
+        return None
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "the manager refused the request")))
+    return Loaded(ports=[PortConfig.from_json(p) for p in answer.get("ports", [])],
+                  shares=[ShareConfig.from_json(s) for s in answer.get("shares", [])],
+                  problems=[Problem(Path(p["file"]), p["table"], p["index"], p["line"], p["device"], p["reason"])
+                            for p in answer.get("problems", [])])

@@ -6,9 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .. import paths
 from . import command
-from .common import _ask
+from .common import _ask, manager_paths
 
 
 @command(short_help="Read TLS certificates and keys again, without dropping anyone")
@@ -29,7 +28,7 @@ def reload() -> None:
 @command(short_help="Stop the running manager (its ports go until it runs again)")
 def shutdown() -> None:
     """Stop the running manager; its ports are removed until it starts again."""
-    where = paths.resolve()
+    where = manager_paths()
     _ask("shutdown")
     # The manager removes its socket last, after every port: wait for that, so the ports are gone on return.
     deadline = time.monotonic() + 15

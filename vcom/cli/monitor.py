@@ -8,9 +8,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Annotated
 
-from .. import clitext, control, paths
+from .. import clitext, control
 from . import command
-from .common import _required, complete_devices, fail
+from .common import _required, complete_devices, fail, manager_paths
 
 if TYPE_CHECKING:
     import typer  # set in this module by _typer_app(): `vcom add DEVICE TARGET` does without it (see quickargs)
@@ -26,7 +26,7 @@ def monitor(
 ) -> None:
     """Show a port's traffic (hex and ASCII, both ways) with settings, signal, purge and break events in order."""
     device = _required(device, "DEVICE", "vcom monitor DEVICE")
-    where = paths.resolve()
+    where = manager_paths()
     try:
         out = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - closed below
     except OSError as exc:

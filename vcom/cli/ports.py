@@ -24,6 +24,7 @@ from .common import (
     complete_devices,
     fail,
     fail_option,
+    manager_paths,
 )
 
 if TYPE_CHECKING:
@@ -48,10 +49,12 @@ def add(
     linger: Annotated[str | None, typer.Option(
         metavar="S", show_default=False, help="With on-open: seconds connected after the last close [default: 2]")] = (
         None),
-    owner: Annotated[str | None, typer.Option(metavar="USER", show_default=False,
-                                              help="Owner of the port [default: root when run as root]")] = None,
-    group: Annotated[str | None, typer.Option(metavar="GROUP", show_default=False,
-                                              help="Group of the port [default: dialout when run as root]")] = None,
+    owner: Annotated[str | None, typer.Option(
+        metavar="USER", show_default=False,
+        help="Owner of the port [default: root when run as root; you, through the system manager]")] = None,
+    group: Annotated[str | None, typer.Option(
+        metavar="GROUP", show_default=False,
+        help="Group of the port [default: dialout when run as root or through the system manager]")] = None,
     mode: Annotated[str | None, typer.Option(metavar="MODE", show_default=False,
                                              help="Permissions of the port, octal [default: 0660]")] = None,
     retry_max: Annotated[str | None, typer.Option(
@@ -138,7 +141,22 @@ def _port_options(**given: Any) -> dict[str, Any]:
     if os.geteuid() == 0:
         options.setdefault("owner", "root")
         options.setdefault("group", "dialout")
+    elif paths.is_system(manager_paths()):
+        # A member of group vcom asking the system manager, which runs as root: the port is theirs, as one
+        # made by a manager of their own would be (left to root, the pty would be root's and theirs only
+        # to see), and the group's as root's ports are.
+        options.setdefault("owner", _user_name(os.geteuid()))
+        options.setdefault("group", "dialout")
     return options
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)  # an id with no name: the manager takes digits as an id, as chown(1) does
 
 
 def _port(device: str, target: str | None, options: dict[str, Any]) -> PortConfig:
@@ -159,7 +177,7 @@ def _target_of(primary: str, batch: dict[str, PortConfig]) -> str:
 
     if primary in batch:
         return batch[primary].target
-    for port in _load_config(paths.resolve()).ports:
+    for port in _load_config(manager_paths()).ports:
         if port.device == primary:
             return port.target
     raise ConfigError("is not a vcom port", "split_of", primary)
@@ -221,8 +239,10 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
 def _check_port_path(device: str) -> None:
     from ..portpath import PortPathError, check_port_path
 
+    # The system manager (root) makes the ports of a member of group vcom: in directories it may write to.
+    by_root = os.geteuid() != 0 and paths.is_system(manager_paths())
     try:
-        check_port_path(device, replace_symlink=False)
+        check_port_path(device, replace_symlink=False, writable=not by_root)
     except PortPathError as exc:
         if _is_configured("port", device):
             fail(f"{device} is already a vcom port (vcom remove {device} first)")
@@ -233,7 +253,7 @@ def _is_configured(table: str, device: str) -> bool:
     from ..configfile import ConfigSyntaxError, load
 
     try:
-        loaded = load(paths.resolve().config)
+        loaded = load(manager_paths().config)
     except ConfigSyntaxError:
         return False
     return any(p.device == device for p in (loaded.ports if table == "port" else loaded.shares))
@@ -258,7 +278,7 @@ def unshare(device: Annotated[str | None, typer.Argument(metavar="DEVICE", show_
 
 def _remove_or_edit(table: str, device: str) -> None:
     """Ask the manager; with none running, edit the config file alone."""
-    where = paths.resolve()
+    where = manager_paths()
     cmd = "remove" if table == "port" else "unshare"
     try:
         answer = control.request(where.socket, cmd, device=device)
@@ -302,7 +322,7 @@ def list_ports(
                         "ports: pyserial's list_ports cannot see ptys)")] = False,
 ) -> None:
     """List the configured ports and shares, from the config file (no manager needed)."""
-    where = paths.resolve()
+    where = manager_paths()
     loaded = _load_config(where)
     if paths_only:
         for port in loaded.ports:

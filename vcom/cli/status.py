@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from .. import clitext, control, paths
 from . import command
-from .common import EXIT_NOT_RUNNING, _load_config, _number, complete_devices, fail
+from .common import EXIT_NOT_RUNNING, _load_config, _number, complete_devices, fail, manager_paths
 
 if TYPE_CHECKING:
     import typer  # set in this module by _typer_app(): `vcom add DEVICE TARGET` does without it (see quickargs)
@@ -28,7 +28,7 @@ def status(
     interval: Annotated[str, typer.Option(metavar="S", help="Refresh interval of --watch, seconds")] = "1",
 ) -> None:
     """Show state, remote, settings in force, traffic and errors of the ports (exit 3: no manager runs)."""
-    where = paths.resolve()
+    where = manager_paths()
     if watch:
         from .. import dashboard
 
@@ -85,6 +85,10 @@ def _status_without_manager(where: paths.Paths, reason: str, as_json: bool) -> N
     counted = f"{len(loaded.ports)} port(s) and {len(loaded.shares)} share(s)"
     lines = [f"vcom: {reason}; {where.config} configures {counted} (vcom list shows them). "
              "Start the manager with 'vcom run' or 'systemctl start vcom'."]
+    if not paths.is_system(where) and paths.probe(paths.system().socket) == "refused":
+        lines.append(f"vcom: the system manager runs, but its control socket {paths.system().socket} admits only "
+                     f"root and members of group '{control.CONTROL_GROUP}' (one just added to it must log in again, "
+                     f"or run 'newgrp {control.CONTROL_GROUP}')")
     if stale:
         lines.append(f"vcom: {', '.join(stale)} still lead to the pty of a manager that stopped without "
                      "cleaning up; the next start of the manager replaces them")

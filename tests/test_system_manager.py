@@ -1,0 +1,220 @@
+"""Users' commands and programs reach the system manager (vcom.service: root, its sockets in /run/vcom).
+
+A user's own manager would keep its sockets in $XDG_RUNTIME_DIR/vcom.  A user who runs none must still
+find the system manager: any user's wrapped program for the ports it holds, and a member of group vcom
+(whom the control socket admits) for every command, with ports made for them.  Others are told why they
+are turned away.
+
+The manager runs in a mount namespace of the test's own, where /run is a fresh tmpfs and a copy of
+/etc/group with a group ``vcom`` is bound over the real one: the machine's /run/vcom and /etc/group are
+never touched.  The users' commands enter that namespace (nsenter) as user nobody, with and without the
+group (setpriv), with no VCOM_HOME and no home of their own.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from peers import PYTHON, run_as, wait_until
+
+from vcom import paths
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@dataclass
+class SystemManager:
+    pid: int
+    gid: int  # group vcom, as the manager and everyone in its namespace see it
+    log: Path
+
+    @property
+    def inside(self) -> list[str]:
+        return ["nsenter", f"--target={self.pid}", "--mount", "--"]
+
+    def as_root(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A vcom command of root's in the manager's namespace."""
+        return subprocess.run([*self.inside, PYTHON, "-m", "vcom", *args], env={**os.environ, "VCOM_HOME": "/run/vcom"},
+                              capture_output=True, text=True, timeout=60)
+
+    def as_nobody(self, *command: str, member: bool) -> subprocess.CompletedProcess[str]:
+        """``command`` run by user nobody, in group vcom or not, in the manager's namespace."""
+        groups = f"--groups={self.gid}" if member else "--clear-groups"
+        user = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", groups]
+        return subprocess.run([*self.inside, *user, *command], env=_user_env(), cwd="/", capture_output=True,
+                              text=True, timeout=60)
+
+    def vcom(self, *args: str, member: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.as_nobody(PYTHON, "-m", "vcom", *args, member=member)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _user_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in ("VCOM_HOME", "XDG_RUNTIME_DIR")}
+    env["HOME"] = "/nonexistent"
+    return env
+
+
+def _unused_gid() -> int:
+    taken = {group.gr_gid for group in grp.getgrall()}
+    return next(gid for gid in range(64000, 65000) if gid not in taken)
+
+
+@pytest.fixture
+def system_manager(tmp_path) -> Iterator[SystemManager]:
+    for tool in ("unshare", "nsenter", "setpriv"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the unit runs vcom")
+    usable = subprocess.run(["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+                             PYTHON, "-c", "import vcom.cli.ports"], env=_user_env(), cwd="/",
+                            capture_output=True, text=True, timeout=60)
+    if usable.returncode != 0:
+        pytest.skip(f"user nobody cannot run vcom from this checkout: {usable.stderr.strip().splitlines()[-1:]}")
+    gid = _unused_gid()
+    groups = tmp_path / "group"
+    groups.write_text(Path("/etc/group").read_text() + f"vcom:x:{gid}:\n")
+    script = ('mount -t tmpfs tmpfs /run && mkdir -m 755 /run/vcom && mount --bind "$0" /etc/group && '
+              'exec "$@"')
+    log_path = tmp_path / "manager.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally, after the manager
+    manager = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(groups),
+                                PYTHON, "-m", "vcom", "run"], env={**os.environ, "VCOM_HOME": "/run/vcom"},
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    system = SystemManager(manager.pid, gid, log_path)
+    try:
+        wait_until(lambda: manager.poll() is not None or system.as_root("status").returncode == 0, 20,
+                   "the manager answering in its namespace")
+        assert manager.poll() is None, system.log_text()
+        yield system
+    finally:
+        if manager.poll() is None:
+            system.as_root("shutdown")
+            try:
+                manager.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                manager.kill()
+                manager.wait(timeout=10)
+        log.close()
+
+
+def _has_7e1(stty_a: str) -> bool:
+    words = stty_a.split()
+    return "cs7" in words and "parenb" in words and "-parenb" not in words
+
+
+def test_a_users_vcom_wrap_reaches_the_ports_of_the_system_manager(system_manager: SystemManager, refused_port):
+    # Any user, member or not: the interposer socket admits every program, for the ports it holds.
+    added = system_manager.as_root("add", "/run/vcom/ttyV0", f"127.0.0.1:{refused_port}", "--mode", "0666")
+    assert added.returncode == 0, added.stderr
+    device = subprocess.run([*system_manager.inside, "readlink", "/run/vcom/ttyV0"], capture_output=True, text=True,
+                            check=True, timeout=30).stdout.strip()
+    stty = f"stty -F {device} cs7 parenb && stty -F {device} -a"
+    wrapped = system_manager.vcom("wrap", "sh", "-c", stty, member=False)
+    assert wrapped.returncode == 0, f"{wrapped.stderr}\n{system_manager.log_text()}"
+    assert _has_7e1(wrapped.stdout), wrapped.stdout
+
+
+def test_a_member_of_group_vcom_uses_the_system_manager(system_manager: SystemManager, refused_port):
+    # Before, a member's commands asked a manager of their own that did not run: `vcom status` said none
+    # runs, and `vcom add` started one of the user's own.
+    assert system_manager.as_root("add", "/run/vcom/ttyV0", f"127.0.0.1:{refused_port}").returncode == 0
+    status = system_manager.vcom("status")
+    assert status.returncode == 0, status.stderr
+    assert "/run/vcom/ttyV0" in status.stdout, status.stdout
+
+    added = system_manager.vcom("add", "/run/vcom/ttyV1", f"127.0.0.1:{refused_port}")
+    assert added.returncode == 0, f"{added.stderr}\n{system_manager.log_text()}"
+    # The port is the member's (and dialout's, as root's ports are), not root's alone.
+    owned = subprocess.run([*system_manager.inside, "stat", "-L", "-c", "%u %g %a", "/run/vcom/ttyV1"],
+                           capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert owned == [str(NOBODY.pw_uid), str(grp.getgrnam("dialout").gr_gid), "660"]
+    opened = system_manager.as_nobody("stty", "-F", "/run/vcom/ttyV1", "19200", member=False)
+    assert opened.returncode == 0, opened.stderr
+
+    # The system manager's config file is root's: the member's list comes from the manager.
+    listed = system_manager.vcom("list", "--paths")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["/run/vcom/ttyV0", "/run/vcom/ttyV1"]
+    removed = system_manager.vcom("remove", "/run/vcom/ttyV1")
+    assert removed.returncode == 0, removed.stderr
+    assert system_manager.as_root("list", "--paths").stdout.split() == ["/run/vcom/ttyV0"]
+    assert not os.path.exists(f"/proc/{system_manager.pid}/root/run/vcom/ttyV1")
+
+
+def test_others_learn_why_the_system_manager_turns_them_away(system_manager: SystemManager):
+    status = system_manager.vcom("status", member=False)
+    assert status.returncode == 3, status.stdout
+    assert ("vcom: the system manager runs, but its control socket /run/vcom/vcom.sock admits only root and "
+            "members of group 'vcom' (one just added to it must log in again, or run 'newgrp vcom')"
+            ) in status.stderr.splitlines(), status.stderr
+
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory that user nobody may enter (pytest's tmp_path lies in one that only root may)."""
+    base = Path(tempfile.mkdtemp(prefix="vcom-system-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_manager_a_command_addresses(open_dir: Path) -> None:
+    # What `for_commands` chooses, with real sockets, as user nobody: in group vcom (here GID) or not.
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to be user nobody in the test's own groups")
+    gid = _unused_gid()
+    tmp_path = open_dir
+    runtime, system_dir = tmp_path / "run", tmp_path / "system"
+    (runtime / "vcom").mkdir(parents=True)
+    os.chown(runtime, NOBODY.pw_uid, NOBODY.pw_gid)
+    system_dir.mkdir()
+    system = paths.Paths(*(system_dir / name for name in ("vcom.toml", "vcom.sock", "vcom.pid", "vcom.log",
+                                                          "interposer.sock", "lib")))
+    own_socket = runtime / "vcom" / "vcom.sock"
+
+    def chosen(member: bool, home: str | None = None) -> str:
+        def choose() -> str:
+            os.environ.pop("VCOM_HOME", None)
+            if home:
+                os.environ["VCOM_HOME"] = home
+            os.environ.update(XDG_RUNTIME_DIR=str(runtime), HOME=str(tmp_path))
+            where = paths.for_commands(system)
+            return "system" if where == system else "own" if where.socket == own_socket else str(where.socket)
+        return run_as(NOBODY.pw_uid, NOBODY.pw_gid, [gid] if member else [], choose)
+
+    def listening(path: Path, mode: int, group: int = 0) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen()
+        os.chown(path, 0, group)
+        os.chmod(path, mode)
+        return sock
+
+    assert chosen(member=True) == "own"  # no manager anywhere: one of one's own is started there
+    with listening(system.socket, 0o660, gid):  # as the system manager's control socket is
+        assert chosen(member=True) == "system"
+        assert chosen(member=False) == "own"  # the socket turns others away: they keep their own
+        assert run_as(NOBODY.pw_uid, NOBODY.pw_gid, [], lambda: paths.probe(system.socket)) == "refused"
+        with listening(own_socket, 0o666):
+            assert chosen(member=True) == "own"  # one's own manager answers first
+        assert own_socket.exists()  # left by a manager that died: not a manager
+        assert chosen(member=True) == "system"
+        assert chosen(member=True, home=str(tmp_path / "h")) == str(tmp_path / "h" / "vcom.sock")  # VCOM_HOME: that one
+    assert run_as(NOBODY.pw_uid, NOBODY.pw_gid, [gid], lambda: paths.probe(system.socket)) == "absent"
