@@ -675,3 +675,25 @@ def test_a_directory_is_the_same_only_by_its_device_and_inode(tmp_path: Path) ->
     for bad in ("x", [1], [1, "2"], [1.0, 2], {"dev": 1}):  # a control request written by hand
         with pytest.raises(PortPathError, match="names its directory wrongly"):
             check_same_directory(port, bad)
+
+
+def test_a_file_is_the_same_only_by_its_device_and_inode(tmp_path: Path) -> None:
+    from vcom.portpath import TLS_ADVICE, PortPathError, check_same_file, files_seen
+
+    ca, other = tmp_path / "ca.pem", tmp_path / "other.pem"
+    ca.write_text("a")
+    other.write_text("b")
+    seen = files_seen([str(ca), None, str(tmp_path / "missing.pem")])
+    assert list(seen) == [str(ca)]  # what the client cannot tell is not sent
+    check_same_file("--tls-ca", str(ca), seen, TLS_ADVICE)
+    check_same_file("--tls-ca", str(tmp_path / "missing.pem"), seen, TLS_ADVICE)  # not sent: not checked
+    check_same_file("--tls-ca", str(ca), None, TLS_ADVICE)  # a control client that does not say
+    check_same_file("--tls-ca", None, seen, TLS_ADVICE)
+    ca.unlink()
+    other.rename(ca)  # another file under the same name: what a different mount would show
+    with pytest.raises(PortPathError, match=r"^--tls-ca .*ca\.pem: the manager does not see the file you see .*"
+                                            r"such as /etc/vcom"):
+        check_same_file("--tls-ca", str(ca), seen, TLS_ADVICE)
+    for bad in ("x", [1], [1, "2"], [1.0, 2]):  # a control request written by hand
+        with pytest.raises(PortPathError, match="names the file wrongly"):
+            check_same_file("--tls-ca", str(ca), {str(ca): bad}, TLS_ADVICE)

@@ -10,7 +10,8 @@ booted here).
   interposers, one of them as user nobody.
   A share under its own unit's smaller set still serves its device.
 * Mount namespace: PrivateTmp= and ProtectHome= show the manager another /tmp and /home than its
-  clients see (unshare and a tmpfs stand in for them).
+  clients see (unshare and a tmpfs stand in for them): a port's directory, TLS files and a shared
+  device that only the client sees are refused with the reason.
 
 Users who reach the system manager's sockets in /run/vcom: tests/test_system_manager.py.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 import serial
 from peers import PYTHON, PtyDevice, Vcom, notify_socket, wait_until
+from tls_peers import Certs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,6 +125,50 @@ def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refus
     assert vcom.status()["ports"] == []
     vcom.add(shared / "ttyV1", f"127.0.0.1:{refused_port}")  # a directory both see
     assert [p["device"] for p in vcom.status()["ports"]] == [str(shared / "ttyV1")]
+
+
+def test_files_only_the_client_sees_are_refused_with_the_reason(vcom: Vcom, refused_port, tmp_path):
+    # TLS files and a shared device under ProtectHome= or PrivateTmp=: the manager found no such file and
+    # said "does not exist" of a file the user could see.  `hidden` stands for /home, as above.
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is not installed")
+    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+    hidden.mkdir()
+    shared.mkdir()
+    vcom.start_manager(prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden)))
+    mounted = "(it runs in a mount namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=)"
+    tls = "keep TLS files where the manager sees them, such as /etc/vcom, or hand them to the unit with LoadCredential="
+    unseen, seen = Certs(hidden / "pki"), Certs(shared / "pki")
+    pair = unseen.client()
+    target = f"tcp+tls://127.0.0.1:{refused_port}"
+    cases = [
+        (["add", str(shared / "ttyV0"), target, "--tls-ca", str(unseen.ca_file)], f"--tls-ca {unseen.ca_file}", tls),
+        (["add", str(shared / "ttyV0"), target, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)],
+         f"--tls-cert {pair.cert}", tls),
+        (["share", "sim:echo", "--listen", "127.0.0.1:0", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)],
+         f"--tls-cert {pair.cert}", tls),
+    ]
+    device = PtyDevice()
+    try:
+        (hidden / "ttyS0").symlink_to(device.path)
+        cases.append((["share", str(hidden / "ttyS0"), "--listen", "127.0.0.1:0"], f"device {hidden / 'ttyS0'}",
+                      "name the device by its path under /dev"))
+        for args, what, advice in cases:
+            refused = vcom.cli(*args)
+            assert (refused.returncode, refused.stderr.strip()) == (
+                1, f"vcom: {what}: the manager does not see the file you see {mounted}; {advice}"), args
+        status = vcom.status()
+        assert (status["ports"], status["shares"]) == ([], [])  # nothing made, nothing saved
+        # The same where both see them.
+        vcom.add(shared / "ttyV0", target, "--tls-ca", str(seen.ca_file))
+        (shared / "ttyS0").symlink_to(device.path)
+        assert vcom.cli("share", str(shared / "ttyS0"), "--listen", "127.0.0.1:0").returncode == 0
+        status = vcom.status()
+        assert ([p["device"] for p in status["ports"]], [s["device"] for s in status["shares"]]) == (
+            [str(shared / "ttyV0")], [str(shared / "ttyS0")])
+    finally:
+        device.close()
 
 
 def test_a_share_confined_as_its_unit_serves_its_device(tmp_path):

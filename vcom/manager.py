@@ -29,7 +29,7 @@ from .interposer.server import InterposerServer
 from .metrics import start_metrics
 from .paths import Paths
 from .port import LinkGroup, Port
-from .portpath import check_same_directory
+from .portpath import DEVICE_ADVICE, TLS_ADVICE, check_same_directory, check_same_file
 from .pty import PortPathError, check_port_path
 from .share import Share, ShareConfig, ShareError
 from .udevwatch import UdevWatcher
@@ -299,6 +299,8 @@ class Manager:
             if cfg.device in batch:
                 raise ManagerError(f"{cfg.device} is given twice")
             check_same_directory(cfg.device, seen.get(cfg.device))
+            for key in ("tls_ca", "tls_cert", "tls_key"):
+                check_same_file(_option(key), getattr(cfg, key), request.get("seen_files"), TLS_ADVICE)
             self._check_new_port(cfg, batch)
             batch[cfg.device] = cfg
         self._file.check_new("port", list(batch))
@@ -364,6 +366,10 @@ class Manager:
         cfg = ShareConfig.from_json(request.get("share") or {})
         if cfg.device in self._share_configs:
             raise ManagerError(f"{cfg.device} is already shared (vcom unshare {cfg.device} first)")
+        seen = request.get("seen_files")  # the files as the client sees them (vcom share sends it)
+        check_same_file("device", cfg.device, seen, DEVICE_ADVICE)
+        for key in ("tls_cert", "tls_key", "tls_client_ca"):
+            check_same_file(_option(key), getattr(cfg, key), seen, TLS_ADVICE)
         self._file.check_new("share", [cfg.device])
         share = Share(cfg)
         await share.start()
@@ -482,6 +488,11 @@ def _absolute(device: object) -> str:
     if not isinstance(device, str) or not device:
         raise ManagerError("a device path is required")
     return os.path.abspath(device)
+
+
+def _option(key: str) -> str:
+    """A setting as `vcom add` and `vcom share` spell it (the only clients that send what they saw)."""
+    return "--" + key.replace("_", "-")
 
 
 def _share_key(device: object) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 
 
 class PortPathError(Exception):
@@ -66,6 +67,42 @@ def check_same_directory(path: str, seen: object) -> None:
         raise PortPathError(f"cannot create {path}: the manager does not see the {parent} you see (it runs in a "
                             "mount namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=); "
                             "choose a path under /dev, such as /dev/ttyV0")
+
+
+# What to do about a file that only the client sees, by what the file is for.
+TLS_ADVICE = ("keep TLS files where the manager sees them, such as /etc/vcom, or hand them to the unit with "
+              "LoadCredential=")
+DEVICE_ADVICE = "name the device by its path under /dev"
+
+
+def file_identity(path: str) -> list[int] | None:
+    """The device and inode numbers of the file ``path`` leads to, as this process sees it (None: it cannot
+    tell, e.g. a directory on the way that it may not search)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def files_seen(paths: Iterable[str | None]) -> dict[str, list[int]]:
+    """The identities of the files a request names, as the client sees them (those it can tell)."""
+    return {path: found for path in paths if path and (found := file_identity(path)) is not None}
+
+
+def check_same_file(label: str, path: str | None, seen: object, advice: str) -> None:
+    """Raise PortPathError when the file ``path`` (a TLS file, a shared device) is not the one the client
+    saw (``seen``: :func:`files_seen` of the request).  Under systemd's PrivateTmp= or ProtectHome= the
+    manager found no such file and said so, while the client could see it; now it says why.  A path the
+    client could not tell is not checked."""
+    if not path or not isinstance(seen, dict) or path not in seen:
+        return
+    identity = seen[path]
+    if not (isinstance(identity, list) and len(identity) == 2 and all(type(n) is int for n in identity)):
+        raise PortPathError(f"{label} {path}: the request names the file wrongly")
+    if file_identity(path) != identity:
+        raise PortPathError(f"{label} {path}: the manager does not see the file you see (it runs in a mount "
+                            f"namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=); {advice}")
 
 
 def _kind_of(mode: int) -> str:

@@ -124,13 +124,15 @@ def add(
         _check_port_path(port.device)
         _check_tls_files(port.parsed_target.tls_options, "client", f"{from_file}: {port.device}: " if from_file else "")
     _ensure_manager()
-    from ..portpath import directory_identity
+    from ..portpath import directory_identity, files_seen
 
+    # What the manager must see as this command does (it may run in a mount namespace of its own).
     seen = {port.device: directory_identity(port.device) for port in ports}
+    files = files_seen(path for port in ports for path in (port.tls_ca, port.tls_cert, port.tls_key))
     if from_file is None:
-        _ask("add", port=ports[0].to_json(), seen=seen)
+        _ask("add", port=ports[0].to_json(), seen=seen, seen_files=files)
     else:
-        _ask("add", ports=[port.to_json() for port in ports], seen=seen)
+        _ask("add", ports=[port.to_json() for port in ports], seen=seen, seen_files=files)
     for port in ports:
         print(f"{port.device} -> {port.target}")
 
