@@ -47,12 +47,12 @@ class SystemManager:
         return subprocess.run([*self.inside, PYTHON, "-m", "vcom", *args], env={**os.environ, "VCOM_HOME": "/run/vcom"},
                               capture_output=True, text=True, timeout=60)
 
-    def as_nobody(self, *command: str, member: bool) -> subprocess.CompletedProcess[str]:
+    def as_nobody(self, *command: str, member: bool, **env: str) -> subprocess.CompletedProcess[str]:
         """``command`` run by user nobody, in group vcom or not, in the manager's namespace."""
         groups = f"--groups={self.gid}" if member else "--clear-groups"
         user = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", groups]
-        return subprocess.run([*self.inside, *user, *command], env=_user_env(), cwd="/", capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run([*self.inside, *user, *command], env={**_user_env(), **env}, cwd="/",
+                              capture_output=True, text=True, timeout=60)
 
     def vcom(self, *args: str, member: bool = True) -> subprocess.CompletedProcess[str]:
         return self.as_nobody(PYTHON, "-m", "vcom", *args, member=member)
@@ -149,6 +149,9 @@ def test_a_member_of_group_vcom_uses_the_system_manager(system_manager: SystemMa
     listed = system_manager.vcom("list", "--paths")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == ["/run/vcom/ttyV0", "/run/vcom/ttyV1"]
+    completed = system_manager.as_nobody(PYTHON, "-m", "vcom", member=True, _VCOM_COMPLETE="complete_bash",
+                                         COMP_WORDS="vcom remove /run/vcom/tty", COMP_CWORD="2")
+    assert completed.stdout.split() == ["/run/vcom/ttyV0", "/run/vcom/ttyV1"], completed.stderr
     removed = system_manager.vcom("remove", "/run/vcom/ttyV1")
     assert removed.returncode == 0, removed.stderr
     assert system_manager.as_root("list", "--paths").stdout.split() == ["/run/vcom/ttyV0"]

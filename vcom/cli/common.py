@@ -41,10 +41,8 @@ def manager_paths() -> paths.Paths:
 
 def complete_devices(incomplete: str) -> list[str]:
     """Shell completion of port and share devices, from the config file (no manager needed)."""
-    from ..configfile import load
-
     try:
-        loaded = load(manager_paths().config)
+        loaded = _configured(manager_paths())
     except (OSError, ValueError):
         return []
     names = [p.device for p in loaded.ports] + [s.device for s in loaded.shares]
@@ -109,16 +107,23 @@ def _number(option: str, text: str) -> float:
     return value
 
 
-def _load_config(where: paths.Paths) -> Loaded:
-    from ..configfile import ConfigSyntaxError, load
+def _configured(where: paths.Paths) -> Loaded:
+    """The ports and shares configured for the manager at ``where``; ConfigSyntaxError: its file is unusable."""
+    from ..configfile import load
 
     if paths.is_system(where) and os.geteuid() != 0:
         # The system manager's file is root's (and may be for root's eyes only): its manager says what it holds.
         loaded = _config_from_manager(where)
         if loaded is not None:
             return loaded
+    return load(where.config)
+
+
+def _load_config(where: paths.Paths) -> Loaded:
+    from ..configfile import ConfigSyntaxError
+
     try:
-        return load(where.config)
+        return _configured(where)
     except ConfigSyntaxError as exc:
         fail(str(exc))
 
@@ -159,7 +164,7 @@ def _check_tls_files(options: Any, role: str, in_file: str = "") -> None:
 
 
 def _config_from_manager(where: paths.Paths) -> Loaded | None:
-    """What the running manager at ``where`` has configured; None if it does not answer."""
+    """What the running manager at ``where`` has configured; None if it does not answer or refuses."""
     from pathlib import Path
 
     from ..config import PortConfig, ShareConfig
@@ -170,7 +175,7 @@ def _config_from_manager(where: paths.Paths) -> Loaded | None:
     except control.ControlError:
         return None
     if not answer.get("ok"):
-        fail(str(answer.get("error", "the manager refused the request")))
+        return None
     return Loaded(ports=[PortConfig.from_json(p) for p in answer.get("ports", [])],
                   shares=[ShareConfig.from_json(s) for s in answer.get("shares", [])],
                   problems=[Problem(Path(p["file"]), p["table"], p["index"], p["line"], p["device"], p["reason"])

@@ -18,6 +18,7 @@ from .common import (
     _ask,
     _check_tls_files,
     _choices,
+    _configured,
     _converted,
     _load_config,
     _required,
@@ -252,10 +253,10 @@ def _check_port_path(device: str) -> None:
 
 
 def _is_configured(table: str, device: str) -> bool:
-    from ..configfile import ConfigSyntaxError, load
+    from ..configfile import ConfigSyntaxError
 
     try:
-        loaded = load(manager_paths().config)
+        loaded = _configured(manager_paths())
     except ConfigSyntaxError:
         return False
     return any(p.device == device for p in (loaded.ports if table == "port" else loaded.shares))
