@@ -13,6 +13,10 @@ class PortPathError(Exception):
     """The port's path or ownership cannot be used; the message is one line."""
 
 
+class NotWritable(PortPathError):
+    """The port's directory is not writable by this process."""
+
+
 def check_port_path(path: str, *, replace_symlink: bool, writable: bool = True) -> None:
     """Raise PortPathError unless ``path`` may become the port's symlink.
 
@@ -29,7 +33,7 @@ def check_port_path(path: str, *, replace_symlink: bool, writable: bool = True) 
             raise PortPathError(f"cannot create {path}: {parent} is not a directory")
         raise PortPathError(f"cannot create {path}: directory {parent} does not exist")
     if writable and not os.access(parent, os.W_OK | os.X_OK):
-        raise PortPathError(f"cannot create {path}: directory {parent} is not writable")
+        raise NotWritable(f"cannot create {path}: directory {parent} is not writable")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -240,12 +240,17 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
 
 
 def _check_port_path(device: str) -> None:
-    from ..portpath import PortPathError, check_port_path
+    from ..portpath import NotWritable, PortPathError, check_port_path
 
     # The system manager (root) makes the ports of a member of group vcom: in directories it may write to.
     by_root = os.geteuid() != 0 and paths.is_system(manager_paths())
     try:
         check_port_path(device, replace_symlink=False, writable=not by_root)
+    except NotWritable as exc:
+        if os.geteuid() != 0 and paths.probe(paths.system().socket) == "refused":
+            fail(f"{exc}; the system manager, which may write there, takes requests from root and group "
+                 f"'{control.CONTROL_GROUP}' only (sudo vcom add ..., or join the group)")
+        fail(str(exc))
     except PortPathError as exc:
         if _is_configured("port", device):
             fail(f"{device} is already a vcom port (vcom remove {device} first)")
