@@ -100,10 +100,10 @@ def test_another_users_wrapped_program_gets_parity_too(confined: Vcom, refused_p
     assert "the manager answers its calls" in log and "cannot take its seccomp listener" not in log, log
 
 
-def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refused_port, tmp_path):
-    # The unit's PrivateTmp= gives the manager a /tmp of its own, ProtectHome= an empty /home: a port made
-    # there would exist for the manager alone while `vcom add` reported success.  Here the manager runs in
-    # a mount namespace where `hidden` is a fresh tmpfs, as /tmp is under the unit.
+@pytest.fixture
+def hidden_from_manager(vcom: Vcom, tmp_path) -> tuple[Path, Path]:
+    """Two directories, (hidden, shared): the manager runs in a mount namespace where ``hidden`` is a fresh
+    tmpfs, as /tmp is under the unit's PrivateTmp= and /home under ProtectHome=; both see ``shared``."""
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is not installed")
     hidden, shared = tmp_path / "hidden", tmp_path / "shared"
@@ -111,6 +111,14 @@ def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refus
     shared.mkdir()
     vcom.start_manager(prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
                                'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden)))
+    return hidden, shared
+
+
+def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, hidden_from_manager, refused_port,
+                                                               tmp_path):
+    # A port made where only the manager sees it would exist for the manager alone while `vcom add`
+    # reported success.
+    hidden, shared = hidden_from_manager
     refused = vcom.cli("add", str(hidden / "ttyV0"), f"127.0.0.1:{refused_port}")
     assert refused.returncode == 1, refused.stdout
     assert refused.stderr.strip() == (
@@ -127,16 +135,10 @@ def test_a_port_where_only_the_manager_would_see_it_is_refused(vcom: Vcom, refus
     assert [p["device"] for p in vcom.status()["ports"]] == [str(shared / "ttyV1")]
 
 
-def test_files_only_the_client_sees_are_refused_with_the_reason(vcom: Vcom, refused_port, tmp_path):
+def test_files_only_the_client_sees_are_refused_with_the_reason(vcom: Vcom, hidden_from_manager, refused_port):
     # TLS files and a shared device under ProtectHome= or PrivateTmp=: the manager found no such file and
-    # said "does not exist" of a file the user could see.  `hidden` stands for /home, as above.
-    if shutil.which("unshare") is None:
-        pytest.fail("unshare (util-linux) is not installed")
-    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
-    hidden.mkdir()
-    shared.mkdir()
-    vcom.start_manager(prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden)))
+    # said "does not exist" of a file the user could see.
+    hidden, shared = hidden_from_manager
     mounted = "(it runs in a mount namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=)"
     tls = "keep TLS files where the manager sees them, such as /etc/vcom, or hand them to the unit with LoadCredential="
     unseen, seen = Certs(hidden / "pki"), Certs(shared / "pki")
