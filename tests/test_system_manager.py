@@ -3,17 +3,18 @@
 A user's own manager would keep its sockets in $XDG_RUNTIME_DIR/vcom.  A user who runs none must still
 find the system manager: any user's wrapped program for the ports it holds, and a member of group vcom
 (whom the control socket admits) for every command, with ports made for them.  Others are told why they
-are turned away.
+are turned away.  The manager, root, does for a member only what the member could do (vcom.onbehalf).
 
-The manager runs in a mount namespace of the test's own, where /run is a fresh tmpfs and a copy of
-/etc/group with a group ``vcom`` is bound over the real one: the machine's /run/vcom and /etc/group are
-never touched.  The users' commands enter that namespace (nsenter) as user nobody, with and without the
+The manager runs in a mount namespace of the test's own, where /run and /dev are fresh tmpfs (the
+machine's device nodes and devpts bound into the latter) and a copy of /etc/group with a group ``vcom``
+is bound over the real one: the machine's /run/vcom, /dev and /etc/group are never touched.  The users' commands enter that namespace (nsenter) as user nobody, with and without the
 group (setpriv), with no VCOM_HOME and no home of their own.
 """
 
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from peers import PYTHON, run_as, wait_until
+from peers import PYTHON, PtyDevice, run_as, wait_until
+from tls_peers import Certs
 
 from vcom import paths
 
@@ -72,6 +74,16 @@ def _unused_gid() -> int:
     return next(gid for gid in range(64000, 65000) if gid not in taken)
 
 
+# A /dev of the namespace's own, where ports are made as in the machine's: a tmpfs with the nodes the
+# manager and the users' commands need, bound from the machine's /dev, and its devpts (so the test's ptys
+# are seen inside).  /dev/ptmx leads into that devpts: a bound ptmx node would look for its devpts beside
+# itself on the machine's /dev and fail.  No device node is made (no CAP_MKNOD needed).
+_OWN_DEV = ("mkdir /run/hostdev && mount --rbind /dev /run/hostdev && mount -t tmpfs -o mode=755 tmpfs /dev && "
+            "for n in null zero full random urandom tty; do touch /dev/$n && mount --bind /run/hostdev/$n /dev/$n; "
+            "done && mkdir /dev/pts && mount --bind /run/hostdev/pts /dev/pts && ln -s pts/ptmx /dev/ptmx && "
+            "ln -s /proc/self/fd /dev/fd && mkdir -m 1777 /dev/shm")
+
+
 @pytest.fixture
 def system_manager(tmp_path) -> Iterator[SystemManager]:
     for tool in ("unshare", "nsenter", "setpriv"):
@@ -87,7 +99,7 @@ def system_manager(tmp_path) -> Iterator[SystemManager]:
     gid = _unused_gid()
     groups = tmp_path / "group"
     groups.write_text(Path("/etc/group").read_text() + f"vcom:x:{gid}:\n")
-    script = ('mount -t tmpfs tmpfs /run && mkdir -m 755 /run/vcom && mount --bind "$0" /etc/group && '
+    script = (f'mount -t tmpfs tmpfs /run && mkdir -m 755 /run/vcom && mount --bind "$0" /etc/group && {_OWN_DEV} && '
               'exec "$@"')
     log_path = tmp_path / "manager.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally, after the manager
@@ -131,31 +143,83 @@ def test_a_users_vcom_wrap_reaches_the_ports_of_the_system_manager(system_manage
 def test_a_member_of_group_vcom_uses_the_system_manager(system_manager: SystemManager, refused_port):
     # Before, a member's commands asked a manager of their own that did not run: `vcom status` said none
     # runs, and `vcom add` started one of the user's own.
-    assert system_manager.as_root("add", "/run/vcom/ttyV0", f"127.0.0.1:{refused_port}").returncode == 0
+    assert system_manager.as_root("add", "/dev/ttyV0", f"127.0.0.1:{refused_port}").returncode == 0
     status = system_manager.vcom("status")
     assert status.returncode == 0, status.stderr
-    assert "/run/vcom/ttyV0" in status.stdout, status.stdout
+    assert "/dev/ttyV0" in status.stdout, status.stdout
 
-    added = system_manager.vcom("add", "/run/vcom/ttyV1", f"127.0.0.1:{refused_port}")
+    added = system_manager.vcom("add", "/dev/ttyV1", f"127.0.0.1:{refused_port}")
     assert added.returncode == 0, f"{added.stderr}\n{system_manager.log_text()}"
     # The port is the member's (and dialout's, as root's ports are), not root's alone.
-    owned = subprocess.run([*system_manager.inside, "stat", "-L", "-c", "%u %g %a", "/run/vcom/ttyV1"],
+    owned = subprocess.run([*system_manager.inside, "stat", "-L", "-c", "%u %g %a", "/dev/ttyV1"],
                            capture_output=True, text=True, check=True, timeout=30).stdout.split()
     assert owned == [str(NOBODY.pw_uid), str(grp.getgrnam("dialout").gr_gid), "660"]
-    opened = system_manager.as_nobody("stty", "-F", "/run/vcom/ttyV1", "19200", member=False)
+    opened = system_manager.as_nobody("stty", "-F", "/dev/ttyV1", "19200", member=False)
     assert opened.returncode == 0, opened.stderr
 
     # The system manager's config file is root's: the member's list comes from the manager.
     listed = system_manager.vcom("list", "--paths")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == ["/run/vcom/ttyV0", "/run/vcom/ttyV1"]
+    assert listed.stdout.split() == ["/dev/ttyV0", "/dev/ttyV1"]
     completed = system_manager.as_nobody(PYTHON, "-m", "vcom", member=True, _VCOM_COMPLETE="complete_bash",
-                                         COMP_WORDS="vcom remove /run/vcom/tty", COMP_CWORD="2")
-    assert completed.stdout.split() == ["/run/vcom/ttyV0", "/run/vcom/ttyV1"], completed.stderr
-    removed = system_manager.vcom("remove", "/run/vcom/ttyV1")
+                                         COMP_WORDS="vcom remove /dev/tty", COMP_CWORD="2")
+    assert completed.stdout.split() == ["/dev/ttyV0", "/dev/ttyV1"], completed.stderr
+    removed = system_manager.vcom("remove", "/dev/ttyV1")
     assert removed.returncode == 0, removed.stderr
-    assert system_manager.as_root("list", "--paths").stdout.split() == ["/run/vcom/ttyV0"]
-    assert not os.path.exists(f"/proc/{system_manager.pid}/root/run/vcom/ttyV1")
+    assert system_manager.as_root("list", "--paths").stdout.split() == ["/dev/ttyV0"]
+    assert not os.path.lexists(f"/proc/{system_manager.pid}/root/dev/ttyV1")
+
+
+def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system_manager: SystemManager,
+                                                                          refused_port, open_dir: Path):
+    # The manager runs as root: without this, a member could make a port where root reads files (its
+    # login shell would read commands from the member's own server), share another user's terminal, or
+    # have root's TLS key sign handshakes to the member's server.
+    refused = system_manager.vcom("add", "/run/vcom/ttyV2", f"127.0.0.1:{refused_port}")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1, "vcom: cannot create /run/vcom/ttyV2: the manager makes a port for a member of group vcom only in /dev "
+           "(such as /dev/ttyV0); a manager of your own makes it anywhere")
+
+    certs = Certs(open_dir / "pki")
+    certs.ca_file.chmod(0o600)  # root's alone, as a key in /etc/ssl/private is
+    target = f"tcp+tls://127.0.0.1:{refused_port}"
+    refused = system_manager.vcom("add", "/dev/ttyV3", target, "--tls-ca", str(certs.ca_file))
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1, f"vcom: --tls-ca {certs.ca_file}: you may not read it, and the manager uses a TLS file for a member of "
+           "group vcom only if the member may read it")
+    certs.ca_file.chmod(0o644)
+    added = system_manager.vcom("add", "/dev/ttyV3", target, "--tls-ca", str(certs.ca_file))
+    assert added.returncode == 0, added.stderr
+
+    device = PtyDevice()  # root's, as another user's terminal is that user's
+    inside = Path(f"/proc/{system_manager.pid}/root")
+    (open_dir / "link").symlink_to(device.path)
+    (inside / "dev/shm/link").symlink_to(device.path)
+    os.lchown(inside / "dev/shm/link", NOBODY.pw_uid, NOBODY.pw_gid)
+    cannot = "vcom: cannot share {}: "
+    try:
+        for path, reason in [
+            (str(open_dir / "link"), "the manager shares for a member of group vcom only a device under /dev"),
+            ("/dev/shm/link", "you may change /dev/shm, and the manager shares for a member of group vcom only by a "
+                              "path the member cannot change"),
+            (device.path, "you may not open it for reading and writing, and the manager shares for a member of "
+                          "group vcom only what the member may use"),
+        ]:
+            refused = system_manager.vcom("share", path, "--listen", "127.0.0.1:0")
+            assert (refused.returncode, refused.stderr.strip()) == (1, cannot.format(path) + reason)
+        os.chown(device.path, NOBODY.pw_uid, -1)  # the member's own pty: its number goes to the next login
+        refused = system_manager.vcom("share", device.path, "--listen", "127.0.0.1:0")
+        assert (refused.returncode, refused.stderr.strip()) == (1, cannot.format(device.path) + (
+            "it is the terminal of a login session (a pty or a console), which the manager does not share for a "
+            "member of group vcom"))
+        assert system_manager.as_root("share", device.path, "--listen", "127.0.0.1:0").returncode == 0  # root may
+        shared = system_manager.vcom("share", "sim:echo", "--listen", "127.0.0.1:0")
+        assert shared.returncode == 0, shared.stderr
+    finally:
+        device.close()
+    status = json.loads(system_manager.as_root("status", "--json").stdout)
+    assert [p["device"] for p in status["ports"]] == ["/dev/ttyV3"]  # nothing refused was made or saved
+    assert sorted(s["device"] for s in status["shares"]) == sorted([device.path, "sim:echo"])
 
 
 def test_others_learn_why_the_system_manager_turns_them_away(system_manager: SystemManager):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .control import CONTROL_GROUP, MAX_REQUEST
+from .onbehalf import Caller
 from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _DENIED_READ_TIMEOUT = 5.0
 # more is answered with a refusal and closed, so a user looping on connect cannot take every descriptor.
 MAX_CONNECTIONS_PER_USER = 64
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
 
 
 # -- server side ---------------------------------------------------------------------------------
@@ -121,8 +122,11 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
                 await _reply(writer, {"ok": False, "error": f"permission denied: only root and group '{CONTROL_GROUP}' "
                                       "may control vcom"})
                 return
+            caller = Caller(pid, uid, gid)
+            if not caller.unrestricted:  # what the manager may do on its behalf is checked with these
+                caller = Caller(pid, uid, gid, tuple(sorted(_supplementary_groups(pid))))
             while line := await reader.readline():
-                answer = await _dispatch(handler, line)
+                answer = await _dispatch(handler, line, caller)
                 stream = answer.pop("stream", None)
                 await _reply(writer, answer)
                 if stream is not None:  # the connection now carries events until the caller leaves
@@ -150,7 +154,7 @@ async def serve(path: Path, handler: Handler) -> ControlServer:
     return control
 
 
-async def _dispatch(handler: Handler, line: bytes) -> dict[str, Any]:
+async def _dispatch(handler: Handler, line: bytes, caller: Caller) -> dict[str, Any]:
     try:
         request = json.loads(line)
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -158,7 +162,7 @@ async def _dispatch(handler: Handler, line: bytes) -> dict[str, Any]:
     except ValueError as exc:
         return {"ok": False, "error": f"bad request: {exc}"}
     try:
-        return await handler(request)
+        return await handler(request, caller)
     except Exception as exc:  # the manager must answer, whatever went wrong
         log.exception("control request %s failed", request.get("cmd"))
         return {"ok": False, "error": f"internal error: {exc}"}

@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from . import configfile, control, controlserver, fdlimit
+from . import configfile, control, controlserver, fdlimit, onbehalf
 from .config import ConfigError, PortConfig
 from .handover import Handover
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .interposer.server import InterposerServer
 from .metrics import start_metrics
+from .onbehalf import Caller
 from .paths import Paths
 from .port import LinkGroup, Port
 from .portpath import DEVICE_ADVICE, TLS_ADVICE, check_same_directory, check_same_file
@@ -264,23 +265,23 @@ class Manager:
 
     # -- control requests
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         cmd = request["cmd"]
         handler = getattr(self, f"_cmd_{cmd}", None)
         if handler is None:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         async with self._lock:
             try:
-                return await handler(request)
+                return await handler(request, caller)
             except (ConfigError, PortPathError, ManagerError, ShareError) as exc:
                 return {"ok": False, "error": str(exc)}
             except OSError as exc:  # the config file could not be written
                 return {"ok": False, "error": f"{self.paths.config}: {exc.strerror or exc}"}
 
-    async def _cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_ping(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid()}
 
-    async def _cmd_add(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_add(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """One port (``port``) or several (``ports``), all or none, saved with one edit of the file."""
         many = request.get("ports")
         raw = many if isinstance(many, list) else [request.get("port") or {}]
@@ -303,6 +304,8 @@ class Manager:
                 check_same_file(_option(key), getattr(cfg, key), request.get("seen_files"), TLS_ADVICE)
             self._check_new_port(cfg, batch)
             batch[cfg.device] = cfg
+        await _on_behalf(caller, ports=[cfg.device for cfg in configs],
+                         tls_files=[f for cfg in configs for f in _tls_files(cfg, ("tls_ca", "tls_cert", "tls_key"))])
         self._file.check_new("port", list(batch))
         started: list[str] = []
         try:
@@ -346,7 +349,7 @@ class Manager:
             client_context(options)
         check_port_path(cfg.device, replace_symlink=False)
 
-    async def _cmd_remove(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_remove(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = _absolute(request.get("device"))
         if device not in self._configs:
             if self._file.remove("port", device):  # an entry vcom could not use: the user wants it gone
@@ -362,7 +365,7 @@ class Manager:
         del self._configs[device]
         return {"ok": True}
 
-    async def _cmd_share(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_share(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         cfg = ShareConfig.from_json(request.get("share") or {})
         if cfg.device in self._share_configs:
             raise ManagerError(f"{cfg.device} is already shared (vcom unshare {cfg.device} first)")
@@ -370,6 +373,8 @@ class Manager:
         check_same_file("device", cfg.device, seen, DEVICE_ADVICE)
         for key in ("tls_cert", "tls_key", "tls_client_ca"):
             check_same_file(_option(key), getattr(cfg, key), seen, TLS_ADVICE)
+        await _on_behalf(caller, devices=[] if cfg.device.startswith("sim:") else [cfg.device],
+                         tls_files=_tls_files(cfg, ("tls_cert", "tls_key", "tls_client_ca")))
         self._file.check_new("share", [cfg.device])
         share = Share(cfg)
         await share.start()
@@ -386,7 +391,7 @@ class Manager:
         self._share_configs[cfg.device] = cfg
         return {"ok": True, "share": share.status()}
 
-    async def _cmd_unshare(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_unshare(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = _share_key(request.get("device"))
         if device not in self._share_configs:
             if self._file.remove("share", device):  # an entry vcom could not use: the user wants it gone
@@ -399,12 +404,12 @@ class Manager:
         del self._share_configs[device]
         return {"ok": True}
 
-    async def _cmd_list(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_list(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"ok": True, "ports": [cfg.to_json() for cfg in self._configs.values()],
                 "shares": [cfg.to_json() for cfg in self._share_configs.values()],
                 "problems": [p.to_json() for p in self._file.problems]}
 
-    async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_status(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = request.get("device")
         if device:
             path = _absolute(device) if not str(device).lower().startswith("sim:") else None
@@ -429,7 +434,7 @@ class Manager:
         return {"device": device, "protocol": cfg.protocol, "listen": cfg.listen, "device_state": "failed",
                 "device_error": "the share could not be started; see the manager's log", "clients": []}
 
-    async def _cmd_monitor(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_monitor(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = _absolute(request.get("device"))
         port = self.ports.get(device)
         if port is None:
@@ -447,13 +452,13 @@ class Manager:
 
         return {"ok": True, "stream": events()}
 
-    async def _cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_reload(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         problems = self.reload_tls()
         tls_ports = [name for name, port in self.ports.items() if port.link.target.tls and port.group.primary is port]
         tls_shares = [name for name, share in self.shares.items() if share.config.server_tls is not None]
         return {"ok": True, "ports": tls_ports, "shares": tls_shares, "problems": problems}
 
-    async def _cmd_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_shutdown(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         self._stop_for("teardown")
         return {"ok": True}
 
@@ -488,6 +493,17 @@ def _absolute(device: object) -> str:
     if not isinstance(device, str) or not device:
         raise ManagerError("a device path is required")
     return os.path.abspath(device)
+
+
+async def _on_behalf(caller: Caller, **asked: Any) -> None:
+    """Refuse what the caller could not do itself (:mod:`vcom.onbehalf`)."""
+    refused = await onbehalf.refusal(caller, **asked)
+    if refused is not None:
+        raise ManagerError(refused)
+
+
+def _tls_files(cfg: PortConfig | ShareConfig, keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(_option(key), path) for key in keys if (path := getattr(cfg, key))]
 
 
 def _option(key: str) -> str:

@@ -1,0 +1,181 @@
+"""What the manager does for a member of group vcom: only what the member could do itself.
+
+The system manager runs as root, and its control socket admits members of group vcom.  Without
+these checks, membership would be root's power over every path the manager touches:
+
+* a port is a symlink the manager makes: in ``/etc/profile.d`` it would lead root's next login
+  shell to read commands from a pty that the member's own server fills;
+* a share opens a terminal device and serves it on the network: another user's ``/dev/pts/N``
+  would hand the member that user's keystrokes, and so would the member's own pty once its number
+  goes to the next login (a share opens its device again whenever it comes back);
+* a TLS key the manager reads would sign handshakes to the member's server as the machine (a
+  root-only key in ``/etc/ssl/private``).
+
+So, for a caller that is neither root nor the manager's own user:
+
+* a port is made only in ``/dev`` itself (``/dev/ttyV0``: what the group is for), a directory no
+  member may change between the check and the symlink;
+* a device is shared only by a path under ``/dev`` that the member may not change (no directory on
+  it, as given or resolved, is writable by the member: not ``/dev/shm``), only if the member may
+  open it for reading and writing, and only if it is no login session's terminal (a pty, a virtual
+  console, ``/dev/tty``, the console);
+* a TLS file is used only if the member may read it.
+
+The kernel decides each, as the caller: a child of the manager takes the caller's user, group and
+supplementary groups and asks (access(2), stat(2)), so modes, ACLs (a logged-in user's uaccess on a
+USB adapter) and the directories on the way all count.  The child runs while the event loop goes
+on, bounded in time (a path on a hung network file system is refused, not waited for).
+
+Not covered: a TLS file is read again by its path at ``vcom reload``; a member who may replace the
+file (or a directory on its path) could put another file there by then.  Under vcom.service the
+manager sees no /home (ProtectHome=), and the kernel's protected_symlinks and protected_hardlinks
+keep root from following a member's link in /tmp or /dev/shm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CHECK_TIMEOUT = 5.0
+PORT_DIRECTORY = "/dev"  # where a member's ports go: the system's device names, no member may write there
+_SESSION_TTY_MAJORS = frozenset({5, *range(136, 144)})  # /dev/tty, console, ptmx; pty slaves
+_VT_MAJOR, _FIRST_SERIAL_MINOR = 4, 64  # major 4: tty0-63 are virtual consoles, ttyS0 and up are UARTs
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a control request (SO_PEERCRED), and the supplementary groups its process has."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    @property
+    def unrestricted(self) -> bool:
+        """Root, and the manager's own user, may ask for anything the manager may do."""
+        return self.uid in (0, os.geteuid())
+
+
+async def refusal(caller: Caller, *, ports: Iterable[str] = (), tls_files: Iterable[tuple[str, str]] = (),
+                  devices: Iterable[str] = ()) -> str | None:
+    """Why the manager will not make these ports, read these TLS files ((option, path)) or share these
+    devices for ``caller`` (the first reason), or None."""
+    if caller.unrestricted:
+        return None
+    for device in ports:
+        parent = os.path.dirname(os.path.abspath(device))
+        if parent != PORT_DIRECTORY:
+            return (f"cannot create {device}: the manager makes a port for a member of group vcom only in "
+                    f"{PORT_DIRECTORY} (such as {PORT_DIRECTORY}/ttyV0); a manager of your own makes it anywhere")
+    needs = [("tls", option, path) for option, path in tls_files] + [("device", "", path) for path in devices]
+    if not needs:
+        return None
+    return await _judged_as(caller, needs)
+
+
+def _verdict(kind: str, option: str, path: str) -> str | None:
+    """One need, judged in the child with the caller's ids."""
+    if kind == "tls":
+        if os.access(path, os.R_OK):
+            return None
+        return (f"{option} {path}: you may not read it, and the manager uses a TLS file for a member of group "
+                "vcom only if the member may read it")
+    return _device_verdict(path)
+
+
+def _device_verdict(path: str) -> str | None:
+    refused = f"cannot share {path}: "
+    real = os.path.realpath(path)
+    for named in (path, real):
+        if not named.startswith(PORT_DIRECTORY + "/"):
+            return refused + f"the manager shares for a member of group vcom only a device under {PORT_DIRECTORY}"
+        directory = os.path.dirname(named)
+        while len(directory) >= len(PORT_DIRECTORY):
+            if os.access(directory, os.W_OK):
+                return refused + (f"you may change {directory}, and the manager shares for a member of group "
+                                  "vcom only by a path the member cannot change")
+            directory = os.path.dirname(directory)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return refused + (exc.strerror or str(exc)).lower()
+    if not stat.S_ISCHR(st.st_mode):
+        return refused + "it is not a terminal device"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return refused + ("you may not open it for reading and writing, and the manager shares for a member of "
+                          "group vcom only what the member may use")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    if major in _SESSION_TTY_MAJORS or (major == _VT_MAJOR and minor < _FIRST_SERIAL_MINOR):
+        return refused + ("it is the terminal of a login session (a pty or a console), which the manager does "
+                          "not share for a member of group vcom")
+    return None
+
+
+async def _judged_as(caller: Caller, needs: list[tuple[str, str, str]]) -> str | None:
+    """The first refusal among ``needs``, judged in a child that has the caller's ids."""
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe()
+    # Signals stay blocked in the child: a handler of the manager's must never run there (its wake-up
+    # descriptor is the manager's own).  SIGKILL, the only one sent to it, cannot be blocked.
+    kept = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: never back into the manager's loop
+            code = 1
+            try:
+                os.close(read_end)
+                os.setgroups(list(caller.groups))
+                os.setresgid(caller.gid, caller.gid, caller.gid)
+                os.setresuid(caller.uid, caller.uid, caller.uid)
+                first = next((found for need in needs if (found := _verdict(*need)) is not None), None)
+                os.write(write_end, b"ok" if first is None else b"no:" + first.encode())
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, kept)
+    os.close(write_end)
+    answer = bytearray()
+    done = loop.create_future()
+
+    def readable() -> None:
+        chunk = os.read(read_end, 65536)
+        answer.extend(chunk)
+        if not chunk and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(read_end, readable)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await done
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        loop.remove_reader(read_end)
+        os.close(read_end)
+        _reap(loop, pid)
+    if answer == b"ok":
+        return None
+    if answer.startswith(b"no:"):
+        return answer[3:].decode(errors="replace")
+    return (f"the manager could not tell within {CHECK_TIMEOUT:g} s whether you may use "
+            f"{', '.join(path for _, _, path in needs)}; refused")
+
+
+def _reap(loop: asyncio.AbstractEventLoop, pid: int, tries: int = 60) -> None:
+    """Collect the child without blocking the loop: one killed while stuck in the kernel (a hung mount)
+    exits only when the kernel lets it."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if done == 0 and tries > 0:
+        loop.call_later(1.0, _reap, loop, pid, tries - 1)
