@@ -293,6 +293,10 @@ class Manager:
                 if len(raw) == 1:
                     raise
                 raise ConfigError(f"port #{index}: {exc}", exc.key, exc.value) from None
+        # Before anything reads a TLS file as root (_check_new_port): what the caller may not read, it does not
+        # learn about either.
+        await _on_behalf(caller, ports=[cfg.device for cfg in configs],
+                         tls_files=[f for cfg in configs for f in _tls_files(cfg, ("tls_ca", "tls_cert", "tls_key"))])
         seen = request.get("seen")  # the client's view of each port's directory (vcom add sends it)
         seen = seen if isinstance(seen, dict) else {}
         batch: dict[str, PortConfig] = {}
@@ -304,8 +308,6 @@ class Manager:
                 check_same_file(_option(key), getattr(cfg, key), request.get("seen_files"), TLS_ADVICE)
             self._check_new_port(cfg, batch)
             batch[cfg.device] = cfg
-        await _on_behalf(caller, ports=[cfg.device for cfg in configs],
-                         tls_files=[f for cfg in configs for f in _tls_files(cfg, ("tls_ca", "tls_cert", "tls_key"))])
         self._file.check_new("port", list(batch))
         started: list[str] = []
         try:
