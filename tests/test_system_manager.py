@@ -7,8 +7,9 @@ are turned away.  The manager, root, does for a member only what the member coul
 
 The manager runs in a mount namespace of the test's own, where /run and /dev are fresh tmpfs (the
 machine's device nodes and devpts bound into the latter) and a copy of /etc/group with a group ``vcom``
-is bound over the real one: the machine's /run/vcom, /dev and /etc/group are never touched.  The users' commands enter that namespace (nsenter) as user nobody, with and without the
-group (setpriv), with no VCOM_HOME and no home of their own.
+is bound over the real one: the machine's /run/vcom, /dev and /etc/group are never touched.  The users'
+commands enter that namespace (nsenter) as user nobody, with and without the group (setpriv), with no
+VCOM_HOME and no home of their own.
 """
 
 from __future__ import annotations
@@ -217,6 +218,10 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
         assert shared.returncode == 0, shared.stderr
     finally:
         device.close()
+    stopped = system_manager.vcom("shutdown")
+    assert (stopped.returncode, stopped.stderr.strip()) == (
+        1, "vcom: only root and the manager's own user may stop this manager (as root: systemctl stop vcom, or "
+           "vcom shutdown)")
     status = json.loads(system_manager.as_root("status", "--json").stdout)
     assert [p["device"] for p in status["ports"]] == ["/dev/ttyV3"]  # nothing refused was made or saved
     assert sorted(s["device"] for s in status["shares"]) == sorted([device.path, "sim:echo"])

@@ -461,6 +461,10 @@ class Manager:
         return {"ok": True, "ports": tls_ports, "shares": tls_shares, "problems": problems}
 
     async def _cmd_shutdown(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if not caller.unrestricted:
+            # Every user's ports would go: a member of group vcom manages ports, not the manager itself.
+            raise ManagerError("only root and the manager's own user may stop this manager (as root: systemctl "
+                               "stop vcom, or vcom shutdown)")
         self._stop_for("teardown")
         return {"ok": True}
 
