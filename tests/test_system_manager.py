@@ -233,10 +233,13 @@ def test_others_learn_why_the_system_manager_turns_them_away(system_manager: Sys
     assert ("vcom: the system manager runs, but its control socket /run/vcom/vcom.sock admits only root and "
             "members of group 'vcom' (one just added to it must log in again, or run 'newgrp vcom')"
             ) in status.stderr.splitlines(), status.stderr
-    added = system_manager.vcom("add", "/run/vcom/ttyV9", "127.0.0.1:1", member=False)
+    added = system_manager.vcom("add", "/dev/ttyV9", "127.0.0.1:1", member=False)
     assert (added.returncode, added.stderr.strip()) == (
-        1, "vcom: cannot create /run/vcom/ttyV9: directory /run/vcom is not writable; the system manager, which may "
-           "write there, takes requests from root and group 'vcom' only (sudo vcom add ..., or join the group)")
+        1, "vcom: cannot create /dev/ttyV9: directory /dev is not writable; the system manager, which may write "
+           "there, takes requests from root and group 'vcom' only (sudo vcom add ..., or join the group)")
+    added = system_manager.vcom("add", "/run/vcom/ttyV9", "127.0.0.1:1", member=False)  # not for a member either
+    assert (added.returncode, added.stderr.strip()) == (
+        1, "vcom: cannot create /run/vcom/ttyV9: directory /run/vcom is not writable")
 
 
 

@@ -42,8 +42,9 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .portpath import PORT_DIRECTORY
+
 CHECK_TIMEOUT = 5.0
-PORT_DIRECTORY = "/dev"  # where a member's ports go: the system's device names, no member may write there
 _SESSION_TTY_MAJORS = frozenset({5, *range(136, 144)})  # /dev/tty, console, ptmx; pty slaves
 _VT_MAJOR, _FIRST_SERIAL_MINOR = 4, 64  # major 4: tty0-63 are virtual consoles, ttyS0 and up are UARTs
 

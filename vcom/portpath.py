@@ -8,6 +8,10 @@ import os
 import stat
 from collections.abc import Iterable
 
+# Where the system manager makes the ports of a member of group vcom (vcom.onbehalf): the system's device
+# names, a directory no member may write to.
+PORT_DIRECTORY = "/dev"
+
 
 class PortPathError(Exception):
     """The port's path or ownership cannot be used; the message is one line."""

@@ -240,14 +240,15 @@ def _port_quietly(device: str, target: object, values: dict[str, Any], batch: di
 
 
 def _check_port_path(device: str) -> None:
-    from ..portpath import NotWritable, PortPathError, check_port_path
+    from ..portpath import PORT_DIRECTORY, NotWritable, PortPathError, check_port_path
 
-    # The system manager (root) makes the ports of a member of group vcom: in directories it may write to.
+    # The system manager (root) makes a member's ports, in /dev only: it says so itself (vcom.onbehalf).
     by_root = os.geteuid() != 0 and paths.is_system(manager_paths())
     try:
         check_port_path(device, replace_symlink=False, writable=not by_root)
     except NotWritable as exc:
-        if os.geteuid() != 0 and paths.probe(paths.system().socket) == "refused":
+        if (os.path.dirname(os.path.abspath(device)) == PORT_DIRECTORY
+                and paths.probe(paths.system().socket) == "refused"):
             fail(f"{exc}; the system manager, which may write there, takes requests from root and group "
                  f"'{control.CONTROL_GROUP}' only (sudo vcom add ..., or join the group)")
         fail(str(exc))
