@@ -192,7 +192,7 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
     added = system_manager.vcom("add", "/dev/ttyV3", target, "--tls-ca", str(certs.ca_file))
     assert added.returncode == 0, added.stderr
 
-    device = PtyDevice()  # root's, as another user's terminal is that user's
+    device, other = PtyDevice(), PtyDevice()  # root's, as another user's terminal is that user's
     inside = Path(f"/proc/{system_manager.pid}/root")
     (open_dir / "link").symlink_to(device.path)
     (inside / "dev/shm/link").symlink_to(device.path)
@@ -216,15 +216,28 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
         assert system_manager.as_root("share", device.path, "--listen", "127.0.0.1:0").returncode == 0  # root may
         shared = system_manager.vcom("share", "sim:echo", "--listen", "127.0.0.1:0")
         assert shared.returncode == 0, shared.stderr
+        # Acting on what root made: only on what the member may open (a device, a port's pty).
+        assert system_manager.as_root("share", other.path, "--listen", "127.0.0.1:0").returncode == 0
+        assert system_manager.as_root("add", "/dev/ttyV5", f"127.0.0.1:{refused_port}", "--group",
+                                      "root").returncode == 0
+        for args, name in ((("unshare", other.path), other.path), (("monitor", "/dev/ttyV5"), "/dev/ttyV5"),
+                           (("remove", "/dev/ttyV5"), "/dev/ttyV5")):
+            refused = system_manager.vcom(*args)
+            assert (refused.returncode, refused.stderr.strip()) == (
+                1, f"vcom: cannot {args[0]} {name}: you may not open it for reading and writing, and the manager does "
+                   "that for a member of group vcom only if the member may")
+        assert system_manager.vcom("unshare", device.path).returncode == 0  # a device the member may open
+        assert system_manager.as_root("share", device.path, "--listen", "127.0.0.1:0").returncode == 0
     finally:
         device.close()
+        other.close()
     stopped = system_manager.vcom("shutdown")
     assert (stopped.returncode, stopped.stderr.strip()) == (
         1, "vcom: only root and the manager's own user may stop this manager (as root: systemctl stop vcom, or "
            "vcom shutdown)")
     status = json.loads(system_manager.as_root("status", "--json").stdout)
-    assert [p["device"] for p in status["ports"]] == ["/dev/ttyV3"]  # nothing refused was made or saved
-    assert sorted(s["device"] for s in status["shares"]) == sorted([device.path, "sim:echo"])
+    assert [p["device"] for p in status["ports"]] == ["/dev/ttyV3", "/dev/ttyV5"]  # nothing refused was made
+    assert sorted(s["device"] for s in status["shares"]) == sorted([device.path, other.path, "sim:echo"])
 
 
 def test_others_learn_why_the_system_manager_turns_them_away(system_manager: SystemManager):

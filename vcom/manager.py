@@ -332,6 +332,13 @@ class Manager:
             answer["ports"] = [self.ports[cfg.device].status() for cfg in configs]
         return answer
 
+    def _port_tty(self, verb: str, device: str) -> list[tuple[str, str, str]]:
+        """What a member must be able to open to ``verb`` the port: its pty, when it has one (an entry
+        whose port is not running leaves nothing to protect)."""
+        port = self.ports.get(device)
+        tty = port.pty.slave_path if port is not None and port.pty.master_fd >= 0 else ""
+        return [(verb, device, tty)] if tty else []
+
     def _check_new_port(self, cfg: PortConfig, batch: dict[str, PortConfig]) -> None:
         if cfg.device in self._configs:
             raise ManagerError(f"{cfg.device} is already a vcom port (vcom remove {cfg.device} first)")
@@ -353,6 +360,7 @@ class Manager:
 
     async def _cmd_remove(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = _absolute(request.get("device"))
+        await _on_behalf(caller, uses=self._port_tty("remove", device))
         if device not in self._configs:
             if self._file.remove("port", device):  # an entry vcom could not use: the user wants it gone
                 return {"ok": True}
@@ -395,6 +403,8 @@ class Manager:
 
     async def _cmd_unshare(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         device = _share_key(request.get("device"))
+        if device in self._share_configs and not device.startswith("sim:"):
+            await _on_behalf(caller, uses=[("unshare", device, device)])
         if device not in self._share_configs:
             if self._file.remove("share", device):  # an entry vcom could not use: the user wants it gone
                 return {"ok": True}
@@ -441,6 +451,7 @@ class Manager:
         port = self.ports.get(device)
         if port is None:
             raise ManagerError(f"{device} is not a running vcom port")
+        await _on_behalf(caller, uses=self._port_tty("monitor", device))
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             watcher = port.taps.add()

@@ -19,7 +19,9 @@ So, for a caller that is neither root nor the manager's own user:
   it, as given or resolved, is writable by the member: not ``/dev/shm``), only if the member may
   open it for reading and writing, and only if it is no login session's terminal (a pty, a virtual
   console, ``/dev/tty``, the console);
-* a TLS file is used only if the member may read it.
+* a TLS file is used only if the member may read it;
+* a port is monitored or removed, and a device unshared, only if the member may open its tty (the
+  port's pty: the member's own ports, and root's if the member is in their group, dialout).
 
 The kernel decides each, as the caller: a child of the manager takes the caller's user, group and
 supplementary groups and asks (access(2), stat(2)), so modes, ACLs (a logged-in user's uaccess on a
@@ -65,9 +67,10 @@ class Caller:
 
 
 async def refusal(caller: Caller, *, ports: Iterable[str] = (), tls_files: Iterable[tuple[str, str]] = (),
-                  devices: Iterable[str] = ()) -> str | None:
-    """Why the manager will not make these ports, read these TLS files ((option, path)) or share these
-    devices for ``caller`` (the first reason), or None."""
+                  devices: Iterable[str] = (), uses: Iterable[tuple[str, str, str]] = ()) -> str | None:
+    """Why the manager will not make these ports, read these TLS files ((option, path)), share these devices
+    or act on these ports and shares ((verb, name, tty): monitor a port, remove it, unshare a device, which
+    needs the tty to be the member's to open) for ``caller`` (the first reason), or None."""
     if caller.unrestricted:
         return None
     for device in ports:
@@ -76,6 +79,7 @@ async def refusal(caller: Caller, *, ports: Iterable[str] = (), tls_files: Itera
             return (f"cannot create {device}: the manager makes a port for a member of group vcom only in "
                     f"{PORT_DIRECTORY} (such as {PORT_DIRECTORY}/ttyV0); a manager of your own makes it anywhere")
     needs = [("tls", option, path) for option, path in tls_files] + [("device", "", path) for path in devices]
+    needs += [(f"use:{verb}", name, tty) for verb, name, tty in uses]
     if not needs:
         return None
     return await _judged_as(caller, needs)
@@ -83,6 +87,11 @@ async def refusal(caller: Caller, *, ports: Iterable[str] = (), tls_files: Itera
 
 def _verdict(kind: str, option: str, path: str) -> str | None:
     """One need, judged in the child with the caller's ids."""
+    if kind.startswith("use:"):
+        if os.access(path, os.R_OK | os.W_OK):
+            return None
+        return (f"cannot {kind.removeprefix('use:')} {option}: you may not open it for reading and writing, and "
+                "the manager does that for a member of group vcom only if the member may")
     if kind == "tls":
         if os.access(path, os.R_OK):
             return None
