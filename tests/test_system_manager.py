@@ -189,6 +189,15 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
         1, f"vcom: --tls-ca {certs.ca_file}: you may not read it, and the manager uses a TLS file for a member of "
            "group vcom only if the member may read it")
     certs.ca_file.chmod(0o644)
+    # One the member may read but could swap for another before `vcom reload` reads it again.
+    swappable = open_dir / "own"
+    swappable.mkdir()
+    os.chown(swappable, NOBODY.pw_uid, NOBODY.pw_gid)
+    shutil.copy(certs.ca_file, swappable / "ca.pem")
+    refused = system_manager.vcom("add", "/dev/ttyV3", target, "--tls-ca", str(swappable / "ca.pem"))
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1, f"vcom: --tls-ca {swappable / 'ca.pem'}: you may change {swappable}, and the manager uses a TLS file for "
+           "a member of group vcom only where the member cannot put another file in its place")
     added = system_manager.vcom("add", "/dev/ttyV3", target, "--tls-ca", str(certs.ca_file))
     assert added.returncode == 0, added.stderr
 
@@ -310,3 +319,22 @@ def test_the_manager_a_command_addresses(open_dir: Path) -> None:
         assert chosen(member=True) == "system"
         assert chosen(member=True, home=str(tmp_path / "h")) == str(tmp_path / "h" / "vcom.sock")  # VCOM_HOME: that one
     assert run_as(NOBODY.pw_uid, NOBODY.pw_gid, [gid], lambda: paths.probe(system.socket)) == "absent"
+
+
+def test_the_entries_that_decide_where_a_path_leads(tmp_path: Path) -> None:
+    from vcom.onbehalf import _entries_on
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "key.pem").write_text("k")
+    (tmp_path / "a" / "b" / "hop").symlink_to("../../c")  # relative, through ".."
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b" / "hop" / "key.pem")  # absolute, to another link
+    parts = tmp_path.parts
+    ancestors = [(str(Path(*parts[:i])), parts[i]) for i in range(1, len(parts))]
+    found = _entries_on(str(tmp_path / "a" / "link"))
+    assert found == [*ancestors, (str(tmp_path), "a"), (str(tmp_path / "a"), "link"), (str(tmp_path / "a"), "b"),
+                     (str(tmp_path / "a" / "b"), "hop"), (str(tmp_path), "c"), (str(tmp_path / "c"), "key.pem")]
+    assert _entries_on(str(tmp_path / "c" / "key.pem")) == [*ancestors, (str(tmp_path), "c"),
+                                                             (str(tmp_path / "c"), "key.pem")]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert _entries_on(str(tmp_path / "loop")) == [*ancestors, (str(tmp_path), "loop")]  # bounded: a loop ends

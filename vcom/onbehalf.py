@@ -15,11 +15,13 @@ So, for a caller that is neither root nor the manager's own user:
 
 * a port is made only in ``/dev`` itself (``/dev/ttyV0``: what the group is for), a directory no
   member may change between the check and the symlink;
-* a device is shared only by a path under ``/dev`` that the member may not change (no directory on
-  it, as given or resolved, is writable by the member: not ``/dev/shm``), only if the member may
+* a device is shared only by a path under ``/dev`` that the member cannot change (in the same
+  sense: not through a link of theirs in ``/dev/shm``), only if the member may
   open it for reading and writing, and only if it is no login session's terminal (a pty, a virtual
   console, ``/dev/tty``, the console);
-* a TLS file is used only if the member may read it;
+* a TLS file is used only if the member may read it and cannot put another file in its place (in
+  no directory on its path, through every link, may the member replace the entry the path goes
+  through): ``vcom reload`` reads it again by that path;
 * a port is monitored or removed, and a device unshared, only if the member may open its tty (the
   port's pty: the member's own ports, and root's if the member is in their group, dialout).
 
@@ -27,11 +29,6 @@ The kernel decides each, as the caller: a child of the manager takes the caller'
 supplementary groups and asks (access(2), stat(2)), so modes, ACLs (a logged-in user's uaccess on a
 USB adapter) and the directories on the way all count.  The child runs while the event loop goes
 on, bounded in time (a path on a hung network file system is refused, not waited for).
-
-Not covered: a TLS file is read again by its path at ``vcom reload``; a member who may replace the
-file (or a directory on its path) could put another file there by then.  Under vcom.service the
-manager sees no /home (ProtectHome=), and the kernel's protected_symlinks and protected_hardlinks
-keep root from following a member's link in /tmp or /dev/shm.
 """
 
 from __future__ import annotations
@@ -93,25 +90,32 @@ def _verdict(kind: str, option: str, path: str) -> str | None:
         return (f"cannot {kind.removeprefix('use:')} {option}: you may not open it for reading and writing, and "
                 "the manager does that for a member of group vcom only if the member may")
     if kind == "tls":
-        if os.access(path, os.R_OK):
-            return None
+        return _tls_verdict(option, path)
+    return _device_verdict(path)
+
+
+def _tls_verdict(option: str, path: str) -> str | None:
+    if not os.access(path, os.R_OK):
         return (f"{option} {path}: you may not read it, and the manager uses a TLS file for a member of group "
                 "vcom only if the member may read it")
-    return _device_verdict(path)
+    changeable = _changeable(path)
+    if changeable is not None:
+        # `vcom reload` reads the file again by its path: what stands there then must still be this one.
+        return (f"{option} {path}: you may change {changeable}, and the manager uses a TLS file for a member of "
+                "group vcom only where the member cannot put another file in its place")
+    return None
 
 
 def _device_verdict(path: str) -> str | None:
     refused = f"cannot share {path}: "
-    real = os.path.realpath(path)
-    for named in (path, real):
+    for named in (path, os.path.realpath(path)):
         if not named.startswith(PORT_DIRECTORY + "/"):
             return refused + f"the manager shares for a member of group vcom only a device under {PORT_DIRECTORY}"
-        directory = os.path.dirname(named)
-        while len(directory) >= len(PORT_DIRECTORY):
-            if os.access(directory, os.W_OK):
-                return refused + (f"you may change {directory}, and the manager shares for a member of group "
-                                  "vcom only by a path the member cannot change")
-            directory = os.path.dirname(directory)
+    changeable = _changeable(path)
+    if changeable is not None:
+        # The share opens the device again by its path whenever it comes back.
+        return refused + (f"you may change {changeable}, and the manager shares for a member of group vcom only "
+                          "by a path the member cannot change")
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -126,6 +130,51 @@ def _device_verdict(path: str) -> str | None:
         return refused + ("it is the terminal of a login session (a pty or a console), which the manager does "
                           "not share for a member of group vcom")
     return None
+
+
+def _changeable(path: str) -> str | None:
+    """The first directory that decides what ``path`` leads to (through every symbolic link on the way)
+    in which this process may replace the entry that the path goes through; None when there is none.  In
+    a sticky directory (/tmp) only the owner of an entry, or of the directory, may replace it."""
+    uid = os.getuid()
+    for directory, entry in _entries_on(path):
+        if not os.access(directory, os.W_OK):
+            continue
+        try:
+            held = os.stat(directory)
+            named = os.lstat(os.path.join(directory, entry))
+        except OSError:
+            return directory
+        if not held.st_mode & stat.S_ISVTX or uid in (held.st_uid, named.st_uid):
+            return directory
+    return None
+
+
+def _entries_on(path: str, hops: int = 40) -> list[tuple[str, str]]:
+    """Every (directory, entry) that decides what ``path`` leads to: each component in its parent, and
+    the components of each symbolic link's target, as the kernel follows them (at most ``hops`` links)."""
+    found: list[tuple[str, str]] = []
+    pending = os.path.abspath(path)
+    for _ in range(hops):
+        parts = [part for part in pending.split("/") if part not in ("", ".")]
+        current = "/"
+        for index, part in enumerate(parts):
+            if part == "..":
+                current = os.path.dirname(current)  # the kernel's "..": of the directory reached, not lexical
+                continue
+            if (current, part) not in found:
+                found.append((current, part))
+            step = os.path.join(current, part)
+            if os.path.islink(step):
+                target = os.readlink(step)
+                rest = "/".join(parts[index + 1:])
+                base = target if target.startswith("/") else os.path.join(current, target)
+                pending = os.path.join(base, rest) if rest else base
+                break
+            current = step
+        else:
+            return found
+    return found
 
 
 async def _judged_as(caller: Caller, needs: list[tuple[str, str, str]]) -> str | None:
