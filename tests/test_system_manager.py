@@ -338,3 +338,23 @@ def test_the_entries_that_decide_where_a_path_leads(tmp_path: Path) -> None:
                                                              (str(tmp_path / "c"), "key.pem")]
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert _entries_on(str(tmp_path / "loop")) == [*ancestors, (str(tmp_path), "loop")]  # bounded: a loop ends
+
+
+def test_a_manager_that_cannot_become_the_caller_refuses(open_dir: Path) -> None:
+    # A manager of a user's own (not root) admits members of group vcom too, but may not take their ids.
+    import asyncio
+
+    from vcom.onbehalf import Caller, refusal
+
+    daemon = pwd.getpwnam("daemon")
+    member = Caller(os.getpid(), daemon.pw_uid, daemon.pw_gid)
+    ca = open_dir / "ca.pem"
+    ca.write_text("public")
+
+    def judged() -> str:
+        return repr(asyncio.run(refusal(member, tls_files=[("--tls-ca", str(ca))])))
+
+    assert run_as(NOBODY.pw_uid, NOBODY.pw_gid, [], judged) == repr(
+        f"the manager could not check as you whether you may use {ca} ([Errno 1] Operation not permitted); refused")
+    assert asyncio.run(refusal(member, tls_files=[("--tls-ca", str(ca))])) is None  # root may: daemon reads it
+    assert asyncio.run(refusal(Caller(os.getpid(), 0, 0), ports=["/etc/profile.d/x"])) is None  # root's own request

@@ -180,26 +180,27 @@ def _entries_on(path: str, hops: int = 40) -> list[tuple[str, str]]:
 async def _judged_as(caller: Caller, needs: list[tuple[str, str, str]]) -> str | None:
     """The first refusal among ``needs``, judged in a child that has the caller's ids."""
     loop = asyncio.get_running_loop()
+    paths = ", ".join(path for _, _, path in needs)
     read_end, write_end = os.pipe()
     # Signals stay blocked in the child: a handler of the manager's must never run there (its wake-up
     # descriptor is the manager's own).  SIGKILL, the only one sent to it, cannot be blocked.
     kept = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = os.fork()
-        if pid == 0:  # the child: never back into the manager's loop
-            code = 1
-            try:
-                os.close(read_end)
-                os.setgroups(list(caller.groups))
-                os.setresgid(caller.gid, caller.gid, caller.gid)
-                os.setresuid(caller.uid, caller.uid, caller.uid)
-                first = next((found for need in needs if (found := _verdict(*need)) is not None), None)
-                os.write(write_end, b"ok" if first is None else b"no:" + first.encode())
-                code = 0
-            finally:
-                os._exit(code)
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        return f"the manager could not check whether you may use {paths} ({exc.strerror}); refused"
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, kept)
+    if pid == 0:  # the child: never back into the manager's loop
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, _judge(caller, needs, paths))
+            code = 0
+        finally:
+            os._exit(code)
     os.close(write_end)
     answer = bytearray()
     done = loop.create_future()
@@ -225,8 +226,19 @@ async def _judged_as(caller: Caller, needs: list[tuple[str, str, str]]) -> str |
         return None
     if answer.startswith(b"no:"):
         return answer[3:].decode(errors="replace")
-    return (f"the manager could not tell within {CHECK_TIMEOUT:g} s whether you may use "
-            f"{', '.join(path for _, _, path in needs)}; refused")
+    return f"the manager could not tell within {CHECK_TIMEOUT:g} s whether you may use {paths}; refused"
+
+
+def _judge(caller: Caller, needs: list[tuple[str, str, str]], paths: str) -> bytes:
+    """In the child: become the caller and judge; ``ok``, or ``no:`` and the reason."""
+    try:
+        os.setgroups(list(caller.groups))
+        os.setresgid(caller.gid, caller.gid, caller.gid)
+        os.setresuid(caller.uid, caller.uid, caller.uid)
+        first = next((found for need in needs if (found := _verdict(*need)) is not None), None)
+    except Exception as exc:  # noqa: BLE001 - a manager that cannot become the caller (not root) refuses
+        return f"no:the manager could not check as you whether you may use {paths} ({exc}); refused".encode()
+    return b"ok" if first is None else b"no:" + first.encode()
 
 
 def _reap(loop: asyncio.AbstractEventLoop, pid: int, tries: int = 60) -> None:
