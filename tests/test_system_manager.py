@@ -180,6 +180,15 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
     assert (refused.returncode, refused.stderr.strip()) == (
         1, "vcom: cannot create /run/vcom/ttyV2: the manager makes a port for a member of group vcom only in /dev "
            "(such as /dev/ttyV0); a manager of your own makes it anywhere")
+    inside = Path(f"/proc/{system_manager.pid}/root")
+    (inside / "dev/cdrom").symlink_to("sr0")  # a system name whose device is away
+    (inside / "dev/ttyV4").symlink_to("/dev/pts/999")  # left by a port whose manager died
+    refused = system_manager.vcom("add", "/dev/cdrom", f"127.0.0.1:{refused_port}")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1, "vcom: cannot create /dev/cdrom: it is a link to sr0, and the manager replaces a link for a member of "
+           "group vcom only when a port left it behind (a link into /dev/pts)")
+    added = system_manager.vcom("add", "/dev/ttyV4", f"127.0.0.1:{refused_port}")
+    assert added.returncode == 0, added.stderr
 
     certs = Certs(open_dir / "pki")
     certs.ca_file.chmod(0o600)  # root's alone, as a key in /etc/ssl/private is
@@ -202,7 +211,6 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
     assert added.returncode == 0, added.stderr
 
     device, other = PtyDevice(), PtyDevice()  # root's, as another user's terminal is that user's
-    inside = Path(f"/proc/{system_manager.pid}/root")
     (open_dir / "link").symlink_to(device.path)
     (inside / "dev/shm/link").symlink_to(device.path)
     os.lchown(inside / "dev/shm/link", NOBODY.pw_uid, NOBODY.pw_gid)
@@ -245,7 +253,7 @@ def test_the_system_manager_does_for_a_member_only_what_the_member_may_do(system
         1, "vcom: only root and the manager's own user may stop this manager (as root: systemctl stop vcom, or "
            "vcom shutdown)")
     status = json.loads(system_manager.as_root("status", "--json").stdout)
-    assert [p["device"] for p in status["ports"]] == ["/dev/ttyV3", "/dev/ttyV5"]  # nothing refused was made
+    assert [p["device"] for p in status["ports"]] == ["/dev/ttyV4", "/dev/ttyV3", "/dev/ttyV5"]  # nothing refused
     assert sorted(s["device"] for s in status["shares"]) == sorted([device.path, other.path, "sim:echo"])
 
 

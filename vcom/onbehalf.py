@@ -14,7 +14,8 @@ these checks, membership would be root's power over every path the manager touch
 So, for a caller that is neither root nor the manager's own user:
 
 * a port is made only in ``/dev`` itself (``/dev/ttyV0``: what the group is for), a directory no
-  member may change between the check and the symlink;
+  member may change between the check and the symlink, and replaces a dangling link there only if a
+  port left it (it leads into ``/dev/pts``);
 * a device is shared only by a path under ``/dev`` that the member cannot change (in the same
   sense: not through a link of theirs in ``/dev/shm``), only if the member may
   open it for reading and writing, and only if it is no login session's terminal (a pty, a virtual
@@ -75,11 +76,24 @@ async def refusal(caller: Caller, *, ports: Iterable[str] = (), tls_files: Itera
         if parent != PORT_DIRECTORY:
             return (f"cannot create {device}: the manager makes a port for a member of group vcom only in "
                     f"{PORT_DIRECTORY} (such as {PORT_DIRECTORY}/ttyV0); a manager of your own makes it anywhere")
+        left = _link_target(device)
+        if left is not None and not left.startswith("/dev/pts/"):
+            # A link that leads nowhere may be replaced by a port (check_port_path): for a member, only one
+            # that a port left behind, not a system name whose device is away (/dev/cdrom).
+            return (f"cannot create {device}: it is a link to {left}, and the manager replaces a link for a member "
+                    "of group vcom only when a port left it behind (a link into /dev/pts)")
     needs = [("tls", option, path) for option, path in tls_files] + [("device", "", path) for path in devices]
     needs += [(f"use:{verb}", name, tty) for verb, name, tty in uses]
     if not needs:
         return None
     return await _judged_as(caller, needs)
+
+
+def _link_target(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None  # not a link, or nothing there
 
 
 def _verdict(kind: str, option: str, path: str) -> str | None:
