@@ -54,11 +54,7 @@ def check_port_path(path: str, *, replace_symlink: bool, writable: bool = True) 
 def directory_identity(path: str) -> list[int] | None:
     """The device and inode numbers of the directory that would hold ``path`` (None: there is none), as
     this process sees it: `vcom add` sends them along, and the manager compares them with its own."""
-    try:
-        st = os.stat(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino]
+    return file_identity(os.path.dirname(os.path.abspath(path)))
 
 
 def check_same_directory(path: str, seen: object) -> None:
@@ -68,7 +64,7 @@ def check_same_directory(path: str, seen: object) -> None:
     nobody else can see it, and `vcom add` would report success."""
     if seen is None:
         return
-    if not (isinstance(seen, list) and len(seen) == 2 and all(type(n) is int for n in seen)):
+    if not _is_identity(seen):
         raise PortPathError(f"cannot create {path}: the request names its directory wrongly")
     if directory_identity(path) != seen:
         parent = os.path.dirname(os.path.abspath(path))
@@ -106,11 +102,16 @@ def check_same_file(label: str, path: str | None, seen: object, advice: str) -> 
     if not path or not isinstance(seen, dict) or path not in seen:
         return
     identity = seen[path]
-    if not (isinstance(identity, list) and len(identity) == 2 and all(type(n) is int for n in identity)):
+    if not _is_identity(identity):
         raise PortPathError(f"{label} {path}: the request names the file wrongly")
     if file_identity(path) != identity:
         raise PortPathError(f"{label} {path}: the manager does not see the file you see (it runs in a mount "
                             f"namespace of its own, e.g. systemd's PrivateTmp= or ProtectHome=); {advice}")
+
+
+def _is_identity(value: object) -> bool:
+    """Whether a control request's ``value`` is a file_identity: [device, inode]."""
+    return isinstance(value, list) and len(value) == 2 and all(type(n) is int for n in value)
 
 
 def _kind_of(mode: int) -> str:
