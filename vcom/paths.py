@@ -68,11 +68,7 @@ def for_commands(system_paths: Paths | None = None) -> Paths:
     names the one manager meant, nor for root, whose own manager is the system one."""
     where = resolve()
     system_paths = system_paths or system()
-    if os.environ.get("VCOM_HOME") or where.socket == system_paths.socket:
-        return where
-    if _answers(where.socket) or not _answers(system_paths.socket):
-        return where
-    return system_paths
+    return system_paths if _system_instead(where.socket, system_paths.socket) else where
 
 
 def is_system(where: Paths) -> bool:
@@ -87,11 +83,20 @@ def interposer_for_programs(where: Paths, system_socket: Path = SYSTEM_RUN / "in
 
     Without this, a user's `vcom wrap` on a port of vcom.service asked a manager that does not run, and
     the program got no parity.  Not with VCOM_HOME, which names the one manager meant."""
-    if os.environ.get("VCOM_HOME") or where.interposer == system_socket:
-        return where.interposer
-    if _answers(where.interposer) or not _answers(system_socket):
-        return where.interposer
-    return system_socket
+    return system_socket if _system_instead(where.interposer, system_socket) else where.interposer
+
+
+def system_refuses() -> bool:
+    """Whether the system manager runs but its control socket turns this user away (not in group vcom)."""
+    return probe(system().socket) == "refused"
+
+
+def _system_instead(own: Path, system_socket: Path) -> bool:
+    """Whether to ask the system manager's ``system_socket`` rather than one's ``own``: only when one's own
+    does not answer and the system's does, and never with VCOM_HOME (it names the one manager meant)."""
+    if os.environ.get("VCOM_HOME") or own == system_socket:
+        return False
+    return not _answers(own) and _answers(system_socket)
 
 
 def _answers(path: Path) -> bool:

@@ -248,7 +248,7 @@ def _check_port_path(device: str) -> None:
         check_port_path(device, replace_symlink=False, writable=not by_root)
     except NotWritable as exc:
         if (os.path.dirname(os.path.abspath(device)) == PORT_DIRECTORY
-                and paths.probe(paths.system().socket) == "refused"):
+                and paths.system_refuses()):
             fail(f"{exc}; the system manager, which may write there, takes requests from root and group "
                  f"'{control.CONTROL_GROUP}' only (sudo vcom add ..., or join the group)")
         fail(str(exc))

@@ -85,7 +85,7 @@ def _status_without_manager(where: paths.Paths, reason: str, as_json: bool) -> N
     counted = f"{len(loaded.ports)} port(s) and {len(loaded.shares)} share(s)"
     lines = [f"vcom: {reason}; {where.config} configures {counted} (vcom list shows them). "
              "Start the manager with 'vcom run' or 'systemctl start vcom'."]
-    if not paths.is_system(where) and paths.probe(paths.system().socket) == "refused":
+    if not paths.is_system(where) and paths.system_refuses():
         lines.append(f"vcom: the system manager runs, but its control socket {paths.system().socket} admits only "
                      f"root and members of group '{control.CONTROL_GROUP}' (one just added to it must log in again, "
                      f"or run 'newgrp {control.CONTROL_GROUP}')")
