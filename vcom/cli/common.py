@@ -39,6 +39,13 @@ def manager_paths() -> paths.Paths:
     return paths.for_commands()
 
 
+def for_another_user(where: paths.Paths) -> bool:
+    """Whether the manager at ``where`` is the system's (root) and this command a user's: a member of group
+    vcom, for whom it makes ports the member's, checks what it may write itself, and holds a file that
+    is root's."""
+    return os.geteuid() != 0 and paths.is_system(where)
+
+
 def complete_devices(incomplete: str) -> list[str]:
     """Shell completion of port and share devices, from the config file (no manager needed)."""
     try:
@@ -111,7 +118,7 @@ def _configured(where: paths.Paths) -> Loaded:
     """The ports and shares configured for the manager at ``where``; ConfigSyntaxError: its file is unusable."""
     from ..configfile import load
 
-    if paths.is_system(where) and os.geteuid() != 0:
+    if for_another_user(where):
         # The system manager's file is root's (and may be for root's eyes only): its manager says what it holds.
         loaded = _config_from_manager(where)
         if loaded is not None:

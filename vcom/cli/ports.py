@@ -25,6 +25,7 @@ from .common import (
     complete_devices,
     fail,
     fail_option,
+    for_another_user,
     manager_paths,
 )
 
@@ -144,7 +145,7 @@ def _port_options(**given: Any) -> dict[str, Any]:
     if os.geteuid() == 0:
         options.setdefault("owner", "root")
         options.setdefault("group", "dialout")
-    elif paths.is_system(manager_paths()):
+    elif for_another_user(manager_paths()):
         # A member of group vcom asking the system manager, which runs as root: the port is theirs, as one
         # made by a manager of their own would be (left to root, the pty would be root's and theirs only
         # to see), and the group's as root's ports are.
@@ -243,9 +244,8 @@ def _check_port_path(device: str) -> None:
     from ..portpath import PORT_DIRECTORY, NotWritable, PortPathError, check_port_path
 
     # The system manager (root) makes a member's ports, in /dev only: it says so itself (vcom.onbehalf).
-    by_root = os.geteuid() != 0 and paths.is_system(manager_paths())
     try:
-        check_port_path(device, replace_symlink=False, writable=not by_root)
+        check_port_path(device, replace_symlink=False, writable=not for_another_user(manager_paths()))
     except NotWritable as exc:
         if (os.path.dirname(os.path.abspath(device)) == PORT_DIRECTORY
                 and paths.system_refuses()):
