@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from .tls import ServerTls
 
 CONNECT_POLICIES = ("on-open", "always")
-PORT_TLS_KEYS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure")
-SHARE_TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
+PORT_TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+PORT_TLS_KEYS = (*PORT_TLS_FILES, "tls_server_name", "tls_insecure")
+SHARE_TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")  # all files
 
 PROTOCOLS = ("rfc2217", "tcp", "udp")
 SLOW_CLIENT_POLICIES = ("drop", "disconnect")
@@ -335,8 +336,14 @@ def _valid_host(host: str) -> bool:
     return True
 
 
+def tls_files(cfg: PortConfig | ShareConfig) -> list[tuple[str, str]]:
+    """The TLS files a port or share names: (key, path), the keys that are set."""
+    keys = PORT_TLS_FILES if isinstance(cfg, PortConfig) else SHARE_TLS_KEYS
+    return [(key, path) for key in keys if (path := getattr(cfg, key))]
+
+
 def _validate_port_tls(port: PortConfig) -> None:
-    for name in ("tls_ca", "tls_cert", "tls_key"):
+    for name in PORT_TLS_FILES:
         _check_path(name, getattr(port, name))
     if not isinstance(port.tls_insecure, bool):
         raise ConfigError("must be true or false", "tls_insecure", port.tls_insecure)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import configfile, control, controlserver, fdlimit, onbehalf
-from .config import ConfigError, PortConfig
+from .config import ConfigError, PortConfig, tls_files
 from .handover import Handover
 from .inotify import IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_OPEN, Inotify
 from .interposer.server import InterposerServer
@@ -296,7 +296,7 @@ class Manager:
         # Before anything reads a TLS file as root (_check_new_port): what the caller may not read, it does not
         # learn about either.
         await _on_behalf(caller, ports=[cfg.device for cfg in configs],
-                         tls_files=[f for cfg in configs for f in _tls_files(cfg, ("tls_ca", "tls_cert", "tls_key"))])
+                         tls_files=[(_option(key), path) for cfg in configs for key, path in tls_files(cfg)])
         seen = request.get("seen")  # the client's view of each port's directory (vcom add sends it)
         seen = seen if isinstance(seen, dict) else {}
         batch: dict[str, PortConfig] = {}
@@ -304,8 +304,8 @@ class Manager:
             if cfg.device in batch:
                 raise ManagerError(f"{cfg.device} is given twice")
             check_same_directory(cfg.device, seen.get(cfg.device))
-            for key in ("tls_ca", "tls_cert", "tls_key"):
-                check_same_file(_option(key), getattr(cfg, key), request.get("seen_files"), TLS_ADVICE)
+            for key, path in tls_files(cfg):
+                check_same_file(_option(key), path, request.get("seen_files"), TLS_ADVICE)
             self._check_new_port(cfg, batch)
             batch[cfg.device] = cfg
         self._file.check_new("port", list(batch))
@@ -381,10 +381,10 @@ class Manager:
             raise ManagerError(f"{cfg.device} is already shared (vcom unshare {cfg.device} first)")
         seen = request.get("seen_files")  # the files as the client sees them (vcom share sends it)
         check_same_file("device", cfg.device, seen, DEVICE_ADVICE)
-        for key in ("tls_cert", "tls_key", "tls_client_ca"):
-            check_same_file(_option(key), getattr(cfg, key), seen, TLS_ADVICE)
+        for key, path in tls_files(cfg):
+            check_same_file(_option(key), path, seen, TLS_ADVICE)
         await _on_behalf(caller, devices=[] if cfg.device.startswith("sim:") else [cfg.device],
-                         tls_files=_tls_files(cfg, ("tls_cert", "tls_key", "tls_client_ca")))
+                         tls_files=[(_option(key), path) for key, path in tls_files(cfg)])
         self._file.check_new("share", [cfg.device])
         share = Share(cfg)
         await share.start()
@@ -517,10 +517,6 @@ async def _on_behalf(caller: Caller, **asked: Any) -> None:
     refused = await onbehalf.refusal(caller, **asked)
     if refused is not None:
         raise ManagerError(refused)
-
-
-def _tls_files(cfg: PortConfig | ShareConfig, keys: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(_option(key), path) for key in keys if (path := getattr(cfg, key))]
 
 
 def _option(key: str) -> str:

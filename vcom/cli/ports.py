@@ -126,11 +126,12 @@ def add(
         _check_port_path(port.device)
         _check_tls_files(port.parsed_target.tls_options, "client", f"{from_file}: {port.device}: " if from_file else "")
     _ensure_manager()
+    from ..config import tls_files
     from ..portpath import directory_identity, files_seen
 
     # What the manager must see as this command does (it may run in a mount namespace of its own).
     seen = {port.device: directory_identity(port.device) for port in ports}
-    files = files_seen(path for port in ports for path in (port.tls_ca, port.tls_cert, port.tls_key))
+    files = files_seen(path for port in ports for _, path in tls_files(port))
     if from_file is None:
         _ask("add", port=ports[0].to_json(), seen=seen, seen_files=files)
     else:

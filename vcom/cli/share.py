@@ -120,11 +120,12 @@ def share(
         _share_in_foreground(config)
         return
     _ensure_manager()
+    from ..config import tls_files
     from ..portpath import files_seen
 
     # What the manager must see as this command does (it may run in a mount namespace of its own).
     device_path = None if config.device.startswith("sim:") else config.device
-    files = files_seen([device_path, config.tls_cert, config.tls_key, config.tls_client_ca])
+    files = files_seen([device_path, *(path for _, path in tls_files(config))])
     answer = _ask("share", share=config.to_json(), seen_files=files)
     over = " over TLS" if config.server_tls else ""
     print(f"{device} shared as {protocol}{over} on {answer['share']['listen']}")
