@@ -1147,6 +1147,21 @@ class NamespacedManager:
                 self.proc.wait(timeout=10)
 
 
+def unused_gid() -> int:
+    """A group id no group of the machine has: for a group ``vcom`` that exists only in a test's mount
+    namespace (a copy of /etc/group bound over the real one)."""
+    import grp
+
+    taken = {group.gr_gid for group in grp.getgrall()}
+    return next(gid for gid in range(64000, 65000) if gid not in taken)
+
+
+def has_7e1(stty_a: str) -> bool:
+    """Whether ``stty -a`` printed seven data bits with parity on."""
+    words = stty_a.split()
+    return "cs7" in words and "parenb" in words and "-parenb" not in words
+
+
 def run_as(uid: int, gid: int, groups: Sequence[int], action: Callable[[], str], timeout: float = 30.0) -> str:
     """Run ``action`` in a forked child with these user, group and supplementary group ids; its result,
     or ``"ExceptionName: message"`` if it raised.  The child never returns into the test."""

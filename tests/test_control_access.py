@@ -10,7 +10,6 @@ protocol with vcom's own client.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import shutil
@@ -21,17 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import Vcom, run_as, wait_until
+from peers import Vcom, run_as, unused_gid, wait_until
 
 from vcom import control
 
 NOBODY = pwd.getpwnam("nobody")
 DAEMON = pwd.getpwnam("daemon")
-
-
-def _unused_gid() -> int:
-    taken = {group.gr_gid for group in grp.getgrall()}
-    return next(gid for gid in range(64000, 65000) if gid not in taken)
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def manager_with_group() -> Iterator[tuple[Vcom, int]]:
     os.chmod(base, 0o755)
     vcom = Vcom(base / "h")
     os.chmod(vcom.home, 0o755)
-    gid = _unused_gid()
+    gid = unused_gid()
     groups = base / "group"
     groups.write_text(Path("/etc/group").read_text() + f"vcom:x:{gid}:daemon\n")
     script = f'mount --bind "{groups}" /etc/group && exec "{sys.executable}" -m vcom run'

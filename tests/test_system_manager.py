@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from peers import PYTHON, PtyDevice, run_as, wait_until
+from peers import PYTHON, PtyDevice, has_7e1, run_as, unused_gid, wait_until
 from tls_peers import Certs
 
 from vcom import paths
@@ -70,11 +70,6 @@ def _user_env() -> dict[str, str]:
     return env
 
 
-def _unused_gid() -> int:
-    taken = {group.gr_gid for group in grp.getgrall()}
-    return next(gid for gid in range(64000, 65000) if gid not in taken)
-
-
 # A /dev of the namespace's own, where ports are made as in the machine's: a tmpfs with the nodes the
 # manager and the users' commands need, bound from the machine's /dev, and its devpts (so the test's ptys
 # are seen inside).  /dev/ptmx leads into that devpts: a bound ptmx node would look for its devpts beside
@@ -97,7 +92,7 @@ def system_manager(tmp_path) -> Iterator[SystemManager]:
                             capture_output=True, text=True, timeout=60)
     if usable.returncode != 0:
         pytest.skip(f"user nobody cannot run vcom from this checkout: {usable.stderr.strip().splitlines()[-1:]}")
-    gid = _unused_gid()
+    gid = unused_gid()
     groups = tmp_path / "group"
     groups.write_text(Path("/etc/group").read_text() + f"vcom:x:{gid}:\n")
     script = (f'mount -t tmpfs tmpfs /run && mkdir -m 755 /run/vcom && mount --bind "$0" /etc/group && {_OWN_DEV} && '
@@ -124,11 +119,6 @@ def system_manager(tmp_path) -> Iterator[SystemManager]:
         log.close()
 
 
-def _has_7e1(stty_a: str) -> bool:
-    words = stty_a.split()
-    return "cs7" in words and "parenb" in words and "-parenb" not in words
-
-
 def test_a_users_vcom_wrap_reaches_the_ports_of_the_system_manager(system_manager: SystemManager, refused_port):
     # Any user, member or not: the interposer socket admits every program, for the ports it holds.
     added = system_manager.as_root("add", "/run/vcom/ttyV0", f"127.0.0.1:{refused_port}", "--mode", "0666")
@@ -138,7 +128,7 @@ def test_a_users_vcom_wrap_reaches_the_ports_of_the_system_manager(system_manage
     stty = f"stty -F {device} cs7 parenb && stty -F {device} -a"
     wrapped = system_manager.vcom("wrap", "sh", "-c", stty, member=False)
     assert wrapped.returncode == 0, f"{wrapped.stderr}\n{system_manager.log_text()}"
-    assert _has_7e1(wrapped.stdout), wrapped.stdout
+    assert has_7e1(wrapped.stdout), wrapped.stdout
 
 
 def test_a_member_of_group_vcom_uses_the_system_manager(system_manager: SystemManager, refused_port):
@@ -288,7 +278,7 @@ def test_the_manager_a_command_addresses(open_dir: Path) -> None:
     # What `for_commands` chooses, with real sockets, as user nobody: in group vcom (here GID) or not.
     if os.geteuid() != 0:
         pytest.skip("needs root, to be user nobody in the test's own groups")
-    gid = _unused_gid()
+    gid = unused_gid()
     tmp_path = open_dir
     runtime, system_dir = tmp_path / "run", tmp_path / "system"
     (runtime / "vcom").mkdir(parents=True)

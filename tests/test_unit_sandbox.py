@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import serial
-from peers import PYTHON, PtyDevice, Vcom, notify_socket, wait_until
+from peers import PYTHON, PtyDevice, Vcom, has_7e1, notify_socket, wait_until
 from tls_peers import Certs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,17 +74,12 @@ def _stty_7e1(vcom: Vcom, port: Path, *, preload: bool = False, user: str | None
     return result.stdout
 
 
-def _has_7e1(stty_a: str) -> bool:
-    words = stty_a.split()
-    return "cs7" in words and "parenb" in words and "-parenb" not in words
-
-
 @pytest.mark.parametrize("preload", [False, True], ids=["seccomp", "preload"])
 def test_a_wrapped_program_gets_parity_from_a_manager_confined_as_the_unit_says(confined: Vcom, refused_port,
                                                                                tmp_path, preload):
     port = tmp_path / "ttyV0"
     confined.add(port, f"127.0.0.1:{refused_port}")
-    assert _has_7e1(_stty_7e1(confined, port, preload=preload))
+    assert has_7e1(_stty_7e1(confined, port, preload=preload))
     log = confined.log_tail(400)
     assert "interposer request from pid" not in log, log  # none refused
     if not preload:
@@ -95,7 +90,7 @@ def test_a_wrapped_program_gets_parity_from_a_manager_confined_as_the_unit_says(
 def test_another_users_wrapped_program_gets_parity_too(confined: Vcom, refused_port, tmp_path):
     port = tmp_path / "ttyV0"
     confined.add(port, f"127.0.0.1:{refused_port}", "--mode", "0666")
-    assert _has_7e1(_stty_7e1(confined, port, user="nobody"))
+    assert has_7e1(_stty_7e1(confined, port, user="nobody"))
     log = confined.log_tail(400)
     assert "the manager answers its calls" in log and "cannot take its seccomp listener" not in log, log
 
