@@ -164,13 +164,16 @@ def wrapped_rows(children: P.Procs, manager: P.Manager, port: Path, lines_bin: P
     return rows
 
 
-def latency_rows(fds: dict[str, int], progress: Progress, rounds: int = 100, per_round: int = 20) -> list[R.Row]:
-    """Round trips in short alternating blocks: a burst of noise on this shared machine (a few milliseconds,
-    tens of round trips) then falls on both relays alike instead of on whichever had the longer block, which
-    is what made p99 swing between 0.8x and 1.3x from run to run with blocks of 200."""
+def latency_rows(fds: dict[str, int], progress: Progress, rounds: int = 5000, per_round: int = 1) -> list[R.Row]:
+    """Round trips taken in turns, one each: a burst of noise on this shared machine (a few milliseconds,
+    tens of round trips) then falls on both relays alike instead of on whichever had the block it hit.
+    With blocks of 200, p99 swung between 0.8x and 1.3x from run to run; with blocks of 20 of 2,000 round
+    trips, between 0.80x and 1.47x in four runs of a noisy hour, and one by one between 0.80x and 1.04x in
+    runs alternated with those.  5,000 each rather than 2,000: p99 is then the 50th slowest, not the 20th,
+    and one hiccup of the host moves it less (the rows take about 4 s)."""
     rows = []
     for kind, label in (("tcp", "tcp://"), ("rfc2217", "RFC 2217")):
-        progress(f"1-byte round trips, {label}: vcom and socat, {rounds} x {per_round} each, interleaved")
+        progress(f"1-byte round trips, {label}: vcom and socat, {rounds * per_round:,} each, taking turns")
         for fd in (fds[kind], fds["socat"]):
             # Warm again: the other kind's rows took long enough for this port to be handed back to the
             # event loop as idle; this row is about a port in use, as the first warm-up's comment says.
