@@ -88,8 +88,8 @@ class Keeper:
         for fd, name in _inherited():
             self._put(name, fd)
         signal.set_wakeup_fd(self._wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(handled, self._on_signal)
         self._start()
         next_ping = 0.0
         while True:
@@ -98,7 +98,8 @@ class Keeper:
                 self.systemd.send("WATCHDOG=1")
                 next_ping = now + self.systemd.watchdog / 3
             timeout = 1.0 if self.systemd.watchdog is None else max(0.0, next_ping - now)
-            readable, _, _ = select.select([self._own, self._wake_r], [], [], min(timeout, 1.0))
+            watched: list[socket.socket | int] = [self._own, self._wake_r]
+            readable, _, _ = select.select(watched, [], [], min(timeout, 1.0))
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)

@@ -404,7 +404,7 @@ class VirtualPty:
             dostop=bool(status & TIOCPKT_DOSTOP),
         )
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Queue bytes for the program; how many were taken (0 when the pty
         is full, about 18 KiB in flight).  While no program has the slave
         open the kernel still accepts them for the next program to open it:

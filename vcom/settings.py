@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 
 class Parity(enum.Enum):
@@ -87,10 +88,10 @@ class LineSettings:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> LineSettings:
+    def from_json(cls, data: dict[str, Any]) -> LineSettings:
         return cls(
-            baud=int(data.get("baud", 9600)),  # type: ignore[arg-type]
-            data_bits=int(data.get("data_bits", 8)),  # type: ignore[arg-type]
+            baud=int(data.get("baud", 9600)),
+            data_bits=int(data.get("data_bits", 8)),
             parity=Parity(data.get("parity", "none")),
             stop_bits=StopBits(str(data.get("stop_bits", "1"))),
             flow_out=FlowControl(data.get("flow_out", "none")),

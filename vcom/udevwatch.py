@@ -306,6 +306,7 @@ class UdevWatcher:
 
     def _on_rtnl_readable(self) -> None:
         sock = self._rtnl
+        assert sock is not None  # the reader is removed when the socket is closed
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data = sock.recv(_RECV_SIZE)

@@ -333,11 +333,11 @@ class Link(SocketLending):
         timer = loop.call_later(self._negotiation_timeout, self._negotiation_timeout_hit)
         self._after_input()
         try:
-            exc = await protocol.lost
+            cause = await protocol.lost
         finally:
             timer.cancel()
             self._drop_transport()
-        self._error(self._loss_reason(exc))
+        self._error(self._loss_reason(cause))
         self._count_loss()
         return True
 

@@ -105,7 +105,7 @@ def link_status(target: object, state: LinkState, remote: RemoteState, lines: Li
 
 
 # NOTIFY-LINESTATE bits counted per port (RFC 2217, SET-LINESTATE-MASK).
-LINE_ERRORS = {
+LINE_ERRORS: dict[str, rfc2217.LineState] = {
     "overrun": rfc2217.LineState.OVERRUN,
     "parity": rfc2217.LineState.PARITY_ERROR,
     "framing": rfc2217.LineState.FRAMING_ERROR,

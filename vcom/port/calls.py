@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import termios
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..link import Lines, LinkState
 from ..termio import Termios2
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from . import express
     from .group import LinkGroup
     from .pacer import LinePacer
-    from .port import PortHost
+    from .port import Port, PortHost
 
 _PENDING_NOW = 64 << 10  # what an interposed change hands to the link in the loop's callback, before waiting
 
@@ -44,7 +44,7 @@ class ProgramCalls:
         link: Link
         group: LinkGroup
         host: PortHost | None
-        taps: Taps | None
+        taps: Taps
         modem_counter: ModemCounter
         program_lines: Lines | None
         _pacer: LinePacer | None
@@ -105,7 +105,7 @@ class ProgramCalls:
         self._refresh_settings(applied)  # finds nothing new unless the pty kept other than it was asked
         self.view.changed(maker)
         if self.host is not None:
-            self.host.view_changed(self)
+            self.host.view_changed(cast("Port", self))  # a mixin of Port's, never alone
         # Every termios change raises a status byte on the master, this one too.  Taken here, after the send
         # and before the call is answered (as a UART driver's tcsetattr finishes its work before it returns),
         # it is off the way of the next change, where change_ready() would read it (a poll, two reads, a
@@ -137,7 +137,7 @@ class ProgramCalls:
         elif op == "bic":
             dtr, rts = dtr and not value & termios.TIOCM_DTR, rts and not value & termios.TIOCM_RTS
         self.program_lines = Lines(dtr=dtr, rts=rts)
-        self.group.program_lines_changed(self)
+        self.group.program_lines_changed(cast("Port", self))
         return self._tiocm_bits()
 
     async def program_break(self, op: str, ms: int) -> None:

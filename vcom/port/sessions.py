@@ -12,7 +12,7 @@ opening and closing read and change most of the port's state.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import asyncio
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..tap import Taps
     from ..termio import Termios2
     from .group import LinkGroup
+    from .port import Port
 
 log = logging.getLogger("vcom.port.port")  # the port's logger: its lines read as before the port was split
 
@@ -78,7 +79,7 @@ class ProgramSessions:
         log.info("%s: opened by a program", self.name)
         if self.taps:
             self.taps.emit("open")
-        self.group.member_opened(self)
+        self.group.member_opened(cast("Port", self))  # a mixin of Port's, never alone
         self._update_io()
 
     def _reopened(self) -> None:
@@ -115,7 +116,7 @@ class ProgramSessions:
         log.info("%s: closed by the last program", self.name)
         if self.taps:
             self.taps.emit("close")
-        self.group.member_closed(self)
+        self.group.member_closed(cast("Port", self))
         self._update_io()
 
     def _closing_expired(self) -> None:

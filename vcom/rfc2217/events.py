@@ -9,6 +9,7 @@ the bytes of a subnegotiation.  :class:`_Events` collects the events of one
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 from .codes import Command, Control, LineState, ModemState, Purge
@@ -173,7 +174,7 @@ def _member_or_int(kind: type[enum.IntEnum], value: int) -> int:
 
 
 # One-byte values, decoded from the byte.  The RFC gives no other length.
-_BYTE_COMMANDS = {
+_BYTE_COMMANDS: dict[Command, Callable[[int], PortCommand]] = {
     Command.SET_DATASIZE: SetDataSize,
     Command.SET_PARITY: SetParity,
     Command.SET_STOPSIZE: SetStopSize,

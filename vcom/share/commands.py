@@ -5,6 +5,7 @@ whose state it uses."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..config import ShareConfig
 from ..device import Device, DeviceError
@@ -54,6 +55,11 @@ class Rfc2217Commands:
     _rts: bool
     _break: bool
     _modem: ModemState
+
+    if TYPE_CHECKING:  # the share's, used here
+        def _may_control(self, client: Client) -> bool: ...
+
+        def _update_device_reading(self) -> None: ...
 
     def _command(self, client: Client, event: Event) -> None:
         match event:

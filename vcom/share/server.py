@@ -89,12 +89,12 @@ class Share(Rfc2217Commands, UdpClientTable):
         """Open the device and bind the listener; ShareError with a one-line reason on failure."""
         if self._loop is not None:
             raise ShareError(f"share of {self.name} already started")
-        tls = self.config.server_tls
-        if tls is not None:
+        tls_config = self.config.server_tls
+        if tls_config is not None:
             from ..tls import ServerSide
 
             try:
-                self._tls = ServerSide(tls, self.name)
+                self._tls = ServerSide(tls_config, self.name)
             except ConfigError as exc:
                 raise ShareError(exc.reason, exc.key, exc.value) from None
         self._loop = asyncio.get_running_loop()
@@ -440,7 +440,7 @@ class Share(Rfc2217Commands, UdpClientTable):
             _problems.warning((self.name, "lost", client.address), "share %s: client %s left with %d byte(s) of "
                               "device data it never acknowledged", self.name, client.peer, client.lost)
         # What it sent still goes to the device, in order; its commands are moot.
-        pending = deque(event for event in client.inbox if isinstance(event, Data))
+        pending: deque[Event] = deque(event for event in client.inbox if isinstance(event, Data))
         client.inbox = pending
         if pending:
             self._orphans.append(client)

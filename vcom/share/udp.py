@@ -7,11 +7,14 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from ..access import AllowList
-from ..rfc2217 import Data
+from ..rfc2217 import Data, Event
 from . import limits
 from .clients import Client, format_peer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ..config import ShareConfig
     from .server import Share
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,9 @@ class UdpClient(Client):
         if transport is None or self.closed:
             return
         for start in range(0, len(data), limits.UDP_DATAGRAM):
-            if transport.get_write_buffer_size() > limits.UDP_SEND_BACKLOG:
-                # The kernel would drop datagrams too; better here, counted.
+            if transport.get_write_buffer_size() > limits.UDP_SEND_BACKLOG:  # type: ignore[attr-defined]
+                # The kernel would drop datagrams too; better here, counted.  (The selector transport has
+                # get_write_buffer_size; asyncio does not declare it on the ABC.)
                 self.dropped += len(data) - start
                 return
             chunk = data[start : start + limits.UDP_DATAGRAM]
@@ -83,12 +87,24 @@ class UdpClientTable:
     """The share's part that knows UDP clients by address and forgets the silent ones
     (a mixin of :class:`vcom.share.server.Share`, whose state it uses)."""
 
+    name: str
+    config: ShareConfig
     _loop: asyncio.AbstractEventLoop | None
     _clients: list[Client]
     _expiry_timer: asyncio.TimerHandle | None
+    _device_state: str
+    _closing: bool
+    _refused: int
     access: AllowList
 
     def refuse(self, peer: object, reason: str, *, denied: bool = False) -> None: ...
+
+    if TYPE_CHECKING:  # the share's, used here
+        def _admit(self, client: Client) -> bool: ...
+
+        def _client_left(self, client: Client) -> None: ...
+
+        def _client_events(self, client: Client, events: Iterable[Event]) -> None: ...
 
     def _datagram(self, endpoint: UdpEndpoint, data: bytes, addr: Any) -> None:
         assert self._loop is not None
@@ -106,7 +122,7 @@ class UdpClientTable:
                 log.info("share %s: forgetting %s for a new UDP client", self.name, stalest.peer)
                 stalest.close()
                 self._client_left(stalest)
-            client = UdpClient(self, endpoint, addr, now)
+            client = UdpClient(cast("Share", self), endpoint, addr, now)  # a mixin of Share's, never alone
             self._admit(client)
         client.last_heard = now
         self._schedule_expiry()

@@ -1,0 +1,6 @@
+# Types of the C extension vcom/_speedups.c (built at install time; optional).  See vcom.rfc2217.connection.
+
+from _typeshed import ReadableBuffer
+
+def escape(data: ReadableBuffer, /) -> bytes: ...
+def undouble(data: ReadableBuffer, /) -> bytes | None: ...
