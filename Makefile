@@ -51,6 +51,7 @@ bench: venv peers
 
 lint: venv
 	$(VENV)/bin/ruff check vcom tests
+	$(VENV)/bin/mypy
 
 # System-wide install, as root: vcom and its libraries in $(PREFIX)/lib/vcom, a launcher at
 # $(PREFIX)/bin/vcom run by the system's $(TARGET_PYTHON), `vcom` on the PATH, the systemd units and
