@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PEERS  := ser2net socat sredird cyclades-serial-client python3-serial tmux gcc libc6-dev iproute2 util-linux systemd udev mount \
           picocom mbpoll strace nftables
 
-.PHONY: venv install test test-express lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
+.PHONY: venv install test test-express test-python lint demo peers bench clean install-system uninstall install-app install-units install-rules install-group
 
 # The development environment: .venv with vcom (editable) and the test tools.
 venv: $(VENV)/.installed
@@ -44,6 +44,11 @@ test: venv peers
 # so that each test also runs through the C relay and its hand-overs.
 test-express: venv peers
 	VCOM_EXPRESS_HOT=1 $(PY) -m pytest $(TEST_ARGS)
+
+# The same suite as vcom runs where its C extensions were not built (no compiler, no Python headers): the
+# RFC 2217 codec's loops in Python, every port's data on the event loop.  Tests of the C itself are left out.
+test-python: venv peers
+	VCOM_PURE_PYTHON=1 $(PY) -m pytest $(TEST_ARGS)
 
 # vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
 bench: venv peers

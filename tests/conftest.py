@@ -18,10 +18,23 @@ from typing import TypeVar
 import pytest
 from peers import Interactive, PeerProcess, PtyDevice, PyserialServer, Ser2net, Vcom, open_program, refusing_port
 
+from vcom import PURE_PYTHON
+
 P = TypeVar("P", bound=PeerProcess)
 
 # In CI every peer is installed by .ci/run, so a skip means something is missing: fail loudly.
 _STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under VCOM_PURE_PYTHON=1 (`make test-python`) the tests of the C extensions themselves (marked
+    ``native``) are left out: everything else is the test of the Python that runs where they are not built."""
+    if not PURE_PYTHON:
+        return
+    left = [item for item in items if item.get_closest_marker("native")]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if not item.get_closest_marker("native")]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -28,7 +28,8 @@ from peers import PtyDevice, Vcom, open_program, read_exact, wait_settings, wait
 from vcom.port import express
 from vcom.pty import VirtualPty
 
-pytestmark = pytest.mark.skipif(not express.AVAILABLE, reason="vcom._relay was not built (no C compiler)")
+pytestmark = [pytest.mark.native,
+              pytest.mark.skipif(not express.AVAILABLE, reason="vcom._relay was not built (no C compiler)")]
 _relay = express._relay
 
 

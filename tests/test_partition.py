@@ -119,6 +119,7 @@ def test_a_silent_partition_is_noticed_and_healed(vcom: Vcom, namespace: Namespa
           f"{flowing:.1f} s after the network healed; {status['lost_at_disconnect']} bytes counted as lost")
 
 
+@pytest.mark.native  # the shared relay is C
 def test_a_quiet_port_lent_to_the_shared_relay_still_notices_a_dead_server(vcom: Vcom, start_peer, open_port,
                                                                            tmp_path: Path):
     """A port that moves a chunk now and then is lent to the loop's shared relay (vcom.port.express) and

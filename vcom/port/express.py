@@ -41,7 +41,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import PURE_PYTHON
+
 try:
+    if PURE_PYTHON:
+        raise ImportError("VCOM_PURE_PYTHON is set")
     from .. import _relay
 except ImportError:  # built without a C compiler: every port stays on the loop
     _relay = None  # type: ignore[assignment]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 
+from .. import PURE_PYTHON
 from .codes import (
     _IAC_BYTE,
     _IAC_IAC,
@@ -44,6 +45,8 @@ from .events import (
 from .negotiation import _OPENING, _Q, Negotiation
 
 try:  # C loops for the data path, built at install time where a C compiler and Python's headers are
+    if PURE_PYTHON:
+        raise ImportError("VCOM_PURE_PYTHON is set")
     from .. import _speedups
 except ImportError:  # the same results from the Python below
     _speedups = None  # type: ignore[assignment]
