@@ -50,7 +50,7 @@ test-express: venv peers
 test-python: venv peers
 	VCOM_PURE_PYTHON=1 $(PY) -m pytest $(TEST_ARGS)
 
-# vcom against socat on the same echo servers, and the many-ports figures (about 2 minutes; see README).
+# vcom against socat on the same echo servers, and the many-ports figures (about 100 seconds; see README).
 bench: venv peers
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
