@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,13 @@ P = TypeVar("P", bound=PeerProcess)
 
 # In CI every peer is installed by .ci/run, so a skip means something is missing: fail loudly.
 _STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Started in the background of a script (`make test &`), the suite has SIGINT ignored, as the shell leaves it
+# for background jobs, and every process a test starts inherits that: the tests that end a command with
+# Ctrl-C's signal (monitor, the live view) would wait for it in vain.  A handler is not inherited: the
+# programs the tests start get the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
