@@ -69,9 +69,13 @@ class ProgramCalls:
         anything) has been handed to the link here and now, without waiting.  Then the manager answers it
         without a task (the ``*_now`` methods): that is where a wrapped program's DTR and speed changes
         spend their time.  The budget is small: a writer that keeps the pty full is served by the task."""
-        self.express_stop()
-        left, wait = self._pass_pending(_PENDING_NOW)
+        left, wait = self._pass_pending_now()
         return wait is None and (left > 0 or not (self._live and self.pty.has_pending()))
+
+    def _pass_pending_now(self) -> tuple[int, str | None]:
+        """What the pty holds, to the link in this callback within _PENDING_NOW (see _pass_pending)."""
+        self.express_stop()
+        return self._pass_pending(_PENDING_NOW)
 
     async def program_set_termios(self, asked: Termios2, mode: str, maker: int | None = None) -> None:
         """An interposed tcsetattr (``mode``: now, drain or flush): exact data bits and parity, in order
@@ -111,8 +115,7 @@ class ProgramCalls:
         # it is off the way of the next change, where change_ready() would read it (a poll, two reads, a
         # TCGETS2 and the refresh) between the program's call and the wire: 22-40 us less at p50 for a
         # wrapped program's speed change, in blocks alternated in one manager.
-        self.express_stop()
-        self._pass_pending(_PENDING_NOW)
+        self._pass_pending_now()
 
     async def program_modem(self, op: str, value: int) -> int:
         """TIOCMGET/SET/BIS/BIC; returns the TIOCM_* bits in force."""
