@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from ..access import AllowList
-from ..rfc2217 import Data, Event
+from ..rfc2217 import Data
 from . import limits
 from .clients import Client, format_peer
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ..config import ShareConfig
+    from ..rfc2217 import Event
     from .server import Share
 
 log = logging.getLogger(__name__)
